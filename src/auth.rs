@@ -1,0 +1,281 @@
+//! Authentication: a client's personal key → [`Principal`].
+//!
+//! Only SHA-256 digests of client keys are held. The presented key is hashed and compared against
+//! every configured digest in constant time, so neither the match position nor a near-miss shows in
+//! the timing.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{self, Either, Ready};
+use http::{header, HeaderMap, Request};
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+use tower::{Layer, Service};
+
+use crate::config::{ClientConfig, ClientId, Role};
+use crate::error::GatewayError;
+
+/// The authenticated caller, as a typed request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Configured client id.
+    pub client: ClientId,
+    /// The client's roles.
+    pub roles: Arc<[Role]>,
+}
+
+impl Principal {
+    /// Whether the principal holds `role`.
+    pub fn has_role(&self, role: &Role) -> bool {
+        self.roles.contains(role)
+    }
+}
+
+/// The configured clients, by key digest.
+#[derive(Debug, Clone, Default)]
+pub struct ClientKeys {
+    digests: Vec<[u8; 32]>,
+    principals: Vec<Principal>,
+}
+
+impl ClientKeys {
+    /// Build from the validated configuration.
+    pub fn new(clients: &[ClientConfig]) -> Self {
+        ClientKeys {
+            digests: clients.iter().map(|c| c.key_sha256).collect(),
+            principals: clients
+                .iter()
+                .map(|c| Principal {
+                    client: c.id.clone(),
+                    roles: c.roles.clone().into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The principal whose key this is, if any.
+    pub fn authenticate(&self, key: &[u8]) -> Option<&Principal> {
+        let presented: [u8; 32] = Sha256::digest(key).into();
+        // Visit every entry and select without branching on secret data.
+        let mut found = subtle::Choice::from(0u8);
+        let mut index = 0u32;
+        for (i, digest) in self.digests.iter().enumerate() {
+            let hit = digest.ct_eq(&presented);
+            index.conditional_assign(&(i as u32), hit);
+            found |= hit;
+        }
+        if bool::from(found) {
+            self.principals.get(index as usize)
+        } else {
+            None
+        }
+    }
+}
+
+/// Lowercase hex SHA-256 of a raw key, as written in `clients[].key_sha256`.
+pub fn key_digest_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The personal key a request presents: exactly one, in `x-api-key` or `Authorization: Bearer`.
+pub fn presented_key(headers: &HeaderMap) -> Result<&[u8], GatewayError> {
+    let mut keys = Vec::with_capacity(1);
+    for value in headers.get_all("x-api-key") {
+        keys.push(value.as_bytes());
+    }
+    for value in headers.get_all(header::AUTHORIZATION) {
+        let bytes = value.as_bytes();
+        let scheme_ok = bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ");
+        if !scheme_ok {
+            return Err(GatewayError::InvalidCredentials);
+        }
+        keys.push(trim_ascii(&bytes[7..]));
+    }
+    match keys.as_slice() {
+        [] => Err(GatewayError::MissingCredentials),
+        [key] if key.is_empty() => Err(GatewayError::MissingCredentials),
+        [key] => Ok(key),
+        // The same key in both headers is harmless; anything else is ambiguous.
+        [first, rest @ ..] if rest.iter().all(|k| k.ct_eq(first).into()) => Ok(first),
+        _ => Err(GatewayError::ConflictingCredentials),
+    }
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// Layer that authenticates every request and inserts its [`Principal`].
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    keys: Arc<ClientKeys>,
+}
+
+impl AuthLayer {
+    /// Authenticate against these clients.
+    pub fn new(keys: Arc<ClientKeys>) -> Self {
+        AuthLayer { keys }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// Service produced by [`AuthLayer`].
+#[derive(Clone, Debug)]
+pub struct Authenticate<S> {
+    inner: S,
+    keys: Arc<ClientKeys>,
+}
+
+impl<S, B> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Error = GatewayError>,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let principal = presented_key(req.headers()).and_then(|key| {
+            self.keys
+                .authenticate(key)
+                .cloned()
+                .ok_or(GatewayError::InvalidCredentials)
+        });
+        match principal {
+            Ok(principal) => {
+                tracing::Span::current().record("client", principal.client.as_str());
+                req.extensions_mut().insert(principal);
+                Either::Left(self.inner.call(req))
+            }
+            Err(error) => Either::Right(future::ready(Err(error))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn keys() -> ClientKeys {
+        let client = |id: &str, role: &str, key: &str| ClientConfig {
+            id: id.parse().unwrap(),
+            roles: vec![role.parse().unwrap()],
+            key_sha256: Sha256::digest(key.as_bytes()).into(),
+        };
+        ClientKeys::new(&[
+            client("alice", "admin", "tlgw_alice_example_key"),
+            client("bob", "member", "tlgw_bob_example_key"),
+        ])
+    }
+
+    #[test]
+    fn digest_matches_the_documented_example() {
+        assert_eq!(
+            key_digest_hex("tlgw_alice_example_key"),
+            "d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6"
+        );
+        assert_eq!(
+            key_digest_hex("tlgw_bob_example_key"),
+            "7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531"
+        );
+    }
+
+    #[test]
+    fn known_keys_map_to_their_principal_and_others_to_none() {
+        let keys = keys();
+        assert_eq!(
+            keys.authenticate(b"tlgw_alice_example_key")
+                .unwrap()
+                .client
+                .as_str(),
+            "alice"
+        );
+        assert_eq!(
+            keys.authenticate(b"tlgw_bob_example_key")
+                .unwrap()
+                .client
+                .as_str(),
+            "bob"
+        );
+        assert!(keys.authenticate(b"tlgw_bob_example_kez").is_none());
+        assert!(keys.authenticate(b"").is_none());
+        assert!(ClientKeys::default().authenticate(b"anything").is_none());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn key_is_read_from_x_api_key_or_bearer_and_never_guessed() {
+        let ok: &[&[(&str, &str)]] = &[
+            &[("x-api-key", "k1")],
+            &[("authorization", "Bearer k1")],
+            &[("authorization", "bearer  k1 ")],
+            &[("x-api-key", "k1"), ("authorization", "Bearer k1")],
+        ];
+        for case in ok {
+            assert_eq!(presented_key(&headers(case)).unwrap(), b"k1", "{case:?}");
+        }
+        let missing: &[&[(&str, &str)]] = &[&[], &[("x-api-key", "")], &[("x-apikey", "k1")]];
+        for case in missing {
+            assert!(
+                matches!(
+                    presented_key(&headers(case)),
+                    Err(GatewayError::MissingCredentials)
+                ),
+                "{case:?}"
+            );
+        }
+        let conflicting: &[&[(&str, &str)]] = &[
+            &[("x-api-key", "k1"), ("x-api-key", "k2")],
+            &[("x-api-key", "k1"), ("authorization", "Bearer k2")],
+        ];
+        for case in conflicting {
+            assert!(
+                matches!(
+                    presented_key(&headers(case)),
+                    Err(GatewayError::ConflictingCredentials)
+                ),
+                "{case:?}"
+            );
+        }
+        assert!(matches!(
+            presented_key(&headers(&[("authorization", "Basic azE6")])),
+            Err(GatewayError::InvalidCredentials)
+        ));
+    }
+}

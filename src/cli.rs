@@ -1,0 +1,334 @@
+//! Subcommands: `serve`, `demo`, `check`, `keygen` (and the hidden `emulator` used by benches).
+//!
+//! Exit codes: 0 on success; 1 with a one-line reason on failure; 2 for usage errors (clap).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::auth::key_digest_hex;
+use crate::config::{ClientId, Config, KeySource, Role};
+use crate::credentials::UpstreamKey;
+use crate::emulator::Emulator;
+use crate::server::{shutdown_signal, Gateway};
+use crate::telemetry;
+
+/// tl-gateway: a policy-enforcing, auditing gateway in front of the TwelveLabs API.
+#[derive(Debug, Parser)]
+#[command(name = "tl-gateway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Serve {
+        /// The YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an embedded TwelveLabs emulator and a gateway with two demo clients
+    /// (uses the real API instead when TWELVELABS_API_KEY is set).
+    Demo {
+        /// Client-facing listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin_listen: SocketAddr,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        /// The YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a new random client key (once) and its YAML entry.
+    Keygen {
+        /// Client id.
+        #[arg(long)]
+        id: String,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',', default_value = "member")]
+        roles: Vec<String>,
+    },
+    /// Run only the TwelveLabs emulator (for benchmarks and local experiments).
+    #[command(hide = true)]
+    Emulator {
+        /// Listener.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The API key the emulator accepts.
+        #[arg(long)]
+        api_key: String,
+        /// Also load the demo data set.
+        #[arg(long)]
+        seed: bool,
+    },
+}
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format!("cannot start the async runtime: {error}")),
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("tl-gateway: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { config } => serve(&config).await,
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => demo(listen, admin_listen).await,
+        Command::Check { config } => check(&config),
+        Command::Keygen { id, roles } => keygen(&id, &roles),
+        Command::Emulator {
+            listen,
+            api_key,
+            seed,
+        } => emulator(listen, api_key, seed).await,
+    }
+}
+
+async fn serve(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    telemetry::init(config.logging.format);
+    let key = UpstreamKey::load(&config.upstream.key_source).map_err(|e| e.to_string())?;
+    let gateway = Gateway::bind(&config, key)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        listen = %addr(gateway.local_addr()),
+        admin = %addr(gateway.admin_addr()),
+        upstream = %config.upstream.origin,
+        clients = config.clients.len(),
+        "tl-gateway serving"
+    );
+    gateway
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+fn addr(result: std::io::Result<SocketAddr>) -> String {
+    result.map_or_else(|e| format!("<{e}>"), |a| a.to_string())
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    println!(
+        "{}: ok — {} client(s), {} policy rule(s), upstream {}",
+        path.display(),
+        config.clients.len(),
+        config.policy.rules.len(),
+        config.upstream.origin
+    );
+    // The key may legitimately be absent where the config is reviewed; say so without failing.
+    if let Err(error) = UpstreamKey::load(&config.upstream.key_source) {
+        println!("warning: {error}");
+    }
+    Ok(())
+}
+
+/// A fresh random client key: `tlgw_` and 40 alphanumerics (≈ 238 bits).
+pub fn new_client_key() -> String {
+    format!("tlgw_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
+}
+
+fn keygen(id: &str, roles: &[String]) -> Result<(), String> {
+    let id: ClientId = id.parse()?;
+    let roles = roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = new_client_key();
+    let roles = roles
+        .iter()
+        .map(Role::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("# Personal key for {id}: hand it over once; the gateway stores only its digest.");
+    println!("{key}");
+    println!();
+    println!("# Add under `clients:` in the gateway configuration:");
+    println!("  - id: {id}");
+    println!("    roles: [{roles}]");
+    println!("    key_sha256: {}", key_digest_hex(&key));
+    Ok(())
+}
+
+async fn emulator(listen: SocketAddr, api_key: String, seed: bool) -> Result<(), String> {
+    telemetry::init(Default::default());
+    let emulator = Emulator::new(api_key);
+    if seed {
+        emulator.seed_demo();
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!(
+        "emulator listening on http://{}",
+        addr(listener.local_addr())
+    );
+    emulator
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| format!("emulator failed: {e}"))
+}
+
+/// YAML for the demo gateway; keeps the demo on the same configuration path as `serve`.
+fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: &str,
+    key_env: &str,
+    alice: &str,
+    bob: &str,
+) -> String {
+    format!(
+        r#"listen: "{listen}"
+admin_listen: "{admin}"
+upstream:
+  url: {upstream}
+  api_key_env: {key_env}
+clients:
+  - id: alice
+    roles: [admin]
+    key_sha256: {alice}
+  - id: bob
+    roles: [member]
+    key_sha256: {bob}
+policy:
+  default: allow
+  rules:
+    - id: force-delete-admins-only
+      match:
+        method: DELETE
+        path: /v1.3/assets/{{asset_id}}
+        query: {{ force: true }}
+      allow_roles: [admin]
+      message: Force-deleting an asset unlinks it from every index and entity; ask an admin.
+"#,
+        alice = key_digest_hex(alice),
+        bob = key_digest_hex(bob),
+    )
+}
+
+async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {
+    telemetry::init(Default::default());
+    let alice = new_client_key();
+    let bob = new_client_key();
+    let real_key = std::env::var("TWELVELABS_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+
+    let (upstream_url, upstream_key, emulator, seeded) = match real_key {
+        Some(key) => (
+            "https://api.twelvelabs.io".to_owned(),
+            UpstreamKey::fixed(&key).map_err(|e| e.to_string())?,
+            None,
+            None,
+        ),
+        None => {
+            let key = new_client_key().replace("tlgw_", "tlk_");
+            let emulator = Emulator::new(key.clone());
+            let seeded = emulator.seed_demo();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("cannot start the emulator: {e}"))?;
+            let url = format!("http://{}", addr(listener.local_addr()));
+            let running = emulator.clone();
+            tokio::spawn(async move {
+                if let Err(error) = running.serve(listener, std::future::pending()).await {
+                    tracing::error!(%error, "emulator stopped");
+                }
+            });
+            (
+                url,
+                UpstreamKey::fixed(&key).map_err(|e| e.to_string())?,
+                Some(emulator),
+                Some(seeded),
+            )
+        }
+    };
+    let yaml = demo_config(
+        listen,
+        admin_listen,
+        &upstream_url,
+        "TWELVELABS_API_KEY",
+        &alice,
+        &bob,
+    );
+    let config = Config::parse(Path::new("<demo>"), &yaml).map_err(|e| e.to_string())?;
+    debug_assert!(matches!(config.upstream.key_source, KeySource::Env(_)));
+    let gateway = Gateway::bind(&config, upstream_key)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base = format!("http://{}", addr(gateway.local_addr()));
+    let admin = format!("http://{}", addr(gateway.admin_addr()));
+
+    println!("tl-gateway demo");
+    match &emulator {
+        Some(_) => println!("  upstream: embedded TwelveLabs emulator at {upstream_url}"),
+        None => {
+            println!("  upstream: {upstream_url} (TWELVELABS_API_KEY is set: real API, real data)")
+        }
+    }
+    println!("  gateway:  {base}/v1.3");
+    println!("  admin:    {admin}/readyz");
+    println!();
+    println!("  client  role    key");
+    println!("  alice   admin   {alice}");
+    println!("  bob     member  {bob}");
+    if let Some(seeded) = &seeded {
+        println!();
+        println!(
+            "  demo data: asset {} is referenced by {} indexed asset(s); asset {} is unreferenced",
+            seeded.referenced_asset_id,
+            seeded.indexed_asset_ids.len(),
+            seeded.unreferenced_asset_id
+        );
+    }
+    println!();
+    println!("  try:");
+    println!("    curl -s {base}/v1.3/assets -H 'x-api-key: {bob}'");
+    println!("    curl -s -i {base}/v1.3/assets -H 'x-api-key: not-a-valid-key'");
+    if let Some(seeded) = &seeded {
+        println!(
+            "    curl -s -i -X DELETE '{base}/v1.3/assets/{}' -H 'x-api-key: {bob}'",
+            seeded.referenced_asset_id
+        );
+    }
+    println!();
+    println!("  python (pip install twelvelabs==1.3.6):");
+    println!("    from twelvelabs import TwelveLabs");
+    println!("    client = TwelveLabs(api_key=\"{bob}\", base_url=\"{base}/v1.3\")");
+    println!("    print([asset.id for asset in client.assets.list()])");
+    println!();
+    println!("  Press Ctrl-C to stop.");
+    gateway
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}

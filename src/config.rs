@@ -1,0 +1,853 @@
+//! Configuration: one YAML file → a validated, typed [`Config`] (contract: architecture.md §3).
+//!
+//! Parsing happens in two steps. Serde reads the file into `Raw*` types that reject unknown keys and
+//! check single values (durations, digests, ids) as they are read, so those errors carry serde's line
+//! and column. Cross-field checks then build the typed `Config`; their errors name the key path and the
+//! line found by [`locate`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Method;
+use serde::Deserialize;
+
+/// A configuration error naming the file, the line (when known) and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// 1-based line of the offending key, when it could be found.
+    pub line: Option<usize>,
+    /// What is wrong, starting with the key path.
+    pub message: String,
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener.
+    pub listen: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_listen: SocketAddr,
+    /// Where requests go and with which key.
+    pub upstream: UpstreamConfig,
+    /// Team members and their key digests.
+    pub clients: Vec<ClientConfig>,
+    /// Access policy.
+    pub policy: PolicyConfig,
+    /// Audit log settings, if auditing is configured.
+    pub audit: Option<AuditConfig>,
+    /// Listener limits and timeouts.
+    pub server: ServerConfig,
+    /// Log output.
+    pub logging: LoggingConfig,
+}
+
+/// The fixed upstream origin and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme, host and port: the only place a connection can go.
+    pub origin: UpstreamOrigin,
+    /// Where the real TwelveLabs key comes from.
+    pub key_source: KeySource,
+    /// Limit for TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Limit from sending the request to receiving response headers.
+    pub request_timeout: Duration,
+}
+
+/// `scheme://host[:port]` of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamOrigin {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and optional port.
+    pub authority: Authority,
+}
+
+impl fmt::Display for UpstreamOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl FromStr for UpstreamOrigin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} needs a scheme (https:// or http://)"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(format!(
+                "{s:?}: only http and https upstreams are supported"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} needs a host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{s:?}: credentials in the URL are not allowed"));
+        }
+        let path = uri.path();
+        if !(path.is_empty() || path == "/") || uri.query().is_some() {
+            return Err(format!(
+                "{s:?}: give only scheme://host[:port]; request paths such as /v1.3/... are appended as classified"
+            ));
+        }
+        Ok(UpstreamOrigin { scheme, authority })
+    }
+}
+
+/// Where the upstream key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file, re-read when it changes (key rotation without restart).
+    File(PathBuf),
+    /// An environment variable, read once at start.
+    Env(String),
+}
+
+/// A team member.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Stable client id (used in logs, audit and metric labels).
+    pub id: ClientId,
+    /// Roles the policy refers to.
+    pub roles: Vec<Role>,
+    /// SHA-256 of the client's raw personal key.
+    pub key_sha256: [u8; 32],
+}
+
+/// Access policy as configured (compiled and enforced by the policy module).
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Effect for requests that no rule matches.
+    pub default: Effect,
+    /// The rules; order does not matter.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Let the request through.
+    Allow,
+    /// Refuse the request.
+    Deny,
+}
+
+/// Whether a rule blocks or only records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    /// Deny requests the rule refuses.
+    #[default]
+    Enforce,
+    /// Record and count what the rule would deny, but let it through.
+    DryRun,
+}
+
+/// One policy rule.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Unique rule id.
+    pub id: RuleId,
+    /// What the rule applies to.
+    pub matcher: MatchConfig,
+    /// Roles the rule admits.
+    pub allow_roles: Vec<Role>,
+    /// Clients the rule admits.
+    pub allow_clients: Vec<ClientId>,
+    /// Shown to a refused client.
+    pub message: Option<String>,
+    /// Enforce or dry run.
+    pub mode: RuleMode,
+}
+
+/// Match conditions of a rule; every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct MatchConfig {
+    /// Exact HTTP method.
+    pub method: Option<Method>,
+    /// Route template, e.g. `/v1.3/assets/{asset_id}`.
+    pub path: Option<String>,
+    /// Route id, e.g. `assets.delete`.
+    pub operation: Option<String>,
+    /// Query predicates: parameter name → expected value.
+    pub query: BTreeMap<String, QueryValue>,
+    /// Only these clients.
+    pub clients: Vec<ClientId>,
+}
+
+/// Expected value of a query predicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryValue {
+    /// A boolean, read the way the most permissive framework would.
+    Bool(bool),
+    /// An exact string.
+    Text(String),
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// JSON Lines file.
+    pub path: PathBuf,
+}
+
+/// Listener limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Open client connections at most; further connections wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// On SIGTERM/ctrl-c, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+macro_rules! id_newtype {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(std::sync::Arc<str>);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                if is_plain_id(&value) {
+                    Ok($name(value.into()))
+                } else {
+                    Err(format!(
+                        concat!("invalid ", $what, " {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -"),
+                        value
+                    ))
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A configured client id.
+    ClientId,
+    "client id"
+);
+id_newtype!(
+    /// A role name.
+    Role,
+    "role"
+);
+id_newtype!(
+    /// A policy rule id.
+    RuleId,
+    "rule id"
+);
+
+fn is_plain_id(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A duration written as `250ms`, `30s`, `5m`, `1h` or `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ConfigDuration(pub Duration);
+
+impl TryFrom<String> for ConfigDuration {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        parse_duration(&value).map(ConfigDuration)
+    }
+}
+
+/// Parse `250ms`, `30s`, `5m`, `1h`, `1d`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "invalid duration {value:?}: write a whole number and a unit, e.g. 250ms, 30s, 5m, 1h"
+        )
+    };
+    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        "d" => number.checked_mul(86_400_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// A lowercase hex SHA-256 digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl TryFrom<String> for KeyDigest {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid key_sha256 {value:?}: expected 64 lowercase hex digits (tl-gateway keygen prints one)")
+        };
+        if value.len() != 64
+            || !value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in value.as_bytes().chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
+            out[i] = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        }
+        Ok(KeyDigest(out))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    upstream: RawUpstream,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+    #[serde(default)]
+    server: Option<RawServer>,
+    #[serde(default)]
+    logging: Option<RawLogging>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    api_key_file: Option<PathBuf>,
+    api_key_env: Option<String>,
+    connect_timeout: Option<ConfigDuration>,
+    request_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: ClientId,
+    #[serde(default)]
+    roles: Vec<Role>,
+    key_sha256: KeyDigest,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    default: Option<Effect>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: RuleId,
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    allow_roles: Option<Vec<Role>>,
+    allow_clients: Option<Vec<ClientId>>,
+    message: Option<String>,
+    #[serde(default)]
+    mode: RuleMode,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    method: Option<String>,
+    path: Option<String>,
+    operation: Option<String>,
+    #[serde(default)]
+    query: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    clients: Vec<ClientId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_connections: Option<usize>,
+    header_read_timeout: Option<ConfigDuration>,
+    shutdown_grace: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    #[serde(default)]
+    format: LogFormat,
+}
+
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::parse(path, &source)
+    }
+
+    /// Validate configuration text; `path` is only used in error messages.
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(source).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: e.location().map(|l| l.line()),
+            message: strip_location(&e.to_string()),
+        })?;
+        let fail = |key: &[Seg], message: String| ConfigError {
+            file: path.to_owned(),
+            line: locate(source, key),
+            message: format!("{}: {message}", display_path(key)),
+        };
+        Validator { fail: &fail }.build(raw)
+    }
+}
+
+struct Validator<'a> {
+    fail: &'a dyn Fn(&[Seg], String) -> ConfigError,
+}
+
+impl Validator<'_> {
+    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let admin_listen = match raw.admin_listen {
+            Some(addr) => addr,
+            None => DEFAULT_ADMIN_LISTEN
+                .parse()
+                .map_err(|_| (self.fail)(&[Seg::Key("admin_listen")], "bad default".into()))?,
+        };
+        if admin_listen == raw.listen {
+            return Err((self.fail)(
+                &[Seg::Key("admin_listen")],
+                "must differ from listen: admin endpoints live on their own listener".into(),
+            ));
+        }
+        let upstream = self.upstream(raw.upstream)?;
+        let clients = self.clients(raw.clients)?;
+        let known_clients: HashSet<ClientId> = clients.iter().map(|c| c.id.clone()).collect();
+        let policy = self.policy(raw.policy, &known_clients)?;
+        let audit = raw.audit.map(|a| AuditConfig { path: a.path });
+        let server = raw.server.map_or_else(ServerConfig::default, |s| {
+            let defaults = ServerConfig::default();
+            ServerConfig {
+                max_connections: s.max_connections.unwrap_or(defaults.max_connections),
+                header_read_timeout: s
+                    .header_read_timeout
+                    .map_or(defaults.header_read_timeout, |d| d.0),
+                shutdown_grace: s.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
+            }
+        });
+        if server.max_connections == 0 {
+            return Err((self.fail)(
+                &[Seg::Key("server"), Seg::Key("max_connections")],
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(Config {
+            listen: raw.listen,
+            admin_listen,
+            upstream,
+            clients,
+            policy,
+            audit,
+            server,
+            logging: LoggingConfig {
+                format: raw.logging.map(|l| l.format).unwrap_or_default(),
+            },
+        })
+    }
+
+    fn upstream(&self, raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let origin = raw
+            .url
+            .parse()
+            .map_err(|e| (self.fail)(&[Seg::Key("upstream"), Seg::Key("url")], e))?;
+        let key_source = match (raw.api_key_file, raw.api_key_env) {
+            (Some(file), None) => KeySource::File(file),
+            (None, Some(var)) if !var.is_empty() => KeySource::Env(var),
+            (None, Some(_)) => {
+                return Err((self.fail)(
+                    &[Seg::Key("upstream"), Seg::Key("api_key_env")],
+                    "must name an environment variable".into(),
+                ))
+            }
+            _ => {
+                return Err((self.fail)(
+                    &[Seg::Key("upstream")],
+                    "set exactly one of api_key_file and api_key_env".into(),
+                ))
+            }
+        };
+        let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
+        let request_timeout = raw
+            .request_timeout
+            .map_or(Duration::from_secs(300), |d| d.0);
+        for (key, value) in [
+            ("connect_timeout", connect_timeout),
+            ("request_timeout", request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((self.fail)(
+                    &[Seg::Key("upstream"), Seg::Key(key)],
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
+        Ok(UpstreamConfig {
+            origin,
+            key_source,
+            connect_timeout,
+            request_timeout,
+        })
+    }
+
+    fn clients(&self, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>, ConfigError> {
+        let mut ids = HashSet::new();
+        let mut digests = HashSet::new();
+        let mut clients = Vec::with_capacity(raw.len());
+        for (i, client) in raw.into_iter().enumerate() {
+            if !ids.insert(client.id.clone()) {
+                return Err((self.fail)(
+                    &[Seg::Key("clients"), Seg::Index(i), Seg::Key("id")],
+                    format!("duplicate client id {:?}", client.id.as_str()),
+                ));
+            }
+            if !digests.insert(client.key_sha256) {
+                return Err((self.fail)(
+                    &[Seg::Key("clients"), Seg::Index(i), Seg::Key("key_sha256")],
+                    "the same key digest is configured for two clients".into(),
+                ));
+            }
+            clients.push(ClientConfig {
+                id: client.id,
+                roles: client.roles,
+                key_sha256: client.key_sha256.0,
+            });
+        }
+        Ok(clients)
+    }
+
+    fn policy(
+        &self,
+        raw: Option<RawPolicy>,
+        known_clients: &HashSet<ClientId>,
+    ) -> Result<PolicyConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(PolicyConfig {
+                default: Effect::Allow,
+                rules: Vec::new(),
+            });
+        };
+        let mut ids = HashSet::new();
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, rule) in raw.rules.into_iter().enumerate() {
+            let at = |key: &'static str| {
+                [
+                    Seg::Key("policy"),
+                    Seg::Key("rules"),
+                    Seg::Index(i),
+                    Seg::Key(key),
+                ]
+            };
+            if !ids.insert(rule.id.clone()) {
+                return Err((self.fail)(
+                    &at("id"),
+                    format!("duplicate rule id {:?}", rule.id.as_str()),
+                ));
+            }
+            if rule.allow_roles.is_none() && rule.allow_clients.is_none() {
+                return Err((self.fail)(
+                    &at("allow_roles"),
+                    format!(
+                        "rule {:?} admits nobody by omission: set allow_roles and/or allow_clients (allow_roles: [] denies everyone)",
+                        rule.id.as_str()
+                    ),
+                ));
+            }
+            let allow_clients = rule.allow_clients.unwrap_or_default();
+            for client in allow_clients.iter().chain(&rule.matcher.clients) {
+                if !known_clients.contains(client) {
+                    return Err((self.fail)(
+                        &at("match"),
+                        format!(
+                            "rule {:?} names unknown client {:?}",
+                            rule.id.as_str(),
+                            client.as_str()
+                        ),
+                    ));
+                }
+            }
+            let matcher = self.matcher(rule.matcher, &at("match"))?;
+            rules.push(RuleConfig {
+                id: rule.id,
+                matcher,
+                allow_roles: rule.allow_roles.unwrap_or_default(),
+                allow_clients,
+                message: rule.message,
+                mode: rule.mode,
+            });
+        }
+        Ok(PolicyConfig {
+            default: raw.default.unwrap_or(Effect::Allow),
+            rules,
+        })
+    }
+
+    fn matcher(&self, raw: RawMatch, at: &[Seg]) -> Result<MatchConfig, ConfigError> {
+        let key = |k: &'static str| {
+            let mut path = at.to_vec();
+            path.push(Seg::Key(k));
+            path
+        };
+        let method = match raw.method {
+            None => None,
+            Some(m) => {
+                let upper = m.to_ascii_uppercase();
+                if !matches!(
+                    upper.as_str(),
+                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+                ) {
+                    return Err((self.fail)(&key("method"), format!("unknown method {m:?}")));
+                }
+                Method::from_bytes(upper.as_bytes()).ok()
+            }
+        };
+        if let Some(path) = &raw.path {
+            if !path.starts_with('/') {
+                return Err((self.fail)(
+                    &key("path"),
+                    format!("route template {path:?} must start with /"),
+                ));
+            }
+        }
+        let mut query = BTreeMap::new();
+        for (name, value) in raw.query {
+            let value = match value {
+                serde_yaml::Value::Bool(b) => QueryValue::Bool(b),
+                serde_yaml::Value::String(s) => QueryValue::Text(s),
+                serde_yaml::Value::Number(n) => QueryValue::Text(n.to_string()),
+                _ => {
+                    return Err((self.fail)(
+                        &key("query"),
+                        format!("query predicate {name:?} must be a boolean, string or number"),
+                    ))
+                }
+            };
+            query.insert(name, value);
+        }
+        Ok(MatchConfig {
+            method,
+            path: raw.path,
+            operation: raw.operation,
+            query,
+            clients: raw.clients,
+        })
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone, Copy)]
+pub enum Seg {
+    /// A mapping key.
+    Key(&'static str),
+    /// A sequence index.
+    Index(usize),
+}
+
+fn display_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn strip_location(message: &str) -> String {
+    // serde_yaml appends " at line L column C"; the line is reported separately.
+    match message.rfind(" at line ") {
+        Some(pos) => message[..pos].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Find the 1-based line of a key path in block-style YAML (best effort, for error messages).
+pub fn locate(source: &str, path: &[Seg]) -> Option<usize> {
+    // Each significant line as (line number, column of its key after any "- " markers, dash column, text).
+    struct Line<'a> {
+        number: usize,
+        key_col: usize,
+        dash_col: Option<usize>,
+        text: &'a str,
+    }
+    let lines: Vec<Line> = source
+        .lines()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let indent = raw.len() - raw.trim_start().len();
+            let mut text = raw.trim_start();
+            if text.is_empty() || text.starts_with('#') {
+                return None;
+            }
+            let mut key_col = indent;
+            let mut dash_col = None;
+            while let Some(rest) = text
+                .strip_prefix("- ")
+                .or_else(|| (text == "-").then_some(""))
+            {
+                dash_col.get_or_insert(key_col);
+                let trimmed = rest.trim_start();
+                key_col += text.len() - trimmed.len();
+                text = trimmed;
+            }
+            Some(Line {
+                number: i + 1,
+                key_col,
+                dash_col,
+                text,
+            })
+        })
+        .collect();
+    let (mut start, mut end) = (0usize, lines.len());
+    let mut found = None;
+    let mut min_col = 0usize;
+    for seg in path {
+        match *seg {
+            Seg::Key(key) => {
+                let idx = (start..end).find(|&i| {
+                    let l = &lines[i];
+                    l.key_col >= min_col
+                        && l.text.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+                })?;
+                let col = lines[idx].key_col;
+                found = Some(lines[idx].number);
+                let stop = (idx + 1..end)
+                    .find(|&i| lines[i].key_col <= col)
+                    .unwrap_or(end);
+                start = idx + 1;
+                end = stop;
+                min_col = col + 1;
+            }
+            Seg::Index(n) => {
+                let items: Vec<usize> = (start..end)
+                    .filter(|&i| {
+                        lines[i]
+                            .dash_col
+                            .is_some_and(|d| d >= min_col.saturating_sub(1))
+                    })
+                    .collect();
+                let dash = items.first().and_then(|&i| lines[i].dash_col)?;
+                let items: Vec<usize> = items
+                    .into_iter()
+                    .filter(|&i| lines[i].dash_col == Some(dash))
+                    .collect();
+                let idx = *items.get(n)?;
+                found = Some(lines[idx].number);
+                let stop = items.get(n + 1).copied().unwrap_or(end);
+                // The item's own first key lives on the dash line.
+                start = idx;
+                end = stop;
+                min_col = dash + 1;
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! `GatewayError` and the one rescue layer that turns it into a TwelveLabs-shaped response.
+//!
+//! Every response the gateway itself makes has the body
+//! `{"code": "<snake_case>", "message": "<human text>", "request_id": "<id>"}` so the official SDKs
+//! surface it. Messages never echo request headers or secrets.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use crate::body::{self, GatewayBody};
+use crate::request_id::RequestId;
+
+/// Why the gateway refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No personal key in `x-api-key` or `Authorization: Bearer`.
+    #[error("missing API key: send your personal key in the x-api-key header or as Authorization: Bearer")]
+    MissingCredentials,
+    /// The presented key matches no configured client.
+    #[error("invalid API key")]
+    InvalidCredentials,
+    /// More than one credential, or credentials that disagree.
+    #[error("ambiguous credentials: send exactly one personal key, in x-api-key or Authorization: Bearer")]
+    ConflictingCredentials,
+    /// The method is refused for this target.
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(Method),
+    /// The request could be read more than one way; refused rather than guessed.
+    #[error("ambiguous request: {0}")]
+    RequestAmbiguous(&'static str),
+    /// No TwelveLabs route matches and the configuration refuses unknown routes.
+    #[error("unknown route")]
+    RouteUnknown,
+    /// The gateway holds no usable upstream key.
+    #[error("the gateway has no upstream API key loaded")]
+    UpstreamKeyMissing,
+    /// The upstream could not be reached or broke the exchange.
+    #[error("the TwelveLabs API could not be reached ({0})")]
+    UpstreamUnavailable(UpstreamFailure),
+    /// The upstream did not answer in time.
+    #[error("the TwelveLabs API did not answer within {0} ms")]
+    UpstreamTimeout(u128),
+    /// A bug: an invariant of the stack did not hold.
+    #[error("internal gateway error: {0}")]
+    Internal(&'static str),
+}
+
+/// What went wrong talking to the upstream (bounded set: used as a metric label later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// TCP connect or TLS handshake failed.
+    Connect,
+    /// The exchange failed after connecting (reset, malformed response).
+    Exchange,
+}
+
+impl UpstreamFailure {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Exchange => "exchange",
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl GatewayError {
+    /// HTTP status of the gateway's response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::MissingCredentials
+            | GatewayError::InvalidCredentials
+            | GatewayError::ConflictingCredentials => StatusCode::UNAUTHORIZED,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::RequestAmbiguous(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RouteUnknown => StatusCode::NOT_FOUND,
+            GatewayError::UpstreamKeyMissing => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// TwelveLabs-style snake_case error code (contract: architecture.md §4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::MissingCredentials
+            | GatewayError::InvalidCredentials
+            | GatewayError::ConflictingCredentials => "unauthorized",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::RequestAmbiguous(_) => "request_ambiguous",
+            GatewayError::RouteUnknown => "route_unknown",
+            GatewayError::UpstreamKeyMissing => "upstream_unavailable",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Build the TwelveLabs-shaped response for this error.
+    pub fn into_response(self, request_id: Option<&RequestId>) -> Response<GatewayBody> {
+        error_response(
+            self.status(),
+            self.code(),
+            &self.to_string(),
+            request_id.map(RequestId::as_str),
+        )
+    }
+}
+
+/// A TwelveLabs-shaped error response: `{"code", "message", "request_id"}`.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: Option<&str>,
+) -> Response<GatewayBody> {
+    let mut body = serde_json::json!({ "code": code, "message": message });
+    if let Some(id) = request_id {
+        body["request_id"] = serde_json::Value::from(id);
+    }
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110 requires Allow on 405; the route table decides the real set later.
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
+    response
+}
+
+/// The rescue layer: the one place a [`GatewayError`] becomes a response.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RescueLayer;
+
+impl RescueLayer {
+    /// Create the layer.
+    pub fn new() -> Self {
+        RescueLayer
+    }
+}
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue { inner }
+    }
+}
+
+/// Service produced by [`RescueLayer`].
+#[derive(Clone, Debug)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<GatewayBody>> for Rescue<S>
+where
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>, Error = GatewayError>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Inner services of this stack are always ready; an error here would be a bug, not a request.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
+        let request_id = req.extensions().get::<RequestId>().cloned();
+        // A combinator rather than an async block: rustc cannot prove an async block over the
+        // generic `S::Future` Send for every lifetime of the boxed error type.
+        Box::pin(self.inner.call(req).map(move |result| {
+            Ok(result.unwrap_or_else(|error| {
+                let status = error.status();
+                if status.is_server_error() {
+                    tracing::warn!(code = error.code(), status = status.as_u16(), %error, "request failed");
+                } else {
+                    tracing::info!(code = error.code(), status = status.as_u16(), %error, "request refused");
+                }
+                error.into_response(request_id.as_ref())
+            }))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_has_twelvelabs_shape() {
+        let id = RequestId::from_static("req-1");
+        let response = GatewayError::InvalidCredentials.into_response(Some(&id));
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["code"], "unauthorized");
+        assert_eq!(json["message"], "invalid API key");
+        assert_eq!(json["request_id"], "req-1");
+    }
+
+    #[test]
+    fn statuses_and_codes_follow_the_contract() {
+        let cases = [
+            (GatewayError::MissingCredentials, 401, "unauthorized"),
+            (
+                GatewayError::MethodNotAllowed(Method::TRACE),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                GatewayError::RequestAmbiguous("x"),
+                400,
+                "request_ambiguous",
+            ),
+            (GatewayError::RouteUnknown, 404, "route_unknown"),
+            (
+                GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
+                502,
+                "upstream_unavailable",
+            ),
+            (GatewayError::UpstreamTimeout(5), 504, "upstream_timeout"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.code(), code, "{error}");
+        }
+    }
+}

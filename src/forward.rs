@@ -1,0 +1,151 @@
+//! Forwarding: the canonical request to the fixed upstream origin, over rustls, streamed both ways.
+//!
+//! The upstream URI is built from configuration (scheme, host, port) and the classified
+//! [`Operation`] (path and query); the client's `Host` or target never chooses where a connection goes.
+//! Requests go upstream as HTTP/1.1. No redirects are followed and proxy environment variables are
+//! ignored (hyper's connector reads none).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::Service;
+
+use crate::body::{self, GatewayBody};
+use crate::classify::Operation;
+use crate::config::UpstreamOrigin;
+use crate::error::{GatewayError, UpstreamFailure};
+use crate::headers;
+
+/// Upstream settings the forwarder needs (and nothing else from the configuration).
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Fixed origin.
+    pub origin: UpstreamOrigin,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Limit from sending the request to receiving response headers.
+    pub request_timeout: Duration,
+}
+
+/// Why the forwarder could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up TLS for the upstream: {0}")]
+pub struct ForwardSetupError(#[from] rustls::Error);
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, GatewayBody>;
+
+/// The innermost service: sends the canonical request upstream and streams the response back.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    client: HttpClient,
+    settings: Arc<UpstreamSettings>,
+    host: HeaderValue,
+}
+
+impl Forwarder {
+    /// Build a forwarder with its own connection pool.
+    pub fn new(settings: UpstreamSettings) -> Result<Self, ForwardSetupError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        // One crypto provider, passed explicitly: no process-wide default is needed or assumed.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        let host = HeaderValue::from_str(settings.origin.authority.as_str())
+            .map_err(|_| rustls::Error::General("upstream authority is not a valid Host".into()))?;
+        Ok(Forwarder {
+            client,
+            settings: Arc::new(settings),
+            host,
+        })
+    }
+
+    fn upstream_uri(&self, operation: &Operation) -> Result<Uri, GatewayError> {
+        Uri::builder()
+            .scheme(self.settings.origin.scheme.clone())
+            .authority(self.settings.origin.authority.clone())
+            .path_and_query(operation.path_and_query())
+            .build()
+            .map_err(|_| GatewayError::Internal("the canonical target does not form a URI"))
+    }
+}
+
+impl Service<Request<GatewayBody>> for Forwarder {
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<GatewayBody>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let uri = match parts.extensions.get::<Operation>() {
+            Some(operation) => self.upstream_uri(operation),
+            None => Err(GatewayError::Internal(
+                "request reached the forwarder unclassified",
+            )),
+        };
+        let uri = match uri {
+            Ok(uri) => uri,
+            Err(error) => return Box::pin(async move { Err(error) }),
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(header::HOST, self.host.clone());
+        // The gateway's own server already answered any 100-continue expectation.
+        parts.headers.remove(header::EXPECT);
+        let upstream_request = Request::from_parts(parts, body);
+        let timeout = self.settings.request_timeout;
+        let response = self.client.request(upstream_request);
+        Box::pin(async move {
+            let response = match tokio::time::timeout(timeout, response).await {
+                Err(_) => return Err(GatewayError::UpstreamTimeout(timeout.as_millis())),
+                Ok(Err(error)) => {
+                    let failure = if error.is_connect() {
+                        UpstreamFailure::Connect
+                    } else {
+                        UpstreamFailure::Exchange
+                    };
+                    tracing::warn!(kind = failure.as_str(), error = %ErrorChain(&error), "upstream request failed");
+                    return Err(GatewayError::UpstreamUnavailable(failure));
+                }
+                Ok(Ok(response)) => response,
+            };
+            let (mut parts, body) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body::boxed(body)))
+        })
+    }
+}
+
+/// Display an error with its sources, for logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}

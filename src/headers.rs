@@ -1,0 +1,156 @@
+//! Header hygiene shared by both directions: hop-by-hop removal and client-credential stripping.
+//!
+//! Each list is one static array with a unit test per rule, so the full set is reviewable at a glance.
+
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy `proxy-connection` and `keep-alive`).
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Credential headers a client may send; their look-alikes (case, `_`, `.`) are removed too.
+pub const CLIENT_CREDENTIALS: [&str; 7] = [
+    "x-api-key",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "api-key",
+    "apikey",
+    "x-apikey",
+];
+
+/// Identity and routing headers a client could forge to impersonate the gateway or steer upstream.
+pub const FORGEABLE: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Prefix of headers only the gateway may set.
+pub const GATEWAY_PREFIX: &str = "x-tl-gateway-";
+
+/// Remove hop-by-hop headers, including every header named in `Connection`.
+///
+/// Run this before the gateway adds any header of its own, so a client cannot nominate one for removal.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in nominated {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Normalise a header name the way lenient frameworks do: lowercase, `_` and `.` read as `-`.
+fn normalised(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Remove every client credential, forgeable identity header and gateway-internal header.
+pub fn remove_client_credentials(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = normalised(name.as_str());
+            CLIENT_CREDENTIALS.contains(&n.as_str())
+                || FORGEABLE.contains(&n.as_str())
+                || n.starts_with(GATEWAY_PREFIX)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(names: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for name in names {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_removed() {
+        for name in HOP_BY_HOP {
+            let mut headers = map(&[name, "accept"]);
+            remove_hop_by_hop(&mut headers);
+            assert!(!headers.contains_key(name), "{name}");
+            assert!(headers.contains_key("accept"));
+        }
+    }
+
+    #[test]
+    fn headers_nominated_by_connection_are_removed() {
+        let mut headers = map(&["x-custom", "x-other", "accept"]);
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("close, X-Custom ,x-other"),
+        );
+        remove_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("x-custom"));
+        assert!(!headers.contains_key("x-other"));
+        assert!(!headers.contains_key(CONNECTION));
+        assert!(headers.contains_key("accept"));
+    }
+
+    #[test]
+    fn credentials_and_their_look_alikes_are_removed() {
+        for name in CLIENT_CREDENTIALS {
+            let underscore = name.replace('-', "_");
+            let dotted = name.replace('-', ".");
+            let mut headers = map(&[name, &underscore, &dotted, "accept"]);
+            remove_client_credentials(&mut headers);
+            assert_eq!(headers.len(), 1, "{name}: {headers:?}");
+            assert!(headers.contains_key("accept"));
+        }
+    }
+
+    #[test]
+    fn forgeable_and_internal_headers_are_removed() {
+        for name in FORGEABLE {
+            let mut headers = map(&[name, "content-type"]);
+            remove_client_credentials(&mut headers);
+            assert!(!headers.contains_key(name), "{name}");
+        }
+        let mut headers = map(&["x-tl-gateway-client", "x_tl_gateway_roles", "x-tlgateway"]);
+        remove_client_credentials(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-tlgateway"));
+    }
+}

@@ -1,0 +1,21 @@
+//! tl-gateway: a policy-enforcing, auditing HTTP gateway in front of the TwelveLabs v1.3 API.
+//!
+//! The request path is a tower `Service` stack, one module per concern (see `server::build_stack`):
+//! request id → trace → rescue → classify → authenticate → credentials → forward.
+//! Data passes between layers as typed request extensions (`Operation`, `Principal`).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod emulator;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod request_id;
+pub mod server;
+pub mod telemetry;

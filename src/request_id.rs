@@ -1,0 +1,148 @@
+//! Request ids: propagate a well-formed `x-request-id`, otherwise generate one; echo it on the response.
+//!
+//! A client-supplied id ends up in logs and (later) audit records, so only a short, plain token is
+//! accepted; anything else is replaced rather than trusted.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request's id, as a typed request extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// Longest client-supplied id that is propagated.
+    pub const MAX_LEN: usize = 128;
+
+    /// A fresh random id (32 hex digits).
+    pub fn generate() -> Self {
+        let value: u128 = rand::random();
+        RequestId(format!("{value:032x}").into())
+    }
+
+    /// Accept a client-supplied id if it is 1–128 characters of `[A-Za-z0-9._:-]`.
+    pub fn parse(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let plain = !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        plain
+            .then(|| std::str::from_utf8(bytes).ok().map(|s| RequestId(s.into())))
+            .flatten()
+    }
+
+    /// A fixed id (tests).
+    pub fn from_static(value: &'static str) -> Self {
+        RequestId(value.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        // Only plain ASCII ids are ever constructed, so this cannot fail.
+        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Layer that assigns every request a [`RequestId`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIdLayer;
+
+impl RequestIdLayer {
+    /// Create the layer.
+    pub fn new() -> Self {
+        RequestIdLayer
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = SetRequestId<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SetRequestId { inner }
+    }
+}
+
+/// Service produced by [`RequestIdLayer`].
+#[derive(Clone, Debug)]
+pub struct SetRequestId<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> Service<Request<B>> for SetRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<ResB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let mut supplied = req.headers().get_all(&X_REQUEST_ID).iter();
+        let id = match (supplied.next(), supplied.next()) {
+            (Some(value), None) => RequestId::parse(value).unwrap_or_else(RequestId::generate),
+            _ => RequestId::generate(),
+        };
+        let value = id.header_value();
+        req.headers_mut()
+            .insert(X_REQUEST_ID.clone(), value.clone());
+        req.extensions_mut().insert(id);
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = future.await?;
+            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_are_propagated_and_others_replaced() {
+        let ok = ["abc", "req-1.2_3:x", &"a".repeat(128)];
+        for id in ok {
+            let parsed = RequestId::parse(&HeaderValue::from_str(id).unwrap()).unwrap();
+            assert_eq!(parsed.as_str(), id);
+        }
+        let bad = ["", "has space", "quote\"", &"a".repeat(129), "semi;colon"];
+        for id in bad {
+            assert!(
+                RequestId::parse(&HeaderValue::from_str(id).unwrap()).is_none(),
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_hex() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

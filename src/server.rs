@@ -1,0 +1,327 @@
+//! Listeners and the request stack: `build_stack`, the connection loop (cap, header-read timeout,
+//! HTTP/1.1 + h2c) and graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::admin::{self, Readiness};
+use crate::auth::{AuthLayer, ClientKeys};
+use crate::body::{self, GatewayBody};
+use crate::classify::ClassifyLayer;
+use crate::config::{Config, ServerConfig};
+use crate::credentials::{CredentialsLayer, UpstreamKey, KEY_FILE_POLL, X_API_KEY};
+use crate::error::RescueLayer;
+use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
+use crate::headers;
+use crate::request_id::{RequestId, RequestIdLayer};
+
+/// The complete request path as one cloneable service.
+pub type GatewayService =
+    BoxCloneSyncService<Request<GatewayBody>, Response<GatewayBody>, Infallible>;
+
+/// The client's socket address, as a typed request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Everything the request path needs, each part handed to its own layer.
+#[derive(Clone, Debug)]
+pub struct StackParts {
+    /// Configured clients.
+    pub clients: Arc<ClientKeys>,
+    /// The real upstream key.
+    pub upstream_key: Arc<UpstreamKey>,
+    /// The upstream client.
+    pub forwarder: Forwarder,
+}
+
+impl StackParts {
+    /// Build the parts from a validated configuration and a loaded key.
+    pub fn from_config(
+        config: &Config,
+        upstream_key: Arc<UpstreamKey>,
+    ) -> Result<Self, ForwardSetupError> {
+        Ok(StackParts {
+            clients: Arc::new(ClientKeys::new(&config.clients)),
+            upstream_key,
+            forwarder: Forwarder::new(UpstreamSettings {
+                origin: config.upstream.origin.clone(),
+                connect_timeout: config.upstream.connect_timeout,
+                request_timeout: config.upstream.request_timeout,
+            })?,
+        })
+    }
+}
+
+/// Build the request stack, outermost first (architecture.md §2).
+pub fn build_stack(parts: StackParts) -> GatewayService {
+    let sensitive: Arc<[http::HeaderName]> = Arc::new([
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        X_API_KEY.clone(),
+    ]);
+    let stack = ServiceBuilder::new()
+        .layer(RequestIdLayer::new())
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .map_response(|response: Response<_>| response.map(body::boxed))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<GatewayBody>| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(RequestId::as_str)
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = id,
+                        method = %req.method(),
+                        path = req.uri().path(),
+                        client = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(RescueLayer::new())
+        .layer(ClassifyLayer::new())
+        .layer(AuthLayer::new(parts.clients))
+        .layer(CredentialsLayer::new(parts.upstream_key))
+        .service(parts.forwarder);
+    BoxCloneSyncService::new(stack)
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Forward(#[from] ForwardSetupError),
+}
+
+/// A gateway with both listeners bound, ready to run.
+pub struct Gateway {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    stack: Arc<ArcSwap<GatewayService>>,
+    readiness: Arc<Readiness>,
+    upstream_key: Arc<UpstreamKey>,
+    server: ServerConfig,
+}
+
+impl Gateway {
+    /// Bind the client and admin listeners for this configuration.
+    pub async fn bind(
+        config: &Config,
+        upstream_key: Arc<UpstreamKey>,
+    ) -> Result<Gateway, StartError> {
+        let parts = StackParts::from_config(config, upstream_key.clone())?;
+        let listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin_listen).await?;
+        Ok(Gateway {
+            listener,
+            admin_listener,
+            stack: Arc::new(ArcSwap::from_pointee(build_stack(parts))),
+            readiness: Readiness::new(upstream_key.clone()),
+            upstream_key,
+            server: config.server.clone(),
+        })
+    }
+
+    /// The bound client-facing address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin_listener.local_addr()
+    }
+
+    /// Serve until `shutdown` resolves, then drain in-flight requests for up to `shutdown_grace`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let key_watcher = self.upstream_key.watch(KEY_FILE_POLL);
+        let readiness = self.readiness.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining in-flight requests");
+            readiness.set_draining();
+            let _ = stop_tx.send(true);
+        });
+
+        let admin_readiness = self.readiness.clone();
+        let admin_stop = stop_rx.clone();
+        let admin_settings = ServerConfig {
+            max_connections: 64,
+            ..self.server.clone()
+        };
+        let admin = tokio::spawn(serve_connections(
+            self.admin_listener,
+            admin_settings,
+            wait_for(admin_stop),
+            move |_peer| {
+                let readiness = admin_readiness.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    admin::handle(readiness.clone(), req)
+                })
+            },
+        ));
+
+        let stack = self.stack.clone();
+        let result =
+            serve_connections(self.listener, self.server, wait_for(stop_rx), move |peer| {
+                let stack = stack.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let service: GatewayService = GatewayService::clone(&stack.load());
+                    service.oneshot(edge(req, peer))
+                })
+            })
+            .await;
+        admin.abort();
+        if let Some(watcher) = key_watcher {
+            watcher.abort();
+        }
+        result
+    }
+}
+
+/// Where a request enters: box the body once, note the peer, drop hop-by-hop headers before any
+/// layer adds its own.
+fn edge(req: Request<Incoming>, peer: SocketAddr) -> Request<GatewayBody> {
+    let mut req = req.map(body::boxed);
+    headers::remove_hop_by_hop(req.headers_mut());
+    req.extensions_mut().insert(ClientAddr(peer));
+    req
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Accept connections until `shutdown`, serving each with a service made for its peer.
+async fn serve_connections<F, S, B>(
+    listener: TcpListener,
+    settings: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    make_service: F,
+) -> std::io::Result<()>
+where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make_service(peer);
+        let builder = builder.clone();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, error = %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(
+            grace_ms = settings.shutdown_grace.as_millis() as u64,
+            "shutdown grace period expired with requests still in flight"
+        ),
+    }
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
