@@ -109,6 +109,9 @@ fn classify_path(path: &str) -> Result<&str, GatewayError> {
             "the request target must be a path starting with /",
         ));
     };
+    if rest.is_empty() {
+        return Err(GatewayError::RouteUnknown);
+    }
     for byte in rest.bytes() {
         match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'/' => {}

@@ -1,1 +1,214 @@
+use super::*;
 
+const MINIMAL: &str = r#"listen: 127.0.0.1:8080           # client-facing listener
+admin_listen: 127.0.0.1:9464     # /metrics /healthz /readyz
+
+upstream:
+  url: https://api.twelvelabs.io # scheme://host[:port]; request paths (/v1.3/...) are appended as classified
+  api_key_file: /run/secrets/twelvelabs-api-key   # re-read on change: key rotation without restart
+  # api_key_env: TWELVELABS_API_KEY                # the alternative; exactly one of the two
+
+clients:                         # team members; only SHA-256 hex digests of their keys are stored
+  - id: alice                    # key: tlgw_alice_example_key
+    roles: [admin]
+    key_sha256: d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6
+  - id: bob                      # key: tlgw_bob_example_key
+    roles: [member]
+    key_sha256: 7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531
+
+policy:
+  default: allow                 # for requests no rule matches: allow | deny
+  rules:
+    - id: force-delete-admins-only
+      match:
+        method: DELETE
+        path: /v1.3/assets/{asset_id}
+        query: { force: true }
+      allow_roles: [admin]
+      message: Force-deleting an asset unlinks it from every index and entity; ask an admin.
+
+audit:
+  path: ./data/audit.jsonl
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("gw.yaml"), text)
+}
+
+#[test]
+fn the_minimal_contract_file_parses() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        config.upstream.origin.to_string(),
+        "https://api.twelvelabs.io"
+    );
+    assert_eq!(
+        config.upstream.key_source,
+        KeySource::File("/run/secrets/twelvelabs-api-key".into())
+    );
+    assert_eq!(config.clients.len(), 2);
+    assert_eq!(config.clients[1].id.as_str(), "bob");
+    assert_eq!(
+        config.policy.rules[0].id.as_str(),
+        "force-delete-admins-only"
+    );
+    assert_eq!(
+        config.policy.rules[0].matcher.query.get("force"),
+        Some(&QueryValue::Bool(true))
+    );
+    assert_eq!(config.policy.rules[0].matcher.method, Some(Method::DELETE));
+    assert_eq!(
+        config.audit.unwrap().path,
+        PathBuf::from("./data/audit.jsonl")
+    );
+    assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn the_shipped_example_parses() {
+    let text = include_str!("../../config/gateway.example.yaml");
+    let config = parse(text).unwrap();
+    assert_eq!(config.logging.format, LogFormat::Json);
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+}
+
+fn error_of(text: &str) -> ConfigError {
+    parse(text).expect_err("should be rejected")
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_line() {
+    let text = MINIMAL.replace("  url: https", "  urls: https");
+    let error = error_of(&text);
+    assert_eq!(error.line, Some(5), "{error}");
+    assert!(
+        error.to_string().contains("unknown field `urls`"),
+        "{error}"
+    );
+    assert!(error.to_string().starts_with("gw.yaml:5: "), "{error}");
+
+    let text = MINIMAL.replace("      allow_roles: [admin]", "      allow_role: [admin]");
+    let error = error_of(&text);
+    assert!(error.to_string().contains("allow_role"), "{error}");
+    assert_eq!(error.line, Some(25), "{error}");
+
+    let text = MINIMAL.replace("  path: ./data", "  paht: ./data");
+    assert!(error_of(&text).to_string().contains("unknown field `paht`"));
+}
+
+#[test]
+fn bad_values_are_named() {
+    let text = MINIMAL.replace(
+        "7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531",
+        "7D57A37F",
+    );
+    let error = error_of(&text);
+    assert!(
+        error.to_string().contains("clients[1]: invalid key_sha256"),
+        "{error}"
+    );
+    // serde reports the item that holds the bad value.
+    assert_eq!(error.line, Some(13), "{error}");
+
+    let text = MINIMAL.replace("https://api.twelvelabs.io #", "ftp://api.twelvelabs.io #");
+    let error = error_of(&text);
+    assert!(error.to_string().contains("upstream.url"), "{error}");
+    assert_eq!(error.line, Some(5), "{error}");
+
+    let text = MINIMAL.replace(
+        "https://api.twelvelabs.io #",
+        "https://api.twelvelabs.io/v1.3 #",
+    );
+    assert!(error_of(&text).to_string().contains("scheme://host[:port]"));
+
+    let text = MINIMAL.replace("  url: https", "  connect_timeout: 5 seconds\n  url: https");
+    assert!(error_of(&text).to_string().contains("invalid duration"));
+}
+
+#[test]
+fn key_source_must_be_exactly_one() {
+    let both = MINIMAL.replace(
+        "  # api_key_env: TWELVELABS_API_KEY",
+        "  api_key_env: TWELVELABS_API_KEY",
+    );
+    let error = error_of(&both);
+    assert!(
+        error
+            .to_string()
+            .contains("exactly one of api_key_file and api_key_env"),
+        "{error}"
+    );
+    assert_eq!(error.line, Some(4));
+    let neither = MINIMAL.replace("  api_key_file: /run/secrets/twelvelabs-api-key", "");
+    assert!(error_of(&neither).to_string().contains("exactly one"));
+}
+
+#[test]
+fn duplicates_are_refused_with_the_line_of_the_second() {
+    let text = MINIMAL.replace("  - id: bob ", "  - id: alice ");
+    let error = error_of(&text);
+    assert!(
+        error.to_string().contains("duplicate client id \"alice\""),
+        "{error}"
+    );
+    assert_eq!(error.line, Some(13), "{error}");
+
+    let text = MINIMAL.replace(
+        "7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531",
+        "d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6",
+    );
+    assert!(error_of(&text).to_string().contains("same key digest"));
+
+    let text = format!(
+        "{}    - id: force-delete-admins-only\n      match: {{ method: GET }}\n      allow_roles: []\n",
+        MINIMAL.replace("\naudit:\n  path: ./data/audit.jsonl\n", "")
+    );
+    let error = error_of(&text);
+    assert!(error.to_string().contains("duplicate rule id"), "{error}");
+    assert_eq!(error.line, Some(27), "{error}");
+}
+
+#[test]
+fn rules_must_say_whom_they_admit_and_name_known_clients() {
+    let text = MINIMAL.replace("      allow_roles: [admin]\n", "");
+    assert!(error_of(&text)
+        .to_string()
+        .contains("admits nobody by omission"));
+    let text = MINIMAL.replace(
+        "      allow_roles: [admin]\n",
+        "      allow_clients: [mallory]\n",
+    );
+    assert!(error_of(&text)
+        .to_string()
+        .contains("unknown client \"mallory\""));
+    let text = MINIMAL.replace("method: DELETE", "method: DELET");
+    assert!(error_of(&text).to_string().contains("unknown method"));
+}
+
+#[test]
+fn durations_parse_in_every_unit() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+    for bad in ["", "5", "s", "1.5s", "-1s", "5 m", "5min"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn locate_finds_nested_keys_and_items() {
+    let path = [Seg::Key("clients"), Seg::Index(1), Seg::Key("roles")];
+    assert_eq!(locate(MINIMAL, &path), Some(14));
+    let path = [
+        Seg::Key("policy"),
+        Seg::Key("rules"),
+        Seg::Index(0),
+        Seg::Key("match"),
+        Seg::Key("query"),
+    ];
+    assert_eq!(locate(MINIMAL, &path), Some(24));
+    assert_eq!(locate(MINIMAL, &[Seg::Key("nothing")]), None);
+}
