@@ -494,7 +494,7 @@ impl Validator<'_> {
                 .parse()
                 .map_err(|_| (self.fail)(&[Seg::Key("admin_listen")], "bad default".into()))?,
         };
-        if admin_listen == raw.listen {
+        if admin_listen == raw.listen && raw.listen.port() != 0 {
             return Err((self.fail)(
                 &[Seg::Key("admin_listen")],
                 "must differ from listen: admin endpoints live on their own listener".into(),

@@ -1,0 +1,7 @@
+//! Integration tests of the whole stack: the gateway on port 0 in front of loopback upstreams.
+
+mod errors;
+mod forwarding;
+mod keys;
+mod process;
+mod support;
