@@ -97,7 +97,7 @@ pub fn presented_key(headers: &HeaderMap) -> Result<&[u8], GatewayError> {
     }
     match keys.as_slice() {
         [] => Err(GatewayError::MissingCredentials),
-        [key] if key.is_empty() => Err(GatewayError::MissingCredentials),
+        [[]] => Err(GatewayError::MissingCredentials),
         [key] => Ok(key),
         // The same key in both headers is harmless; anything else is ambiguous.
         [first, rest @ ..] if rest.iter().all(|k| k.ct_eq(first).into()) => Ok(first),

@@ -178,8 +178,8 @@ impl Gateway {
             let _ = stop_tx.send(true);
         });
 
+        // The admin listener outlives the drain so probes see `/readyz` turn 503 meanwhile.
         let admin_readiness = self.readiness.clone();
-        let admin_stop = stop_rx.clone();
         let admin_settings = ServerConfig {
             max_connections: 64,
             ..self.server.clone()
@@ -187,7 +187,7 @@ impl Gateway {
         let admin = tokio::spawn(serve_connections(
             self.admin_listener,
             admin_settings,
-            wait_for(admin_stop),
+            std::future::pending::<()>(),
             move |_peer| {
                 let readiness = admin_readiness.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {

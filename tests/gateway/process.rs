@@ -1,1 +1,223 @@
+//! Whole-process behaviour of the `tl-gateway` binary: log hygiene at trace level and graceful drain.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use tl_gateway::body;
+use tokio::sync::mpsc;
+
+use crate::support::*;
+
+/// A running `tl-gateway` child process with its output collected.
+pub struct GatewayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    output: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Run `tl-gateway serve` in front of `upstream` with JSON logs and `rust_log`.
+    pub fn serve(upstream: &str, rust_log: &str) -> GatewayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("upstream-key");
+        std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &config,
+            config_yaml(upstream, &key_file, "logging:\n  format: json\n"),
+        )
+        .unwrap();
+        let mut child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let ready_tx = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("tl-gateway serving") {
+                        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                            let addr = json["listen"].as_str().unwrap().parse().unwrap();
+                            let admin = json["admin"].as_str().unwrap().parse().unwrap();
+                            let _ = ready_tx.send((addr, admin));
+                        }
+                    }
+                    let mut all = output.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        let (addr, admin) = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("gateway did not start: {}", output.lock().unwrap()));
+        GatewayProcess {
+            child,
+            addr,
+            admin,
+            output,
+            _dir: dir,
+        }
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait (bounded) for exit; returns the exit status and everything printed.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("gateway did not exit: {}", self.output.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader threads drain the pipes.
+        std::thread::sleep(Duration::from_millis(100));
+        let output = self.output.lock().unwrap().clone();
+        (status, output)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_contain_the_upstream_key_or_a_client_key() {
+    let upstream = Upstream::recording().await;
+    let gateway = GatewayProcess::serve(&format!("http://{}", upstream.addr), "trace");
+    let base = format!("http://{}", gateway.addr);
+    const WRONG_KEY: &str = "tlgw_not_a_configured_key_123";
+
+    let req = request(Method::GET, &format!("{base}/v1.3/assets"), Some(ALICE_KEY))
+        .body(body::empty())
+        .unwrap();
+    assert_eq!(send(Proto::Http1, req).await.status(), StatusCode::OK);
+    let req = request(
+        Method::DELETE,
+        &format!("{base}/v1.3/assets/abc?force=true"),
+        None,
+    )
+    .header("authorization", format!("Bearer {BOB_KEY}"))
+    .body(body::empty())
+    .unwrap();
+    assert_eq!(send(Proto::H2c, req).await.status(), StatusCode::OK);
+    let req = request(
+        Method::POST,
+        &format!("{base}/v1.3/assets"),
+        Some(ALICE_KEY),
+    )
+    .header("cookie", format!("k={BOB_KEY}"))
+    .body(full("x".repeat(1000)))
+    .unwrap();
+    assert_eq!(send(Proto::H2c, req).await.status(), StatusCode::OK);
+    let req = request(Method::GET, &format!("{base}/v1.3/assets"), Some(WRONG_KEY))
+        .body(body::empty())
+        .unwrap();
+    assert_eq!(
+        send(Proto::Http1, req).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(upstream.requests().len(), 3);
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.headers["x-api-key"] == UPSTREAM_KEY));
+
+    gateway.terminate();
+    let (status, output) = tokio::task::spawn_blocking(move || gateway.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{output}");
+    // The test only means something if trace-level output was really produced.
+    assert!(
+        output.contains("\"level\":\"TRACE\""),
+        "no trace output at all"
+    );
+    assert!(
+        output.lines().count() > 50,
+        "suspiciously little output:\n{output}"
+    );
+    for secret in [UPSTREAM_KEY, ALICE_KEY, BOB_KEY, WRONG_KEY] {
+        assert!(!output.contains(secret), "log output contains {secret}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_slow_request_finish_then_exits_zero() {
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    let upstream = Upstream::start(move |_| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            let _ = arrived_tx.send(());
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            json_response(StatusCode::OK, r#"{"slow":"done"}"#)
+        }
+    })
+    .await;
+    let gateway = GatewayProcess::serve(&format!("http://{}", upstream.addr), "info");
+    let url = format!("http://{}/v1.3/assets", gateway.addr);
+    let in_flight = tokio::spawn(async move { get(&url, Some(ALICE_KEY)).await });
+
+    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .unwrap();
+    gateway.terminate();
+    // While draining, readiness fails so load balancers stop sending new work.
+    let readyz = format!("http://{}/readyz", gateway.admin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = get(&readyz, None).await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(
+                body_json(response).await["checks"]["shutdown"],
+                "shutting down"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never reported the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response).await["slow"], "done");
+    let (status, output) = tokio::task::spawn_blocking(move || gateway.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("draining"), "{output}");
+}

@@ -122,18 +122,6 @@ impl Upstream {
     pub fn requests(&self) -> Vec<Recorded> {
         self.log.lock().unwrap().clone()
     }
-
-    /// Wait (bounded) until at least `n` requests have arrived.
-    pub async fn wait_for_requests(&self, n: usize) -> Vec<Recorded> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen = self.requests();
-            if seen.len() >= n || tokio::time::Instant::now() > deadline {
-                return seen;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
 }
 
 /// A JSON response for test upstreams.
