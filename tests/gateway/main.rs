@@ -4,4 +4,5 @@ mod errors;
 mod forwarding;
 mod keys;
 mod process;
+mod sdk;
 mod support;

@@ -221,3 +221,88 @@ async fn sigterm_lets_an_in_flight_slow_request_finish_then_exits_zero() {
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("draining"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_working_keys_and_curl_lines() {
+    let mut child = Command::new(binary())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TWELVELABS_API_KEY")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let text = printed.join("\n");
+    let key_of = |name: &str| {
+        printed
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no key for {name}:\n{text}"))
+            .to_owned()
+    };
+    let (alice, bob) = (key_of("alice "), key_of("bob "));
+    assert!(
+        alice.starts_with("tlgw_") && bob.starts_with("tlgw_") && alice != bob,
+        "{text}"
+    );
+
+    let curl_lines: Vec<&str> = printed
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("curl "))
+        .collect();
+    assert_eq!(curl_lines.len(), 3, "{text}");
+    let run = |line: &str| {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .output()
+            .expect("sh and curl are needed");
+        assert!(output.status.success(), "{line}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // 1. A member's GET passes through to the emulator's asset list.
+    let listed: serde_json::Value = serde_json::from_str(&run(curl_lines[0])).unwrap();
+    assert!(
+        listed["data"].as_array().is_some_and(|d| !d.is_empty()),
+        "{listed}"
+    );
+    // 2. A wrong key gets 401 in TwelveLabs' error shape.
+    let refused = run(curl_lines[1]);
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(refused.contains(r#""code":"unauthorized""#), "{refused}");
+    // 3. A member's plain delete of the referenced asset reaches the upstream, whose 409 passes through.
+    let conflict = run(curl_lines[2]);
+    assert!(conflict.starts_with("HTTP/1.1 409"), "{conflict}");
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
