@@ -1,87 +1,438 @@
 //! Classification: method + request target → the canonical [`Operation`], or a refusal.
 //!
-//! One strict parse per request, the same for HTTP/1.1 and HTTP/2. Anything a server could read more
-//! than one way is refused, never normalised: percent escapes, `;`, `\`, dot or empty segments,
-//! non-ASCII, absolute- or authority-form targets, method-override headers. The upstream request is
-//! later built from the `Operation`, so what was evaluated is what is forwarded.
+//! One strict parse per request, the same for HTTP/1.1 and HTTP/2 (security.md principles 1–5):
+//!
+//! - the path must be plain ASCII segments: percent escapes, `;`, `\`, dot or empty segments,
+//!   non-ASCII, absolute- or authority-form targets are refused, never normalised;
+//! - the path is matched against the TwelveLabs route table (literal segments before parameters);
+//!   unknown API versions and unknown routes follow `routes.unknown` (safe methods only, by default);
+//! - query parameters are read the way the most permissive common framework would: a boolean that
+//!   any of them could read as true *is* true; anything whose reading is ambiguous (repeated, empty,
+//!   padded, escaped, case-variant or array-syntax keys) is refused;
+//! - method-override headers and parameters, and bodies on routes that take none, are refused.
+//!
+//! The upstream request is re-serialised from the `Operation` ([`Operation::path_and_query`]), so
+//! what policy evaluated is exactly what is forwarded: a true boolean is sent as `true`, a false one
+//! is omitted (every framework reads an absent flag as its default, false).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{self, Either, Ready};
-use http::{Method, Request, Version};
+use http::{HeaderMap, Method, Request, Uri, Version};
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
+use crate::routes::{BodyKind, Lookup, ParamKind, Route, RouteTable};
 
-/// API versions the gateway forwards.
-pub const API_VERSIONS: [&str; 1] = ["v1.3"];
-
-/// Headers and parameters some frameworks honour to change the method; always refused.
+/// Headers some frameworks honour to change the method; always refused.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
 ];
 
+/// Query parameters some frameworks honour to change the method; always refused.
+pub const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "method_override"];
+
+/// Spellings that a common framework reads as boolean true (compared case-insensitively):
+/// Go `strconv.ParseBool`, pydantic/FastAPI, Spring, Rails, Django forms, `filter_var`.
+pub const TRUE_SPELLINGS: [&str; 6] = ["true", "1", "t", "yes", "y", "on"];
+
+/// Spellings those frameworks read as boolean false (compared case-insensitively).
+pub const FALSE_SPELLINGS: [&str; 6] = ["false", "0", "f", "no", "n", "off"];
+
+/// What to do with requests for routes the table does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownRoutes {
+    /// Forward GET, HEAD and OPTIONS; refuse every other method with 404.
+    #[default]
+    ForwardSafe,
+    /// Refuse every unknown route with 404.
+    Reject,
+    /// Forward every method (not recommended: a destructive call on a new route escapes policy).
+    Forward,
+}
+
+/// A canonical query parameter value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    /// A boolean, already read conservatively.
+    Bool(bool),
+    /// Any other value, exactly as received (validated, not decoded).
+    Raw(Box<str>),
+}
+
+/// A canonical query: parameters in the order received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pairs: Vec<(Box<str>, ParamValue)>,
+}
+
+impl Query {
+    /// The boolean reading of `name`, if present and boolean.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.pairs.iter().find_map(|(k, v)| match v {
+            ParamValue::Bool(b) if &**k == name => Some(*b),
+            _ => None,
+        })
+    }
+
+    /// The first raw value of `name`.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().find_map(|(k, v)| match v {
+            ParamValue::Raw(s) if &**k == name => Some(&**s),
+            _ => None,
+        })
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| &**k == name)
+    }
+
+    /// All pairs, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &ParamValue)> {
+        self.pairs.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The query string sent upstream: true booleans as `true`, false ones omitted.
+    pub fn serialize(&self) -> Option<String> {
+        let mut out = String::new();
+        for (key, value) in &self.pairs {
+            let value = match value {
+                ParamValue::Bool(true) => "true",
+                ParamValue::Bool(false) => continue,
+                ParamValue::Raw(raw) => raw,
+            };
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(value);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
 /// The canonical form of a request: what policy judges and what is forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
     /// Exact method.
     pub method: Method,
+    /// The matched route; `None` for an unknown route forwarded under `routes.unknown`.
+    pub route: Option<&'static Route>,
     /// Canonical path, e.g. `/v1.3/assets/6298d673f1090f1100476d4c`.
     pub path: Arc<str>,
-    /// Canonical query string without `?`, if any.
-    pub query: Option<Arc<str>>,
+    /// Path parameters, e.g. `asset_id`.
+    pub params: Vec<(&'static str, Box<str>)>,
+    /// Canonical query.
+    pub query: Query,
 }
 
 impl Operation {
+    /// The route id, or `unknown`.
+    pub fn route_id(&self) -> &'static str {
+        self.route.map_or("unknown", |r| r.id.as_str())
+    }
+
+    /// A path parameter by name.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| &**v)
+    }
+
     /// Path plus `?query`, as sent upstream.
     pub fn path_and_query(&self) -> String {
-        match &self.query {
+        match self.query.serialize() {
             Some(q) => format!("{}?{}", self.path, q),
             None => self.path.to_string(),
         }
     }
 }
 
-/// Classify a request head. Pure: no I/O.
-pub fn classify(
-    method: &Method,
-    version: Version,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-) -> Result<Operation, GatewayError> {
-    let method = classify_method(method)?;
-    if version < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
-        // Absolute-form targets could name another origin; real SDKs send origin-form.
-        return Err(GatewayError::RequestAmbiguous(
-            "absolute-form request targets are not accepted; send the path only",
-        ));
-    }
-    if METHOD_OVERRIDE_HEADERS
-        .iter()
-        .any(|name| headers.contains_key(*name))
-    {
-        return Err(GatewayError::RequestAmbiguous(
-            "method-override headers are not accepted",
-        ));
-    }
-    let path = classify_path(uri.path())?;
-    let query = match uri.query() {
-        None => None,
-        Some("") => {
-            return Err(GatewayError::RequestAmbiguous(
-                "an empty query string ('?' with nothing after it)",
-            ))
+/// Settings of the classifier.
+#[derive(Debug, Clone)]
+pub struct ClassifySettings {
+    /// API versions forwarded (first path segment), e.g. `v1.3`.
+    pub api_versions: Vec<String>,
+    /// Treatment of unknown routes.
+    pub unknown_routes: UnknownRoutes,
+    /// Query keys that policy rules name: read as strictly as booleans of the route.
+    pub rule_keys: BTreeSet<String>,
+}
+
+impl Default for ClassifySettings {
+    fn default() -> Self {
+        ClassifySettings {
+            api_versions: vec!["v1.3".to_owned()],
+            unknown_routes: UnknownRoutes::default(),
+            rule_keys: BTreeSet::new(),
         }
-        Some(q) => Some(classify_query(q)?),
-    };
-    Ok(Operation {
-        method,
-        path: path.into(),
-        query: query.map(Into::into),
-    })
+    }
+}
+
+/// The request classifier: a pure function of the request head and its settings.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    table: &'static RouteTable,
+    settings: ClassifySettings,
+}
+
+type Reject = GatewayError;
+const fn ambiguous(what: &'static str) -> Reject {
+    GatewayError::RequestAmbiguous(what)
+}
+
+impl Classifier {
+    /// A classifier over the TwelveLabs v1.3 route table.
+    pub fn new(settings: ClassifySettings) -> Self {
+        Classifier {
+            table: RouteTable::v1_3(),
+            settings,
+        }
+    }
+
+    /// Classify a request head; `has_body` says whether a non-empty body follows.
+    pub fn classify(
+        &self,
+        method: &Method,
+        version: Version,
+        uri: &Uri,
+        headers: &HeaderMap,
+        has_body: bool,
+    ) -> Result<Operation, GatewayError> {
+        let method = classify_method(method)?;
+        if version < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
+            // Absolute-form targets could name another origin; real SDKs send origin-form.
+            return Err(ambiguous(
+                "absolute-form request targets are not accepted; send the path only",
+            ));
+        }
+        if METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|name| headers.contains_key(*name))
+        {
+            return Err(ambiguous("method-override headers are not accepted"));
+        }
+        let path = uri.path();
+        let segments = split_path(path)?;
+        let (version_segment, rest) = segments.split_first().ok_or(GatewayError::RouteUnknown)?;
+        let known_version = self
+            .settings
+            .api_versions
+            .iter()
+            .any(|v| v == version_segment);
+        let lookup = if known_version && *version_segment == "v1.3" {
+            self.table.lookup(&method, rest)
+        } else {
+            Lookup::NotFound
+        };
+        let (route, params) = match lookup {
+            Lookup::Found { route, params } => (
+                Some(route),
+                params.into_iter().map(|(k, v)| (k, Box::from(v))).collect(),
+            ),
+            Lookup::MethodNotAllowed { allowed } => {
+                return Err(GatewayError::MethodNotAllowed { method, allowed })
+            }
+            Lookup::BadParam { .. } => {
+                return Err(ambiguous("a path parameter that is not a plain id"))
+            }
+            Lookup::NotFound => {
+                let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+                let forward = known_version
+                    && match self.settings.unknown_routes {
+                        UnknownRoutes::ForwardSafe => safe,
+                        UnknownRoutes::Reject => false,
+                        UnknownRoutes::Forward => true,
+                    };
+                if !forward {
+                    return Err(GatewayError::RouteUnknown);
+                }
+                (None, Vec::new())
+            }
+        };
+        if let Some(route) = route {
+            if route.body == BodyKind::None && has_body {
+                return Err(ambiguous("a request body on a route that takes none"));
+            }
+        }
+        let query = match uri.query() {
+            None => Query::default(),
+            Some(raw) => self.parse_query(raw, &method, route)?,
+        };
+        Ok(Operation {
+            method,
+            route,
+            path: path.into(),
+            params,
+            query,
+        })
+    }
+
+    fn parse_query(
+        &self,
+        raw: &str,
+        method: &Method,
+        route: Option<&'static Route>,
+    ) -> Result<Query, GatewayError> {
+        if raw.is_empty() {
+            return Err(ambiguous(
+                "an empty query string ('?' with nothing after it)",
+            ));
+        }
+        let mut query = Query::default();
+        for piece in raw.split('&') {
+            if piece.is_empty() {
+                return Err(ambiguous(
+                    "an empty query parameter ('&&' or a leading or trailing '&')",
+                ));
+            }
+            let Some((key, value)) = piece.split_once('=') else {
+                return Err(ambiguous(
+                    "a query parameter without '=' (some frameworks read a bare key as true)",
+                ));
+            };
+            let word = |s: &str| {
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            };
+            if !word(key) {
+                // One exception: the object-typed list filters of GET routes, which the official SDK
+                // sends as `duration[gte]=5` or `user_metadata[owner]=x`.
+                let filter = key
+                    .strip_suffix(']')
+                    .and_then(|k| k.split_once('['))
+                    .filter(|(base, sub)| word(base) && word(sub))
+                    .and_then(|(base, _)| route.and_then(|r| r.query_param(base)))
+                    .filter(|p| {
+                        p.kind == ParamKind::Text
+                            && matches!(*method, Method::GET | Method::HEAD)
+                            && !self.settings.rule_keys.contains(p.name)
+                    });
+                match filter {
+                    Some(_) if !query.contains(key) => {
+                        query.pairs.push((key.into(), ParamValue::Raw(plain_value(value)?.into())));
+                        continue;
+                    }
+                    Some(_) => return Err(ambiguous("a repeated query parameter")),
+                    None => {
+                        return Err(ambiguous(
+                            "a query parameter name with characters other than letters, digits and '_' (escapes, array or dot syntax, padding)",
+                        ))
+                    }
+                }
+            }
+            let lower = key.to_ascii_lowercase();
+            if METHOD_OVERRIDE_PARAMS.contains(&lower.as_str()) {
+                return Err(ambiguous("method-override parameters are not accepted"));
+            }
+            let declared = route.and_then(|r| r.query_param(key));
+            if declared.is_none() {
+                let case_variant = route
+                    .is_some_and(|r| r.query.iter().any(|p| p.name.eq_ignore_ascii_case(key)))
+                    || self
+                        .settings
+                        .rule_keys
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(key) && k != key);
+                if case_variant {
+                    return Err(ambiguous("a case variant of a known query parameter name"));
+                }
+                let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+                if route.is_some() && !safe {
+                    return Err(ambiguous("a query parameter this route does not take"));
+                }
+            }
+            let kind = declared.map(|p| p.kind).unwrap_or(ParamKind::Text);
+            let strict = kind != ParamKind::List || self.settings.rule_keys.contains(key);
+            if strict && query.contains(key) {
+                return Err(ambiguous("a repeated query parameter"));
+            }
+            let value = match kind {
+                ParamKind::Bool => ParamValue::Bool(read_bool(value)?),
+                ParamKind::Integer => {
+                    if value.is_empty()
+                        || value.len() > 18
+                        || !value.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        return Err(ambiguous(
+                            "an integer query parameter that is not plain digits",
+                        ));
+                    }
+                    ParamValue::Raw(value.into())
+                }
+                _ if self.settings.rule_keys.contains(key) => {
+                    // A key policy depends on: read it as a boolean if it looks like one.
+                    match read_bool(value) {
+                        Ok(b) => ParamValue::Bool(b),
+                        Err(_) => ParamValue::Raw(plain_value(value)?.into()),
+                    }
+                }
+                _ => ParamValue::Raw(plain_value(value)?.into()),
+            };
+            query.pairs.push((key.into(), value));
+        }
+        Ok(query)
+    }
+}
+
+/// Read a boolean value conservatively: every spelling a common framework reads as true is true;
+/// empty, padded, escaped or unknown spellings are refused.
+pub fn read_bool(value: &str) -> Result<bool, GatewayError> {
+    if value.is_empty() {
+        return Err(ambiguous("an empty boolean query parameter"));
+    }
+    if value
+        .bytes()
+        .any(|b| matches!(b, b'%' | b'+' | b' ' | b'\t'))
+    {
+        return Err(ambiguous("an escaped or padded boolean query parameter"));
+    }
+    if TRUE_SPELLINGS.iter().any(|s| s.eq_ignore_ascii_case(value)) {
+        Ok(true)
+    } else if FALSE_SPELLINGS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(value))
+    {
+        Ok(false)
+    } else {
+        Err(ambiguous(
+            "a boolean query parameter that is neither true nor false",
+        ))
+    }
+}
+
+/// A raw value: printable ASCII without `#`, with well-formed percent escapes only.
+fn plain_value(value: &str) -> Result<&str, GatewayError> {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                if hex.is_none() {
+                    return Err(ambiguous("a malformed percent-escape in the query"));
+                }
+                i += 3;
+            }
+            b'#' | b';' => return Err(ambiguous("'#' or ';' in the query")),
+            0x21..=0x7e => i += 1,
+            _ => {
+                return Err(ambiguous(
+                    "a character that is not printable ASCII in the query",
+                ))
+            }
+        }
+    }
+    Ok(value)
 }
 
 fn classify_method(method: &Method) -> Result<Method, GatewayError> {
@@ -98,12 +449,15 @@ fn classify_method(method: &Method) -> Result<Method, GatewayError> {
     if ALLOWED.contains(method) {
         Ok(method.clone())
     } else {
-        Err(GatewayError::MethodNotAllowed(method.clone()))
+        Err(GatewayError::MethodNotAllowed {
+            method: method.clone(),
+            allowed: Vec::new(),
+        })
     }
 }
 
-fn classify_path(path: &str) -> Result<&str, GatewayError> {
-    let ambiguous = GatewayError::RequestAmbiguous;
+/// Split a path into segments, refusing anything a server could read another way.
+fn split_path(path: &str) -> Result<Vec<&str>, GatewayError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(ambiguous(
             "the request target must be a path starting with /",
@@ -125,47 +479,37 @@ fn classify_path(path: &str) -> Result<&str, GatewayError> {
             }
         }
     }
-    let mut segments = rest.split('/');
-    for segment in segments.clone() {
-        match segment {
+    let segments: Vec<&str> = rest.split('/').collect();
+    for segment in &segments {
+        match *segment {
             "" => return Err(ambiguous("an empty path segment ('//' or a trailing '/')")),
             "." | ".." => return Err(ambiguous("a dot segment ('.' or '..') in the path")),
             _ => {}
         }
     }
-    match segments.next() {
-        Some(version) if API_VERSIONS.contains(&version) => Ok(path),
-        _ => Err(GatewayError::RouteUnknown),
-    }
-}
-
-fn classify_query(query: &str) -> Result<&str, GatewayError> {
-    // Full canonicalisation of parameters comes with the route table; here only unambiguous bytes pass.
-    for byte in query.bytes() {
-        if !(0x21..=0x7e).contains(&byte) || byte == b'#' {
-            return Err(GatewayError::RequestAmbiguous(
-                "a character that is not printable ASCII in the query",
-            ));
-        }
-    }
-    Ok(query)
+    Ok(segments)
 }
 
 /// Layer that classifies every request and inserts its [`Operation`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ClassifyLayer;
+#[derive(Clone, Debug)]
+pub struct ClassifyLayer {
+    classifier: Arc<Classifier>,
+}
 
 impl ClassifyLayer {
-    /// Create the layer.
-    pub fn new() -> Self {
-        ClassifyLayer
+    /// Classify with this classifier.
+    pub fn new(classifier: Arc<Classifier>) -> Self {
+        ClassifyLayer { classifier }
     }
 }
 
 impl<S> Layer<S> for ClassifyLayer {
     type Service = Classify<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Classify { inner }
+        Classify {
+            inner,
+            classifier: self.classifier.clone(),
+        }
     }
 }
 
@@ -173,11 +517,13 @@ impl<S> Layer<S> for ClassifyLayer {
 #[derive(Clone, Debug)]
 pub struct Classify<S> {
     inner: S,
+    classifier: Arc<Classifier>,
 }
 
 impl<S, B> Service<Request<B>> for Classify<S>
 where
     S: Service<Request<B>, Error = GatewayError>,
+    B: http_body::Body,
 {
     type Response = S::Response;
     type Error = GatewayError;
@@ -188,8 +534,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match classify(req.method(), req.version(), req.uri(), req.headers()) {
+        let has_body = !req.body().is_end_stream();
+        match self.classifier.classify(
+            req.method(),
+            req.version(),
+            req.uri(),
+            req.headers(),
+            has_body,
+        ) {
             Ok(operation) => {
+                tracing::Span::current().record("operation", operation.route_id());
                 req.extensions_mut().insert(operation);
                 Either::Left(self.inner.call(req))
             }
@@ -199,113 +553,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(method: &str, target: &str) -> Result<Operation, GatewayError> {
-        let method = Method::from_bytes(method.as_bytes()).unwrap();
-        classify(
-            &method,
-            Version::HTTP_11,
-            &target.parse().unwrap(),
-            &http::HeaderMap::new(),
-        )
-    }
-
-    #[test]
-    fn plain_sdk_targets_are_accepted_unchanged() {
-        let cases = [
-            (
-                "GET",
-                "/v1.3/assets?page=1&page_limit=10",
-                "/v1.3/assets",
-                Some("page=1&page_limit=10"),
-            ),
-            (
-                "DELETE",
-                "/v1.3/assets/6298d673f1090f1100476d4c?force=true",
-                "/v1.3/assets/6298d673f1090f1100476d4c",
-                Some("force=true"),
-            ),
-            (
-                "POST",
-                "/v1.3/connections:authorize",
-                "/v1.3/connections:authorize",
-                None,
-            ),
-        ];
-        for (method, target, path, query) in cases {
-            let op = run(method, target).unwrap();
-            assert_eq!(&*op.path, path);
-            assert_eq!(op.query.as_deref(), query);
-            assert_eq!(op.path_and_query(), target);
-        }
-    }
-
-    #[test]
-    fn ambiguous_paths_are_refused() {
-        let cases = [
-            "/v1.3/assets/a%2Fb",
-            "/v1.3/assets/%61",
-            "/v1.3/assets/a;force=true",
-            "/v1.3/assets/./a",
-            "/v1.3/assets/../indexes/x",
-            "/v1.3//assets",
-            "/v1.3/assets/",
-            "/v1.3/assets/a*",
-            "/v1.3/assets?",
-        ];
-        for target in cases {
-            assert!(
-                matches!(
-                    run("DELETE", target),
-                    Err(GatewayError::RequestAmbiguous(_))
-                ),
-                "{target}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_versions_are_unknown_routes() {
-        for target in ["/v1.2/assets", "/assets/abc", "/"] {
-            assert!(
-                matches!(run("GET", target), Err(GatewayError::RouteUnknown)),
-                "{target}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_exact_known_methods_pass() {
-        for method in ["TRACE", "CONNECT", "delete", "DELETEX", "PROPFIND"] {
-            assert!(
-                matches!(
-                    run(method, "/v1.3/assets"),
-                    Err(GatewayError::MethodNotAllowed(_))
-                ),
-                "{method}"
-            );
-        }
-    }
-
-    #[test]
-    fn absolute_form_and_method_override_are_refused() {
-        let absolute = classify(
-            &Method::GET,
-            Version::HTTP_11,
-            &"http://evil.example/v1.3/assets".parse().unwrap(),
-            &http::HeaderMap::new(),
-        );
-        assert!(matches!(absolute, Err(GatewayError::RequestAmbiguous(_))));
-        let mut headers = http::HeaderMap::new();
-        headers.insert("x-http-method-override", "DELETE".parse().unwrap());
-        let overridden = classify(
-            &Method::POST,
-            Version::HTTP_11,
-            &"/v1.3/assets".parse().unwrap(),
-            &headers,
-        );
-        assert!(matches!(overridden, Err(GatewayError::RequestAmbiguous(_))));
-    }
-}
+mod tests;

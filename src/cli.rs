@@ -1,4 +1,4 @@
-//! Subcommands: `serve`, `demo`, `check`, `keygen` (and the hidden `emulator` used by benches).
+//! Subcommands: `serve`, `demo`, `check`, `explain`, `test`, `keygen` (and the hidden `emulator`).
 //!
 //! Exit codes: 0 on success; 1 with a one-line reason on failure; 2 for usage errors (clap).
 
@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::auth::key_digest_hex;
+use crate::classify::Classifier;
 use crate::config::{ClientId, Config, KeySource, Role};
 use crate::credentials::UpstreamKey;
 use crate::emulator::Emulator;
+use crate::policy::explain;
 use crate::server::{shutdown_signal, Gateway};
 use crate::telemetry;
 
@@ -48,6 +50,28 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show how a request is classified and why policy allows or denies it
+    /// (exit 0 allow, 3 deny, 2 rejected before policy).
+    Explain {
+        /// The YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The configured client id to evaluate as.
+        #[arg(long)]
+        client: String,
+        /// HTTP method, exactly as sent (e.g. DELETE).
+        method: String,
+        /// Request target, e.g. '/v1.3/assets/ID?force=true'.
+        target: String,
+    },
+    /// Check a table of expected decisions (allow | deny | reject); non-zero exit on any mismatch.
+    Test {
+        /// The YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The cases file.
+        cases: PathBuf,
+    },
     /// Print a new random client key (once) and its YAML entry.
     Keygen {
         /// Client id.
@@ -75,6 +99,17 @@ enum Command {
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Pure commands run without a runtime and choose their own exit codes.
+    match &cli.command {
+        Command::Explain {
+            config,
+            client,
+            method,
+            target,
+        } => return explain_command(config, client, method, target),
+        Command::Test { config, cases } => return test_command(config, cases),
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,6 +137,7 @@ async fn run(command: Command) -> Result<(), String> {
             admin_listen,
         } => demo(listen, admin_listen).await,
         Command::Check { config } => check(&config),
+        Command::Explain { .. } | Command::Test { .. } => Err("handled without a runtime".into()),
         Command::Keygen { id, roles } => keygen(&id, &roles),
         Command::Emulator {
             listen,
@@ -131,6 +167,52 @@ async fn serve(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("server failed: {e}"))
 }
 
+fn explain_command(config: &Path, client: &str, method: &str, target: &str) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(error) => return fail(error.to_string()),
+    };
+    let principal = match explain::principal_for(&config, client) {
+        Ok(p) => p,
+        Err(error) => return fail(error.to_string()),
+    };
+    let classifier = Classifier::new(config.classify.clone());
+    match explain::explain(
+        &classifier,
+        &config.compiled_policy,
+        &principal,
+        method,
+        target,
+    ) {
+        Ok((verdict, account)) => {
+            print!("{account}");
+            ExitCode::from(verdict.exit_code())
+        }
+        Err(error) => fail(error.to_string()),
+    }
+}
+
+fn test_command(config: &Path, cases: &Path) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(error) => return fail(error.to_string()),
+    };
+    let classifier = Classifier::new(config.classify.clone());
+    match explain::run_cases(&classifier, &config.compiled_policy, &config, cases) {
+        Ok((report, _, 0)) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Ok((report, _, failures)) => {
+            print!("{report}");
+            fail(format!(
+                "{failures} case(s) did not match their expectation"
+            ))
+        }
+        Err(error) => fail(error),
+    }
+}
+
 fn addr(result: std::io::Result<SocketAddr>) -> String {
     result.map_or_else(|e| format!("<{e}>"), |a| a.to_string())
 }
@@ -144,6 +226,9 @@ fn check(path: &Path) -> Result<(), String> {
         config.policy.rules.len(),
         config.upstream.origin
     );
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
     // The key may legitimately be absent where the config is reviewed; say so without failing.
     if let Err(error) = UpstreamKey::load(&config.upstream.key_source) {
         println!("warning: {error}");

@@ -10,11 +10,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::Method;
 use serde::Deserialize;
+
+use crate::classify::{ClassifySettings, UnknownRoutes};
+use crate::policy::Policy;
 
 /// A configuration error naming the file, the line (when known) and the key.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +43,14 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Team members and their key digests.
     pub clients: Vec<ClientConfig>,
-    /// Access policy.
+    /// Access policy as written.
     pub policy: PolicyConfig,
+    /// The policy compiled against the route table.
+    pub compiled_policy: Arc<Policy>,
+    /// How requests are classified.
+    pub classify: ClassifySettings,
+    /// Non-fatal findings (e.g. rules that can never match), for `check`.
+    pub warnings: Vec<String>,
     /// Audit log settings, if auditing is configured.
     pub audit: Option<AuditConfig>,
     /// Listener limits and timeouts.
@@ -60,6 +70,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Limit from sending the request to receiving response headers.
     pub request_timeout: Duration,
+    /// API versions forwarded (first path segment), default `[v1.3]`.
+    pub api_versions: Vec<String>,
 }
 
 /// `scheme://host[:port]` of the upstream.
@@ -293,6 +305,13 @@ id_newtype!(
     "rule id"
 );
 
+impl RuleId {
+    /// The pseudo-rule named when `policy.default: deny` decides.
+    pub fn default_rule() -> RuleId {
+        RuleId(Arc::from("policy.default"))
+    }
+}
+
 fn is_plain_id(value: &str) -> bool {
     (1..=64).contains(&value.len())
         && value
@@ -377,6 +396,15 @@ struct RawConfig {
     server: Option<RawServer>,
     #[serde(default)]
     logging: Option<RawLogging>,
+    #[serde(default)]
+    routes: Option<RawRoutes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    #[serde(default)]
+    unknown: UnknownRoutes,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +415,7 @@ struct RawUpstream {
     api_key_env: Option<String>,
     connect_timeout: Option<ConfigDuration>,
     request_timeout: Option<ConfigDuration>,
+    api_versions: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -504,6 +533,34 @@ impl Validator<'_> {
         let clients = self.clients(raw.clients)?;
         let known_clients: HashSet<ClientId> = clients.iter().map(|c| c.id.clone()).collect();
         let policy = self.policy(raw.policy, &known_clients)?;
+        let (compiled_policy, findings) = Policy::compile(&policy).map_err(|problems| {
+            let first = &problems[0];
+            (self.fail)(
+                &[
+                    Seg::Key("policy"),
+                    Seg::Key("rules"),
+                    Seg::Index(first.index),
+                    Seg::Key("match"),
+                ],
+                format!("rule {:?}: {}", first.rule.as_str(), first.message),
+            )
+        })?;
+        let warnings = findings
+            .iter()
+            .map(|p| {
+                format!(
+                    "policy.rules[{}] ({}): {}",
+                    p.index,
+                    p.rule.as_str(),
+                    p.message
+                )
+            })
+            .collect();
+        let classify = ClassifySettings {
+            api_versions: upstream.api_versions.clone(),
+            unknown_routes: raw.routes.map(|r| r.unknown).unwrap_or_default(),
+            rule_keys: compiled_policy.rule_keys().clone(),
+        };
         let audit = raw.audit.map(|a| AuditConfig { path: a.path });
         let server = raw.server.map_or_else(ServerConfig::default, |s| {
             let defaults = ServerConfig::default();
@@ -527,6 +584,9 @@ impl Validator<'_> {
             upstream,
             clients,
             policy,
+            compiled_policy: Arc::new(compiled_policy),
+            classify,
+            warnings,
             audit,
             server,
             logging: LoggingConfig {
@@ -571,11 +631,37 @@ impl Validator<'_> {
                 ));
             }
         }
+        let api_versions = raw.api_versions.unwrap_or_else(|| vec!["v1.3".to_owned()]);
+        for (i, version) in api_versions.iter().enumerate() {
+            let plain = version.strip_prefix('v').is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if !plain {
+                return Err((self.fail)(
+                    &[
+                        Seg::Key("upstream"),
+                        Seg::Key("api_versions"),
+                        Seg::Index(i),
+                    ],
+                    format!("{version:?} is not an API version like v1.3"),
+                ));
+            }
+        }
+        if api_versions.is_empty() {
+            return Err((self.fail)(
+                &[Seg::Key("upstream"), Seg::Key("api_versions")],
+                "list at least one API version (v1.3)".into(),
+            ));
+        }
         Ok(UpstreamConfig {
             origin,
             key_source,
             connect_timeout,
             request_timeout,
+            api_versions,
         })
     }
 

@@ -5,6 +5,7 @@
 //! surface it. Messages never echo request headers or secrets.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
@@ -13,6 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::body::{self, GatewayBody};
+use crate::config::RuleId;
 use crate::request_id::RequestId;
 
 /// Why the gateway refused or failed a request.
@@ -27,9 +29,22 @@ pub enum GatewayError {
     /// More than one credential, or credentials that disagree.
     #[error("ambiguous credentials: send exactly one personal key, in x-api-key or Authorization: Bearer")]
     ConflictingCredentials,
-    /// The method is refused for this target.
-    #[error("method {0} is not allowed")]
-    MethodNotAllowed(Method),
+    /// The method is refused for this target; `allowed` lists what the route takes (may be empty).
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed {
+        /// The refused method.
+        method: Method,
+        /// Methods the target accepts.
+        allowed: Vec<Method>,
+    },
+    /// A policy rule refused the principal.
+    #[error("denied by policy rule '{rule}'{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    PolicyDenied {
+        /// The first rule that refused.
+        rule: RuleId,
+        /// The rule's message for the client.
+        message: Option<Arc<str>>,
+    },
     /// The request could be read more than one way; refused rather than guessed.
     #[error("ambiguous request: {0}")]
     RequestAmbiguous(&'static str),
@@ -82,7 +97,8 @@ impl GatewayError {
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
             | GatewayError::ConflictingCredentials => StatusCode::UNAUTHORIZED,
-            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             GatewayError::RequestAmbiguous(_) => StatusCode::BAD_REQUEST,
             GatewayError::RouteUnknown => StatusCode::NOT_FOUND,
             GatewayError::UpstreamKeyMissing => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +114,8 @@ impl GatewayError {
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
             | GatewayError::ConflictingCredentials => "unauthorized",
-            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::PolicyDenied { .. } => "policy_denied",
             GatewayError::RequestAmbiguous(_) => "request_ambiguous",
             GatewayError::RouteUnknown => "route_unknown",
             GatewayError::UpstreamKeyMissing => "upstream_unavailable",
@@ -110,12 +127,24 @@ impl GatewayError {
 
     /// Build the TwelveLabs-shaped response for this error.
     pub fn into_response(self, request_id: Option<&RequestId>) -> Response<GatewayBody> {
-        error_response(
+        let mut response = error_response(
             self.status(),
             self.code(),
             &self.to_string(),
             request_id.map(RequestId::as_str),
-        )
+        );
+        if let GatewayError::MethodNotAllowed { allowed, .. } = &self {
+            // RFC 9110 requires Allow on 405.
+            let list = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(value) = HeaderValue::from_str(&list) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+        response
     }
 }
 
@@ -136,13 +165,6 @@ pub fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        // RFC 9110 requires Allow on 405; the route table decides the real set later.
-        response.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-    }
     response
 }
 
@@ -230,7 +252,10 @@ mod tests {
         let cases = [
             (GatewayError::MissingCredentials, 401, "unauthorized"),
             (
-                GatewayError::MethodNotAllowed(Method::TRACE),
+                GatewayError::MethodNotAllowed {
+                    method: Method::TRACE,
+                    allowed: vec![],
+                },
                 405,
                 "method_not_allowed",
             ),
@@ -246,6 +271,14 @@ mod tests {
                 "upstream_unavailable",
             ),
             (GatewayError::UpstreamTimeout(5), 504, "upstream_timeout"),
+            (
+                GatewayError::PolicyDenied {
+                    rule: "r1".parse().unwrap(),
+                    message: Some("ask an admin".into()),
+                },
+                403,
+                "policy_denied",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

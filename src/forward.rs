@@ -24,7 +24,7 @@ use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
 
 /// Upstream settings the forwarder needs (and nothing else from the configuration).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     /// Fixed origin.
     pub origin: UpstreamOrigin,
@@ -32,6 +32,17 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Limit from sending the request to receiving response headers.
     pub request_timeout: Duration,
+}
+
+impl UpstreamSettings {
+    /// The forwarder's part of the configuration.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        UpstreamSettings {
+            origin: config.upstream.origin.clone(),
+            connect_timeout: config.upstream.connect_timeout,
+            request_timeout: config.upstream.request_timeout,
+        }
+    }
 }
 
 /// Why the forwarder could not be built.
@@ -73,6 +84,11 @@ impl Forwarder {
             settings: Arc::new(settings),
             host,
         })
+    }
+
+    /// The settings this forwarder was built with.
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
     }
 
     fn upstream_uri(&self, operation: &Operation) -> Result<Uri, GatewayError> {

@@ -1,7 +1,7 @@
 //! tl-gateway: a policy-enforcing, auditing HTTP gateway in front of the TwelveLabs v1.3 API.
 //!
 //! The request path is a tower `Service` stack, one module per concern (see `server::build_stack`):
-//! request id → trace → rescue → classify → authenticate → credentials → forward.
+//! request id → trace → rescue → classify → authenticate → policy → credentials → forward.
 //! Data passes between layers as typed request extensions (`Operation`, `Principal`).
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,9 @@ pub mod emulator;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod policy;
+pub mod reload;
 pub mod request_id;
+pub mod routes;
 pub mod server;
 pub mod telemetry;

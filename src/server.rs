@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +25,14 @@ use tracing::Level;
 use crate::admin::{self, Readiness};
 use crate::auth::{AuthLayer, ClientKeys};
 use crate::body::{self, GatewayBody};
-use crate::classify::ClassifyLayer;
+use crate::classify::{Classifier, ClassifyLayer};
 use crate::config::{Config, ServerConfig};
 use crate::credentials::{CredentialsLayer, UpstreamKey, KEY_FILE_POLL, X_API_KEY};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::headers;
+use crate::policy::{Policy, PolicyLayer};
+use crate::reload::{ReloadStats, Reloader};
 use crate::request_id::{RequestId, RequestIdLayer};
 
 /// The complete request path as one cloneable service.
@@ -49,6 +52,10 @@ pub struct StackParts {
     pub upstream_key: Arc<UpstreamKey>,
     /// The upstream client.
     pub forwarder: Forwarder,
+    /// The request classifier.
+    pub classifier: Arc<Classifier>,
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
 }
 
 impl StackParts {
@@ -60,11 +67,9 @@ impl StackParts {
         Ok(StackParts {
             clients: Arc::new(ClientKeys::new(&config.clients)),
             upstream_key,
-            forwarder: Forwarder::new(UpstreamSettings {
-                origin: config.upstream.origin.clone(),
-                connect_timeout: config.upstream.connect_timeout,
-                request_timeout: config.upstream.request_timeout,
-            })?,
+            forwarder: Forwarder::new(UpstreamSettings::from_config(config))?,
+            classifier: Arc::new(Classifier::new(config.classify.clone())),
+            policy: config.compiled_policy.clone(),
         })
     }
 }
@@ -94,6 +99,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
                         request_id = id,
                         method = %req.method(),
                         path = req.uri().path(),
+                        operation = tracing::field::Empty,
                         client = tracing::field::Empty,
                     )
                 })
@@ -101,8 +107,9 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(RescueLayer::new())
-        .layer(ClassifyLayer::new())
+        .layer(ClassifyLayer::new(parts.classifier))
         .layer(AuthLayer::new(parts.clients))
+        .layer(PolicyLayer::new(parts.policy))
         .layer(CredentialsLayer::new(parts.upstream_key))
         .service(parts.forwarder);
     BoxCloneSyncService::new(stack)
@@ -132,6 +139,10 @@ pub struct Gateway {
     readiness: Arc<Readiness>,
     upstream_key: Arc<UpstreamKey>,
     server: ServerConfig,
+    config: Config,
+    forwarder: Forwarder,
+    config_path: Option<PathBuf>,
+    reload_stats: Arc<ReloadStats>,
 }
 
 impl Gateway {
@@ -141,6 +152,7 @@ impl Gateway {
         upstream_key: Arc<UpstreamKey>,
     ) -> Result<Gateway, StartError> {
         let parts = StackParts::from_config(config, upstream_key.clone())?;
+        let forwarder = parts.forwarder.clone();
         let listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         Ok(Gateway {
@@ -150,7 +162,22 @@ impl Gateway {
             readiness: Readiness::new(upstream_key.clone()),
             upstream_key,
             server: config.server.clone(),
+            config: config.clone(),
+            forwarder,
+            config_path: None,
+            reload_stats: Arc::default(),
         })
+    }
+
+    /// Reload from `path` on SIGHUP or when the file changes.
+    pub fn reload_from(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Reload counters (applied / refused).
+    pub fn reload_stats(&self) -> Arc<ReloadStats> {
+        self.reload_stats.clone()
     }
 
     /// The bound client-facing address.
@@ -170,6 +197,17 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let key_watcher = self.upstream_key.watch(KEY_FILE_POLL);
+        let config_watcher = self.config_path.map(|path| {
+            Reloader::new(
+                path,
+                self.config,
+                self.forwarder,
+                self.stack.clone(),
+                self.upstream_key.clone(),
+                self.reload_stats.clone(),
+            )
+            .spawn()
+        });
         let readiness = self.readiness.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -207,7 +245,7 @@ impl Gateway {
             })
             .await;
         admin.abort();
-        if let Some(watcher) = key_watcher {
+        for watcher in key_watcher.into_iter().chain(config_watcher) {
             watcher.abort();
         }
         result

@@ -4,5 +4,6 @@ mod errors;
 mod forwarding;
 mod keys;
 mod process;
+mod reload;
 mod sdk;
 mod support;

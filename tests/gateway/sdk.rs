@@ -102,3 +102,69 @@ async fn the_official_sdk_lists_uploads_and_deletes_through_the_gateway() {
     }
     gateway.shutdown().await;
 }
+
+const FORCE_RULE: &str = r#"policy:
+  default: allow
+  rules:
+    - id: force-delete-admins-only
+      match:
+        method: DELETE
+        path: /v1.3/assets/{asset_id}
+        query: { force: true }
+      allow_roles: [admin]
+      message: Force-deleting an asset unlinks it from every index and entity; ask an admin.
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_sdk_force_delete_is_denied_and_never_reaches_the_upstream() {
+    let (emulator, upstream) = start_emulator().await;
+    let seeded = emulator.seed_demo();
+    let gateway = TestGateway::start_with(&upstream, FORCE_RULE, |_| {}).await;
+
+    // The script also checks that the member's plain delete is forwarded and the upstream's 409 passes.
+    let output = run_sdk_script(
+        gateway.url("/v1.3"),
+        BOB_KEY,
+        &seeded.referenced_asset_id,
+        "deny",
+    )
+    .await;
+    println!("{output}");
+    assert!(output.contains("policy_denied"), "{output}");
+    assert!(emulator.asset_exists(&seeded.referenced_asset_id));
+    let forced: Vec<_> = emulator
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == http::Method::DELETE && r.uri.query().is_some_and(|q| q.contains("force"))
+        })
+        .collect();
+    assert!(
+        forced.is_empty(),
+        "a forced delete reached the upstream: {forced:?}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_sdk_force_delete_goes_through() {
+    let (emulator, upstream) = start_emulator().await;
+    let seeded = emulator.seed_demo();
+    let gateway = TestGateway::start_with(&upstream, FORCE_RULE, |_| {}).await;
+    let output = run_sdk_script(
+        gateway.url("/v1.3"),
+        ALICE_KEY,
+        &seeded.referenced_asset_id,
+        "allow",
+    )
+    .await;
+    println!("{output}");
+    assert!(!emulator.asset_exists(&seeded.referenced_asset_id));
+    let forced = emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::DELETE && r.uri.query() == Some("force=true"))
+        .count();
+    assert_eq!(forced, 1);
+    gateway.shutdown().await;
+}

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use tl_gateway::body::{self, GatewayBody};
 use tl_gateway::config::Config;
 use tl_gateway::credentials::UpstreamKey;
+use tl_gateway::reload::ReloadStats;
 use tl_gateway::server::Gateway;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -162,6 +163,7 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub reloads: Arc<ReloadStats>,
 }
 
 impl TestGateway {
@@ -196,7 +198,46 @@ impl TestGateway {
             dir,
             stop: Some(stop),
             task: Some(task),
+            reloads: Arc::default(),
         }
+    }
+
+    /// Start from a configuration file in the gateway's directory, reloading it on change.
+    pub async fn start_reloadable(upstream: &str, extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("upstream-key");
+        std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
+        let config_file = dir.path().join("gateway.yaml");
+        std::fs::write(&config_file, config_yaml(upstream, &key_file, extra)).unwrap();
+        let config = Config::load(&config_file).unwrap();
+        let key = UpstreamKey::load(&config.upstream.key_source).unwrap();
+        let gateway = Gateway::bind(&config, key)
+            .await
+            .unwrap()
+            .reload_from(config_file);
+        let reloads = gateway.reload_stats();
+        let addr = gateway.local_addr().unwrap();
+        let admin = gateway.admin_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            admin,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+            reloads,
+        }
+    }
+
+    /// Replace the configuration file (write, then rename) with `extra` appended to the base.
+    pub fn rewrite_config(&self, upstream: &str, extra: &str) {
+        let text = config_yaml(upstream, &self.key_file(), extra);
+        let tmp = self.dir.path().join("gateway.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.dir.path().join("gateway.yaml")).unwrap();
     }
 
     /// The key file this gateway watches.

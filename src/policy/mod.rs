@@ -1,0 +1,477 @@
+//! Policy: compiled rules, the pure [`evaluate`](Policy::evaluate), and the layer that enforces it.
+//!
+//! Contract (architecture.md §3): a rule *matches* a request when every given `match` field matches.
+//! Every matching rule must admit the principal (its roles intersect `allow_roles`, or its id is in
+//! `allow_clients`); otherwise the request is denied by the first refusing rule in file order.
+//! Requests no rule matches get `policy.default`. `mode: dry_run` rules record what they would deny
+//! but never block. Adding a rule can therefore only restrict, and rule order never changes the
+//! effect.
+//!
+//! Rules are compiled at load into lists indexed by route id and by method, so a request only meets
+//! the rules that can match it: evaluation cost does not grow with rules for other routes.
+
+pub mod explain;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{self, Either, Ready};
+use http::{Method, Request};
+use tower::{Layer, Service};
+
+use crate::auth::Principal;
+use crate::classify::Operation;
+use crate::config::{
+    ClientId, Effect, PolicyConfig, QueryValue, Role, RuleConfig, RuleId, RuleMode,
+};
+use crate::error::GatewayError;
+use crate::routes::{ParamKind, RouteId, RouteTable};
+
+/// A rule problem found while compiling (the `check` command reports these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    /// Index of the rule in `policy.rules`.
+    pub index: usize,
+    /// The rule's id.
+    pub rule: RuleId,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// Position in the file (decides which refusing rule is named).
+    pub index: usize,
+    /// Rule id.
+    pub id: RuleId,
+    /// Exact method, if constrained.
+    pub method: Option<Method>,
+    /// Routes the rule applies to; `None` means every route (and unknown ones).
+    pub routes: Option<BTreeSet<RouteId>>,
+    /// Query predicates.
+    pub query: Vec<(String, QueryValue)>,
+    /// Only these clients, if given.
+    pub clients: Option<BTreeSet<ClientId>>,
+    /// Admitted roles.
+    pub allow_roles: Vec<Role>,
+    /// Admitted clients.
+    pub allow_clients: Vec<ClientId>,
+    /// Message for refused clients.
+    pub message: Option<Arc<str>>,
+    /// Enforce or dry run.
+    pub mode: RuleMode,
+}
+
+impl CompiledRule {
+    /// Whether every `match` field matches the request.
+    pub fn matches(&self, op: &Operation, principal: &Principal) -> bool {
+        if self.method.as_ref().is_some_and(|m| *m != op.method) {
+            return false;
+        }
+        if let Some(routes) = &self.routes {
+            if !op.route.is_some_and(|r| routes.contains(&r.id)) {
+                return false;
+            }
+        }
+        if self
+            .clients
+            .as_ref()
+            .is_some_and(|c| !c.contains(&principal.client))
+        {
+            return false;
+        }
+        self.query.iter().all(|(name, expected)| match expected {
+            // An absent flag reads as false everywhere; a present one was read conservatively.
+            QueryValue::Bool(want) => op.query.bool(name).unwrap_or(false) == *want,
+            QueryValue::Text(want) => op.query.text(name) == Some(want.as_str()),
+        })
+    }
+
+    /// Whether the rule admits the principal.
+    pub fn admits(&self, principal: &Principal) -> bool {
+        self.allow_clients.contains(&principal.client)
+            || self.allow_roles.iter().any(|r| principal.has_role(r))
+    }
+}
+
+/// The outcome of evaluating a request, as a typed request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or deny.
+    pub effect: Effect,
+    /// The deciding rule: the first refusing rule on deny; `None` when the default decided or all
+    /// matching rules admitted.
+    pub rule: Option<RuleId>,
+    /// Rules that matched (in file order).
+    pub matched: Vec<RuleId>,
+    /// Dry-run rules that would have denied.
+    pub dry_run_denials: Vec<RuleId>,
+    /// The deciding rule's message.
+    pub message: Option<Arc<str>>,
+}
+
+/// A compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    default: Effect,
+    rules: Vec<CompiledRule>,
+    by_route: HashMap<RouteId, Vec<usize>>,
+    unrouted_by_method: HashMap<Method, Vec<usize>>,
+    unrouted_any_method: Vec<usize>,
+    /// Query keys the rules name (the classifier reads them strictly).
+    rule_keys: BTreeSet<String>,
+}
+
+impl Policy {
+    /// Compile the configured rules; errors are problems that make a rule meaningless.
+    pub fn compile(config: &PolicyConfig) -> Result<(Policy, Vec<RuleProblem>), Vec<RuleProblem>> {
+        let table = RouteTable::v1_3();
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (index, rule) in config.rules.iter().enumerate() {
+            match compile_rule(table, index, rule, &mut warnings) {
+                Ok(compiled) => rules.push(compiled),
+                Err(message) => errors.push(RuleProblem {
+                    index,
+                    rule: rule.id.clone(),
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut by_route: HashMap<RouteId, Vec<usize>> = HashMap::new();
+        let mut unrouted_by_method: HashMap<Method, Vec<usize>> = HashMap::new();
+        let mut unrouted_any_method = Vec::new();
+        let mut rule_keys = BTreeSet::new();
+        for (position, rule) in rules.iter().enumerate() {
+            rule_keys.extend(rule.query.iter().map(|(k, _)| k.clone()));
+            match (&rule.routes, &rule.method) {
+                (Some(routes), _) => {
+                    for route in routes {
+                        by_route.entry(*route).or_default().push(position);
+                    }
+                }
+                (None, Some(method)) => unrouted_by_method
+                    .entry(method.clone())
+                    .or_default()
+                    .push(position),
+                (None, None) => unrouted_any_method.push(position),
+            }
+        }
+        Ok((
+            Policy {
+                default: config.default,
+                rules,
+                by_route,
+                unrouted_by_method,
+                unrouted_any_method,
+                rule_keys,
+            },
+            warnings,
+        ))
+    }
+
+    /// Query keys named by rules.
+    pub fn rule_keys(&self) -> &BTreeSet<String> {
+        &self.rule_keys
+    }
+
+    /// The compiled rules, in file order.
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    /// The rules that could match this operation (by route and method), in file order.
+    pub fn candidates(&self, op: &Operation) -> Vec<&CompiledRule> {
+        let routed = op
+            .route
+            .and_then(|r| self.by_route.get(&r.id))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let by_method = self
+            .unrouted_by_method
+            .get(&op.method)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut positions: Vec<usize> = routed
+            .iter()
+            .chain(by_method)
+            .chain(&self.unrouted_any_method)
+            .copied()
+            .collect();
+        positions.sort_unstable();
+        positions.into_iter().map(|p| &self.rules[p]).collect()
+    }
+
+    /// Evaluate a request. Pure: no I/O, no clock.
+    pub fn evaluate(&self, op: &Operation, principal: &Principal) -> Decision {
+        let mut decision = Decision {
+            effect: self.default,
+            rule: None,
+            matched: Vec::new(),
+            dry_run_denials: Vec::new(),
+            message: None,
+        };
+        let mut refused: Option<&CompiledRule> = None;
+        let mut any_match = false;
+        self.for_each_candidate(op, |rule| {
+            if !rule.matches(op, principal) {
+                return;
+            }
+            decision.matched.push(rule.id.clone());
+            if rule.admits(principal) {
+                if rule.mode == RuleMode::Enforce {
+                    any_match = true;
+                }
+                return;
+            }
+            match rule.mode {
+                RuleMode::DryRun => decision.dry_run_denials.push(rule.id.clone()),
+                RuleMode::Enforce => {
+                    any_match = true;
+                    if refused.is_none_or(|r| rule.index < r.index) {
+                        refused = Some(rule);
+                    }
+                }
+            }
+        });
+        if let Some(rule) = refused {
+            decision.effect = Effect::Deny;
+            decision.rule = Some(rule.id.clone());
+            decision.message = rule.message.clone();
+        } else if any_match {
+            decision.effect = Effect::Allow;
+        } else if self.default == Effect::Deny {
+            decision.rule = Some(RuleId::default_rule());
+            decision.message = Some(Arc::from(
+                "no policy rule admits this request and policy.default is deny",
+            ));
+        }
+        decision
+    }
+
+    fn for_each_candidate<'a>(&'a self, op: &Operation, mut visit: impl FnMut(&'a CompiledRule)) {
+        // No allocation on the hot path: the three lists are visited in turn; the deciding rule is
+        // chosen by file index, so the visiting order does not matter.
+        if let Some(list) = op.route.and_then(|r| self.by_route.get(&r.id)) {
+            list.iter().for_each(|&p| visit(&self.rules[p]));
+        }
+        if let Some(list) = self.unrouted_by_method.get(&op.method) {
+            list.iter().for_each(|&p| visit(&self.rules[p]));
+        }
+        self.unrouted_any_method
+            .iter()
+            .for_each(|&p| visit(&self.rules[p]));
+    }
+}
+
+fn compile_rule(
+    table: &RouteTable,
+    index: usize,
+    rule: &RuleConfig,
+    warnings: &mut Vec<RuleProblem>,
+) -> Result<CompiledRule, String> {
+    let m = &rule.matcher;
+    let mut routes: Option<BTreeSet<RouteId>> = None;
+    if let Some(path) = &m.path {
+        let found = table.by_template(path, m.method.as_ref());
+        if found.is_empty() {
+            let any_method = table.by_template(path, None);
+            return Err(if any_method.is_empty() {
+                format!("match.path {path:?} is no TwelveLabs v1.3 route")
+            } else {
+                format!(
+                    "match.path {path:?} has no {} route (it has {})",
+                    m.method.as_ref().map_or("", Method::as_str),
+                    any_method
+                        .iter()
+                        .map(|r| r.method.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+        }
+        routes = Some(found.iter().map(|r| r.id).collect());
+    }
+    if let Some(operation) = &m.operation {
+        let Some(route) = table.by_id(operation) else {
+            return Err(format!(
+                "match.operation {operation:?} is no TwelveLabs v1.3 route id"
+            ));
+        };
+        if m.method
+            .as_ref()
+            .is_some_and(|method| *method != route.method)
+        {
+            return Err(format!(
+                "match.operation {operation:?} is a {} route, but match.method is {}",
+                route.method,
+                m.method.as_ref().map_or("", Method::as_str)
+            ));
+        }
+        let only = BTreeSet::from([route.id]);
+        routes = Some(match routes {
+            None => only,
+            Some(from_path) => {
+                if !from_path.contains(&route.id) {
+                    return Err(format!(
+                        "match.operation {operation:?} and match.path never name the same route"
+                    ));
+                }
+                only
+            }
+        });
+    }
+    for (key, expected) in &m.query {
+        if let Some(routes) = &routes {
+            for id in routes {
+                let Some(route) = table.by_id(id.as_str()) else {
+                    continue;
+                };
+                match route.query_param(key) {
+                    None => {
+                        return Err(format!(
+                            "match.query {key:?}: route {id} has no query parameter {key:?}"
+                        ));
+                    }
+                    Some(param) => {
+                        let is_bool = matches!(expected, QueryValue::Bool(_));
+                        if is_bool != (param.kind == ParamKind::Bool) {
+                            return Err(format!(
+                                "match.query {key:?}: route {id} reads it as {:?}, the rule compares {}",
+                                param.kind,
+                                if is_bool { "a boolean" } else { "text" }
+                            ));
+                        }
+                    }
+                }
+            }
+        } else if !table.routes().iter().any(|r| {
+            m.method.as_ref().is_none_or(|method| *method == r.method)
+                && r.query_param(key).is_some()
+        }) {
+            warnings.push(RuleProblem {
+                index,
+                rule: rule.id.clone(),
+                message: format!("can never match: no route takes query parameter {key:?}"),
+            });
+        }
+    }
+    if rule.allow_roles.is_empty()
+        && rule.allow_clients.is_empty()
+        && rule.mode == RuleMode::Enforce
+    {
+        warnings.push(RuleProblem {
+            index,
+            rule: rule.id.clone(),
+            message: "denies everyone it matches (allow_roles and allow_clients are empty)".into(),
+        });
+    }
+    Ok(CompiledRule {
+        index,
+        id: rule.id.clone(),
+        method: m.method.clone(),
+        routes,
+        query: m
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        clients: (!m.clients.is_empty()).then(|| m.clients.iter().cloned().collect()),
+        allow_roles: rule.allow_roles.clone(),
+        allow_clients: rule.allow_clients.clone(),
+        message: rule.message.as_deref().map(Arc::from),
+        mode: rule.mode,
+    })
+}
+
+/// Layer that evaluates the policy and refuses denied requests with 403 `policy_denied`.
+#[derive(Clone, Debug)]
+pub struct PolicyLayer {
+    policy: Arc<Policy>,
+}
+
+impl PolicyLayer {
+    /// Enforce this policy.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        PolicyLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for PolicyLayer {
+    type Service = Enforce<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Enforce {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// Service produced by [`PolicyLayer`].
+#[derive(Clone, Debug)]
+pub struct Enforce<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+impl<S, B> Service<Request<B>> for Enforce<S>
+where
+    S: Service<Request<B>, Error = GatewayError>,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (Some(op), Some(principal)) = (
+            req.extensions().get::<Operation>(),
+            req.extensions().get::<Principal>(),
+        ) else {
+            // Fail closed: a request that cannot be evaluated is not forwarded.
+            return Either::Right(future::ready(Err(GatewayError::Internal(
+                "policy could not be evaluated: request not classified or not authenticated",
+            ))));
+        };
+        let decision = self.policy.evaluate(op, principal);
+        for rule in &decision.dry_run_denials {
+            tracing::warn!(
+                rule = rule.as_str(),
+                client = principal.client.as_str(),
+                operation = op.route_id(),
+                "dry-run rule would deny"
+            );
+        }
+        match decision.effect {
+            Effect::Allow => {
+                req.extensions_mut().insert(decision);
+                Either::Left(self.inner.call(req))
+            }
+            Effect::Deny => {
+                let rule = decision.rule.clone().unwrap_or_else(RuleId::default_rule);
+                tracing::info!(
+                    rule = rule.as_str(),
+                    client = principal.client.as_str(),
+                    operation = op.route_id(),
+                    "policy denied"
+                );
+                Either::Right(future::ready(Err(GatewayError::PolicyDenied {
+                    rule,
+                    message: decision.message.clone(),
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

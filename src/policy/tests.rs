@@ -1,0 +1,368 @@
+use std::path::Path;
+
+use super::*;
+use crate::classify::{Classifier, ClassifySettings};
+use crate::config::Config;
+
+const BASE: &str = r#"listen: 127.0.0.1:8080
+upstream:
+  url: https://api.twelvelabs.io
+  api_key_env: TWELVELABS_API_KEY
+clients:
+  - id: alice
+    roles: [admin]
+    key_sha256: d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6
+  - id: bob
+    roles: [member]
+    key_sha256: 7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531
+  - id: carol
+    roles: [viewer]
+    key_sha256: 0000000000000000000000000000000000000000000000000000000000000001
+"#;
+
+fn config(policy: &str) -> Config {
+    Config::parse(Path::new("t.yaml"), &format!("{BASE}{policy}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn principal(config: &Config, id: &str) -> Principal {
+    let c = config.clients.iter().find(|c| c.id.as_str() == id).unwrap();
+    Principal {
+        client: c.id.clone(),
+        roles: c.roles.clone().into(),
+    }
+}
+
+/// Evaluate `method target` as `client`: "allow", "deny:<rule>" or "reject".
+fn decide(config: &Config, client: &str, method: &str, target: &str) -> String {
+    let classifier = Classifier::new(config.classify.clone());
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let op = match classifier.classify(
+        &method,
+        http::Version::HTTP_11,
+        &target.parse().unwrap(),
+        &http::HeaderMap::new(),
+        false,
+    ) {
+        Ok(op) => op,
+        Err(_) => return "reject".into(),
+    };
+    let decision = config
+        .compiled_policy
+        .evaluate(&op, &principal(config, client));
+    match decision.effect {
+        Effect::Allow => "allow".into(),
+        Effect::Deny => format!("deny:{}", decision.rule.unwrap()),
+    }
+}
+
+const ADMINS_ONLY: &str = r#"policy:
+  default: allow
+  rules:
+    - id: force-delete-admins-only
+      match:
+        method: DELETE
+        path: /v1.3/assets/{asset_id}
+        query: { force: true }
+      allow_roles: [admin]
+      message: ask an admin
+"#;
+
+#[test]
+fn only_admins_may_force_delete() {
+    let c = config(ADMINS_ONLY);
+    let table = [
+        (
+            "bob",
+            "DELETE",
+            "/v1.3/assets/a1?force=true",
+            "deny:force-delete-admins-only",
+        ),
+        (
+            "bob",
+            "DELETE",
+            "/v1.3/assets/a1?force=1",
+            "deny:force-delete-admins-only",
+        ),
+        (
+            "bob",
+            "DELETE",
+            "/v1.3/assets/a1?force=YES",
+            "deny:force-delete-admins-only",
+        ),
+        ("bob", "DELETE", "/v1.3/assets/a1?force=false", "allow"),
+        ("bob", "DELETE", "/v1.3/assets/a1", "allow"),
+        (
+            "bob",
+            "DELETE",
+            "/v1.3/assets/a1?force=true&force=true",
+            "reject",
+        ),
+        ("bob", "DELETE", "/v1.3/assets/a1?Force=true", "reject"),
+        ("alice", "DELETE", "/v1.3/assets/a1?force=true", "allow"),
+        ("bob", "GET", "/v1.3/assets/a1", "allow"),
+        ("bob", "DELETE", "/v1.3/indexes/i1", "allow"),
+    ];
+    for (client, method, target, expected) in table {
+        assert_eq!(
+            decide(&c, client, method, target),
+            expected,
+            "{client} {method} {target}"
+        );
+    }
+}
+
+#[test]
+fn the_deny_names_the_rule_and_its_message() {
+    let c = config(ADMINS_ONLY);
+    let classifier = Classifier::new(c.classify.clone());
+    let op = classifier
+        .classify(
+            &Method::DELETE,
+            http::Version::HTTP_11,
+            &"/v1.3/assets/a1?force=true".parse().unwrap(),
+            &http::HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+    let decision = c.compiled_policy.evaluate(&op, &principal(&c, "bob"));
+    assert_eq!(decision.effect, Effect::Deny);
+    assert_eq!(decision.message.as_deref(), Some("ask an admin"));
+    assert_eq!(decision.matched.len(), 1);
+}
+
+#[test]
+fn every_matching_rule_must_admit_and_order_does_not_change_the_effect() {
+    let rules = [
+        r#"    - id: deletes-need-member
+      match: { method: DELETE }
+      allow_roles: [member, admin]
+"#,
+        r#"    - id: index-deletes-admins
+      match: { operation: indexes.delete }
+      allow_roles: [admin]
+"#,
+    ];
+    for order in [[0, 1], [1, 0]] {
+        let policy = format!("policy:\n  rules:\n{}{}", rules[order[0]], rules[order[1]]);
+        let c = config(&policy);
+        assert_eq!(decide(&c, "bob", "DELETE", "/v1.3/assets/a1"), "allow");
+        assert_eq!(
+            decide(&c, "bob", "DELETE", "/v1.3/indexes/i1"),
+            "deny:index-deletes-admins"
+        );
+        assert_eq!(
+            decide(&c, "carol", "DELETE", "/v1.3/assets/a1"),
+            "deny:deletes-need-member"
+        );
+        assert_eq!(decide(&c, "alice", "DELETE", "/v1.3/indexes/i1"), "allow");
+        // carol is refused by both; the first refusing rule in file order is named.
+        let first = if order[0] == 0 {
+            "deletes-need-member"
+        } else {
+            "index-deletes-admins"
+        };
+        assert_eq!(
+            decide(&c, "carol", "DELETE", "/v1.3/indexes/i1"),
+            format!("deny:{first}")
+        );
+    }
+}
+
+#[test]
+fn read_only_clients_and_allow_clients() {
+    let policy = r#"policy:
+  rules:
+    - id: viewers-read-only
+      match: { clients: [carol], method: DELETE }
+      allow_roles: []
+    - id: carol-may-not-upload
+      match: { clients: [carol], operation: assets.create }
+      allow_roles: []
+    - id: index-deletes
+      match: { method: DELETE, path: "/v1.3/indexes/{index-id}" }
+      allow_clients: [bob]
+"#;
+    let c = config(policy);
+    assert_eq!(decide(&c, "carol", "GET", "/v1.3/assets"), "allow");
+    assert_eq!(
+        decide(&c, "carol", "DELETE", "/v1.3/assets/a1"),
+        "deny:viewers-read-only"
+    );
+    assert_eq!(
+        decide(&c, "carol", "POST", "/v1.3/assets"),
+        "deny:carol-may-not-upload"
+    );
+    assert_eq!(decide(&c, "bob", "POST", "/v1.3/assets"), "allow");
+    assert_eq!(decide(&c, "bob", "DELETE", "/v1.3/indexes/i1"), "allow");
+    assert_eq!(
+        decide(&c, "alice", "DELETE", "/v1.3/indexes/i1"),
+        "deny:index-deletes"
+    );
+}
+
+#[test]
+fn dry_run_rules_record_but_never_block() {
+    let policy = r#"policy:
+  rules:
+    - id: trial-no-index-deletes
+      match: { operation: indexes.delete }
+      allow_roles: [admin]
+      mode: dry_run
+"#;
+    let c = config(policy);
+    assert_eq!(decide(&c, "bob", "DELETE", "/v1.3/indexes/i1"), "allow");
+    let classifier = Classifier::new(c.classify.clone());
+    let op = classifier
+        .classify(
+            &Method::DELETE,
+            http::Version::HTTP_11,
+            &"/v1.3/indexes/i1".parse().unwrap(),
+            &http::HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+    let decision = c.compiled_policy.evaluate(&op, &principal(&c, "bob"));
+    assert_eq!(
+        decision.dry_run_denials,
+        vec!["trial-no-index-deletes".parse::<RuleId>().unwrap()]
+    );
+    let decision = c.compiled_policy.evaluate(&op, &principal(&c, "alice"));
+    assert!(decision.dry_run_denials.is_empty());
+}
+
+#[test]
+fn default_deny_admits_only_what_a_rule_admits() {
+    let policy = r#"policy:
+  default: deny
+  rules:
+    - id: members-read-assets
+      match: { method: GET, path: /v1.3/assets }
+      allow_roles: [member, admin]
+"#;
+    let c = config(policy);
+    assert_eq!(decide(&c, "bob", "GET", "/v1.3/assets"), "allow");
+    assert_eq!(
+        decide(&c, "carol", "GET", "/v1.3/assets"),
+        "deny:members-read-assets"
+    );
+    assert_eq!(
+        decide(&c, "bob", "GET", "/v1.3/indexes"),
+        "deny:policy.default"
+    );
+    assert_eq!(
+        decide(&c, "bob", "GET", "/v1.3/not-a-route"),
+        "deny:policy.default"
+    );
+}
+
+#[test]
+fn unknown_routes_meet_only_route_independent_rules() {
+    let policy = r#"policy:
+  rules:
+    - id: carol-nothing
+      match: { clients: [carol] }
+      allow_roles: []
+    - id: asset-reads
+      match: { operation: assets.list }
+      allow_roles: [admin]
+"#;
+    let c = config(policy);
+    assert_eq!(
+        decide(&c, "carol", "GET", "/v1.3/new-endpoint"),
+        "deny:carol-nothing"
+    );
+    assert_eq!(decide(&c, "bob", "GET", "/v1.3/new-endpoint"), "allow");
+    assert_eq!(decide(&c, "bob", "GET", "/v1.3/assets"), "deny:asset-reads");
+}
+
+#[test]
+fn rules_that_name_no_route_or_parameter_are_errors() {
+    let bad = [
+        (
+            "match: { path: \"/v1.3/asset/{asset_id}\" }",
+            "is no TwelveLabs v1.3 route",
+        ),
+        (
+            "match: { method: PUT, path: \"/v1.3/assets/{asset_id}\" }",
+            "has no PUT route",
+        ),
+        (
+            "match: { operation: assets.destroy }",
+            "is no TwelveLabs v1.3 route id",
+        ),
+        (
+            "match: { operation: assets.delete, method: GET }",
+            "is a DELETE route",
+        ),
+        (
+            "match: { operation: assets.delete, query: { forced: true } }",
+            "has no query parameter \"forced\"",
+        ),
+        (
+            "match: { operation: assets.list, query: { page: true } }",
+            "the rule compares a boolean",
+        ),
+    ];
+    for (matcher, expected) in bad {
+        let policy = format!(
+            "policy:\n  rules:\n    - id: r\n      {matcher}\n      allow_roles: [admin]\n"
+        );
+        let error = Config::parse(Path::new("t.yaml"), &format!("{BASE}{policy}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{matcher}: {error}");
+        assert!(error.contains("t.yaml:"), "{error}");
+    }
+}
+
+#[test]
+fn rules_that_can_never_match_are_warned_about() {
+    let policy = r#"policy:
+  rules:
+    - id: nobody
+      match: { method: GET, query: { force: true } }
+      allow_roles: [admin]
+    - id: deny-all-deletes
+      match: { method: DELETE }
+      allow_roles: []
+"#;
+    let c = config(policy);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("nobody") && w.contains("can never match")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("deny-all-deletes") && w.contains("denies everyone")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn evaluation_only_visits_rules_that_can_match_the_route() {
+    let mut policy = String::from("policy:\n  rules:\n");
+    for i in 0..200 {
+        policy.push_str(&format!("    - id: idx-{i}\n      match: {{ operation: indexes.delete }}\n      allow_roles: [admin]\n"));
+    }
+    policy.push_str("    - id: force\n      match: { operation: assets.delete, query: { force: true } }\n      allow_roles: [admin]\n");
+    let c = config(&policy);
+    let classifier = Classifier::new(ClassifySettings {
+        rule_keys: c.classify.rule_keys.clone(),
+        ..Default::default()
+    });
+    let op = classifier
+        .classify(
+            &Method::DELETE,
+            http::Version::HTTP_11,
+            &"/v1.3/assets/a?force=true".parse().unwrap(),
+            &http::HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+    assert_eq!(c.compiled_policy.candidates(&op).len(), 1);
+}
