@@ -1,1 +1,125 @@
-fn main() {}
+//! Policy evaluation and classification cost.
+//!
+//! `cargo bench --bench policy` prints, for 10, 1,000 and 10,000 rules:
+//! - `evaluate/spread/N`: rules spread round-robin over every TwelveLabs route, so ~N/99 of them
+//!   can match the request (a member's forced asset delete, denied);
+//! - `evaluate/other_routes/N`: N rules on routes other than the request's plus the one force rule,
+//!   which should cost the same for every N (rules that cannot match the route are never visited).
+//!
+//! Goal (issue 3): under 1 µs median at 1,000 rules, and flat across N for `other_routes`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, Method, Version};
+use tl_gateway::auth::Principal;
+use tl_gateway::classify::Classifier;
+use tl_gateway::config::Config;
+use tl_gateway::routes::RouteTable;
+
+const BASE: &str = r#"listen: 127.0.0.1:8080
+upstream:
+  url: https://api.twelvelabs.io
+  api_key_env: TWELVELABS_API_KEY
+clients:
+  - id: bob
+    roles: [member]
+    key_sha256: 7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531
+policy:
+  default: allow
+  rules:
+    - id: force-delete-admins-only
+      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
+      allow_roles: [admin]
+"#;
+
+/// `n` rules in total: the force rule plus `n - 1` generated ones.
+fn config(n: usize, include_request_route: bool) -> Config {
+    let mut yaml = String::from(BASE);
+    let routes: Vec<_> = RouteTable::v1_3()
+        .routes()
+        .iter()
+        .filter(|r| include_request_route || r.id.as_str() != "assets.delete")
+        .collect();
+    for i in 0..n.saturating_sub(1) {
+        let route = routes[i % routes.len()];
+        yaml.push_str(&format!(
+            "    - id: rule-{i}\n      match: {{ operation: {} }}\n      allow_roles: [member, admin]\n",
+            route.id
+        ));
+    }
+    Config::parse(Path::new("bench.yaml"), &yaml).expect("valid generated config")
+}
+
+fn bench_evaluate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("evaluate");
+    for (name, spread) in [("spread", true), ("other_routes", false)] {
+        for n in [10usize, 1_000, 10_000] {
+            let config = config(n, spread);
+            let classifier = Classifier::new(config.classify.clone());
+            let op = classifier
+                .classify(
+                    &Method::DELETE,
+                    Version::HTTP_11,
+                    &"/v1.3/assets/6298d673f1090f1100476d4c?force=true"
+                        .parse()
+                        .unwrap(),
+                    &HeaderMap::new(),
+                    false,
+                )
+                .unwrap();
+            let bob = Principal {
+                client: "bob".parse().unwrap(),
+                roles: vec!["member".parse().unwrap()].into(),
+            };
+            let policy = config.compiled_policy.clone();
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| black_box(policy.evaluate(black_box(&op), black_box(&bob))))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_classify(c: &mut Criterion) {
+    let config = config(1, true);
+    let classifier = Classifier::new(config.classify.clone());
+    let mut group = c.benchmark_group("classify");
+    let targets = [
+        (
+            "asset_force_delete",
+            Method::DELETE,
+            "/v1.3/assets/6298d673f1090f1100476d4c?force=true",
+        ),
+        (
+            "asset_list",
+            Method::GET,
+            "/v1.3/assets?page=1&page_limit=10&asset_ids=a1&asset_ids=a2",
+        ),
+        (
+            "indexed_asset",
+            Method::GET,
+            "/v1.3/indexes/6298d673f1090f1100476d4c/indexed-assets/6298d673f1090f1100476d4d",
+        ),
+    ];
+    for (name, method, target) in targets {
+        let uri: http::Uri = target.parse().unwrap();
+        let headers = HeaderMap::new();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(classifier.classify(
+                    black_box(&method),
+                    Version::HTTP_11,
+                    black_box(&uri),
+                    &headers,
+                    false,
+                ))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_evaluate, bench_classify);
+criterion_main!(benches);
