@@ -151,16 +151,13 @@ async fn serve(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     telemetry::init(config.logging.format);
     let key = UpstreamKey::load(&config.upstream.key_source).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let gateway = Gateway::bind(&config, key)
         .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(
-        listen = %addr(gateway.local_addr()),
-        admin = %addr(gateway.admin_addr()),
-        upstream = %config.upstream.origin,
-        clients = config.clients.len(),
-        "tl-gateway serving"
-    );
+        .map_err(|e| e.to_string())?
+        .reload_from(path.to_owned());
     gateway
         .run(shutdown_signal())
         .await

@@ -200,7 +200,7 @@ impl Gateway {
         let config_watcher = self.config_path.map(|path| {
             Reloader::new(
                 path,
-                self.config,
+                self.config.clone(),
                 self.forwarder,
                 self.stack.clone(),
                 self.upstream_key.clone(),
@@ -208,6 +208,14 @@ impl Gateway {
             )
             .spawn()
         });
+        tracing::info!(
+            listen = %display_addr(self.listener.local_addr()),
+            admin = %display_addr(self.admin_listener.local_addr()),
+            upstream = %self.config.upstream.origin,
+            clients = self.config.clients.len(),
+            rules = self.config.policy.rules.len(),
+            "tl-gateway serving"
+        );
         let readiness = self.readiness.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -259,6 +267,10 @@ fn edge(req: Request<Incoming>, peer: SocketAddr) -> Request<GatewayBody> {
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(ClientAddr(peer));
     req
+}
+
+fn display_addr(result: std::io::Result<SocketAddr>) -> String {
+    result.map_or_else(|e| format!("<{e}>"), |a| a.to_string())
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -77,6 +77,28 @@ impl GatewayProcess {
         }
     }
 
+    /// Send a signal by name (TERM, HUP, INT).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait (bounded) until the output contains `needle`.
+    pub fn wait_for_output(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.output.lock().unwrap().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                self.output.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
@@ -305,4 +327,25 @@ async fn demo_prints_working_keys_and_curl_lines() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_configuration() {
+    let upstream = Upstream::recording().await;
+    let gateway = GatewayProcess::serve(&format!("http://{}", upstream.addr), "info");
+    gateway.signal("HUP");
+    gateway.wait_for_output("SIGHUP: reloading the configuration");
+    gateway.wait_for_output("configuration reloaded");
+    // Still serving after the reload.
+    let response = get(
+        &format!("http://{}/v1.3/assets", gateway.addr),
+        Some(ALICE_KEY),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    gateway.terminate();
+    let (status, _) = tokio::task::spawn_blocking(move || gateway.wait())
+        .await
+        .unwrap();
+    assert!(status.success());
 }
