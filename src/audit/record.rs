@@ -1,0 +1,259 @@
+//! Audit records: the JSON Lines format, its canonical bytes and the SHA-256 hash chain.
+//!
+//! A line is the record serialised with its fields in a fixed order, ending in `"prev_hash"`, then
+//! `,"hash":"<hex>"}`. `hash` is SHA-256 over the line without the hash member (the canonical bytes,
+//! which include `prev_hash`), so any edit, removal, insertion or reordering breaks the chain.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of the very first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// A permitted destructive request is about to be forwarded (durable before forwarding).
+    Intent,
+    /// How a forwarded request ended.
+    Outcome,
+    /// The attempt was refused (policy, rate limit, guard, audit unavailable).
+    Denied,
+    /// An intent left without outcome by a crash, resolved at start-up.
+    Reconciled,
+}
+
+/// One indexed asset that referenced a force-deleted asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedAssetRef {
+    /// Indexed asset id.
+    pub id: String,
+    /// Its index.
+    pub index_id: String,
+    /// The index's name, when the upstream gave it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub index_name: Option<String>,
+}
+
+/// One entity linked to a force-deleted asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityRef {
+    /// Entity id.
+    pub id: String,
+    /// Its entity collection.
+    pub collection_id: String,
+}
+
+/// What a forced asset delete was about to unlink (written into the intent record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct References {
+    /// Indexed assets referencing the asset.
+    pub indexed_assets: Vec<IndexedAssetRef>,
+    /// Entities linked to the asset.
+    pub entities: Vec<EntityRef>,
+    /// False when `max_pages` stopped the listing early.
+    pub complete: bool,
+}
+
+/// An audit event before the writer gives it its place in the chain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// RFC 3339 UTC time of the event.
+    pub time: String,
+    /// The request id.
+    pub request_id: String,
+    /// Phase.
+    pub phase: Option<Phase>,
+    /// Client id (absent for unauthenticated requests).
+    pub client: Option<String>,
+    /// The client's roles.
+    pub roles: Vec<String>,
+    /// The client's address.
+    pub client_ip: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Canonical path.
+    pub path: String,
+    /// Route id.
+    pub operation: String,
+    /// Path parameters.
+    pub params: BTreeMap<String, String>,
+    /// For asset deletes: whether force was read as true.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub force: Option<bool>,
+    /// `allow` or `deny`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decision: Option<String>,
+    /// The deciding rule (or limit, or guard).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rule: Option<String>,
+    /// Final HTTP status (outcome, denied, reconciled).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<u16>,
+    /// Time from arrival to the end of the response.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_ms: Option<u64>,
+    /// Why a request failed or how it ended early (e.g. `upstream_timeout`, `client_disconnected`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// What a forced asset delete was about to unlink.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub references: Option<References>,
+    /// For `reconciled`: the request id of the intent it resolves.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resolves: Option<String>,
+}
+
+/// A record as written: the event, its sequence number and chain links.
+#[derive(Debug, Serialize)]
+struct Chained<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+    prev_hash: &'a str,
+}
+
+/// A parsed line (for verification and search).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Line {
+    /// Sequence number.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Previous record's hash.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// Serialise `event` as line number `seq` chained to `prev_hash`; returns the line (with `\n`) and
+/// its hash.
+pub fn chain(event: &Event, seq: u64, prev_hash: &str) -> (Vec<u8>, String) {
+    let mut bytes = serde_json::to_vec(&Chained {
+        seq,
+        event,
+        prev_hash,
+    })
+    .unwrap_or_default();
+    let hash = hex(&Sha256::digest(&bytes));
+    // Replace the closing brace with the hash member.
+    bytes.pop();
+    bytes.extend_from_slice(b",\"hash\":\"");
+    bytes.extend_from_slice(hash.as_bytes());
+    bytes.extend_from_slice(b"\"}\n");
+    (bytes, hash)
+}
+
+/// Check one line's own hash; returns the parsed line.
+pub fn check_line(text: &str) -> Result<Line, String> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    const SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
+    if text.len() < SUFFIX_LEN || !text.ends_with("\"}") {
+        return Err("not an audit record (no trailing hash)".into());
+    }
+    let (body, tail) = text.split_at(text.len() - SUFFIX_LEN);
+    let Some(claimed) = tail.strip_prefix(",\"hash\":\"").and_then(|t| t.strip_suffix("\"}")) else {
+        return Err("not an audit record (no trailing hash)".into());
+    };
+    let mut canonical = Vec::with_capacity(body.len() + 1);
+    canonical.extend_from_slice(body.as_bytes());
+    canonical.push(b'}');
+    let actual = hex(&Sha256::digest(&canonical));
+    if actual != claimed {
+        return Err("hash does not match the record (edited)".into());
+    }
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-30T16:05:34.123Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn event(phase: Phase) -> Event {
+        Event {
+            time: "2026-11-30T16:05:34.123Z".into(),
+            request_id: "r1".into(),
+            phase: Some(phase),
+            client: Some("alice".into()),
+            roles: vec!["admin".into()],
+            method: "DELETE".into(),
+            path: "/v1.3/assets/a1".into(),
+            operation: "assets.delete".into(),
+            params: [("asset_id".to_owned(), "a1".to_owned())].into(),
+            force: Some(true),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn a_chained_line_verifies_and_round_trips() {
+        let (line, hash) = chain(&event(Phase::Intent), 7, GENESIS);
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")));
+        assert!(text.starts_with("{\"seq\":7,\"time\":"));
+        let parsed = check_line(&text).unwrap();
+        assert_eq!(parsed.seq, 7);
+        assert_eq!(parsed.prev_hash, GENESIS);
+        assert_eq!(parsed.hash, hash);
+        assert_eq!(parsed.event, event(Phase::Intent));
+    }
+
+    #[test]
+    fn any_edit_breaks_the_hash() {
+        let (line, _) = chain(&event(Phase::Intent), 1, GENESIS);
+        let text = String::from_utf8(line).unwrap();
+        for (from, to) in [("alice", "mallo"), ("\"force\":true", "\"force\":false"), ("\"seq\":1", "\"seq\":2")] {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text);
+            assert!(check_line(&edited).is_err(), "{from}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_054_734_123);
+        assert_eq!(rfc3339(t), "2026-11-30T16:05:34.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
+}
