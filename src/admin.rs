@@ -1,4 +1,5 @@
-//! The admin listener's service: `/healthz` (process alive) and `/readyz` (ready to serve traffic).
+//! The admin listener's service: `/healthz` (process alive), `/readyz` (ready to serve traffic:
+//! upstream key loaded, audit sink writable, not draining) and `/metrics` (Prometheus text).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,21 +7,25 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::audit::AuditLog;
 use crate::body::{self, GatewayBody};
 use crate::credentials::UpstreamKey;
+use crate::metrics::Metrics;
 
 /// What `/readyz` checks.
 #[derive(Debug)]
 pub struct Readiness {
     upstream_key: Arc<UpstreamKey>,
+    audit: Option<AuditLog>,
     draining: AtomicBool,
 }
 
 impl Readiness {
     /// Readiness of a gateway using this upstream key.
-    pub fn new(upstream_key: Arc<UpstreamKey>) -> Arc<Self> {
+    pub fn new(upstream_key: Arc<UpstreamKey>, audit: Option<AuditLog>) -> Arc<Self> {
         Arc::new(Readiness {
             upstream_key,
+            audit,
             draining: AtomicBool::new(false),
         })
     }
@@ -40,6 +45,10 @@ impl Readiness {
         vec![
             ("config", Ok(())),
             ("upstream_key", self.upstream_key.readiness()),
+            (
+                "audit",
+                self.audit.as_ref().map_or(Ok(()), AuditLog::readiness),
+            ),
             ("shutdown", shutdown),
         ]
     }
@@ -48,6 +57,7 @@ impl Readiness {
 /// Answer one admin request.
 pub async fn handle<B>(
     readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
     req: Request<B>,
 ) -> Result<Response<GatewayBody>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
@@ -77,9 +87,17 @@ pub async fn handle<B>(
                 serde_json::json!({ "ready": ready, "checks": details }),
             )
         }
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(body::full(metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({ "code": "route_unknown", "message": "admin endpoints: /healthz, /readyz" }),
+            serde_json::json!({ "code": "route_unknown", "message": "admin endpoints: /healthz, /readyz, /metrics" }),
         ),
     };
     Ok(response)

@@ -24,6 +24,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
+use crate::metrics::RouteLabel;
 use crate::routes::{BodyKind, Lookup, ParamKind, Route, RouteTable};
 
 /// Headers some frameworks honour to change the method; always refused.
@@ -544,6 +545,9 @@ where
         ) {
             Ok(operation) => {
                 tracing::Span::current().record("operation", operation.route_id());
+                if let Some(label) = req.extensions().get::<RouteLabel>() {
+                    let _ = label.0.set(operation.route_id());
+                }
                 req.extensions_mut().insert(operation);
                 Either::Left(self.inner.call(req))
             }

@@ -17,8 +17,12 @@ use http::uri::{Authority, Scheme};
 use http::Method;
 use serde::Deserialize;
 
+use crate::audit::layer::AuditScope;
+use crate::audit::AuditSettings;
 use crate::classify::{ClassifySettings, UnknownRoutes};
+use crate::guards::{ForceDeleteSettings, OnError};
 use crate::policy::Policy;
+use crate::routes::RouteTable;
 
 /// A configuration error naming the file, the line (when known) and the key.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Audit log settings, if auditing is configured.
     pub audit: Option<AuditConfig>,
+    /// The reference guard before forced asset deletes.
+    pub force_delete: ForceDeleteSettings,
     /// Listener limits and timeouts.
     pub server: ServerConfig,
     /// Log output.
@@ -213,8 +219,12 @@ pub enum QueryValue {
 /// Audit log settings.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
-    /// JSON Lines file.
-    pub path: PathBuf,
+    /// Writer settings.
+    pub settings: AuditSettings,
+    /// Routes audited in addition to the destructive ones.
+    pub scope: AuditScope,
+    /// At start-up, ask the upstream about asset deletes left without outcome.
+    pub reconcile: bool,
 }
 
 /// Listener limits and timeouts.
@@ -398,6 +408,8 @@ struct RawConfig {
     logging: Option<RawLogging>,
     #[serde(default)]
     routes: Option<RawRoutes>,
+    #[serde(default)]
+    guards: Option<RawGuards>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +476,72 @@ struct RawMatch {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     path: PathBuf,
+    fsync: Option<bool>,
+    max_file_size: Option<ByteSize>,
+    queue_capacity: Option<usize>,
+    enqueue_timeout: Option<ConfigDuration>,
+    #[serde(rename = "match", default)]
+    matchers: Vec<RawAuditMatch>,
+    reconcile: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditMatch {
+    method: Option<String>,
+    path: Option<String>,
+    operation: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuards {
+    force_delete: Option<RawForceDelete>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForceDelete {
+    enabled: Option<bool>,
+    max_pages: Option<u32>,
+    page_limit: Option<u32>,
+    max_indexed_assets: Option<usize>,
+    #[serde(default)]
+    on_error: OnError,
+}
+
+/// A size written as `1048576`, `512KiB`, `100MiB` or `2GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "serde_yaml::Value")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<serde_yaml::Value> for ByteSize {
+    type Error = String;
+    fn try_from(value: serde_yaml::Value) -> Result<Self, String> {
+        let text = match &value {
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::String(s) => s.clone(),
+            _ => return Err("a size must be a number of bytes or a string like 100MiB".into()),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid size {text:?}"))?;
+        let factor = match unit {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(format!("invalid size {text:?}: use B, KiB, MiB or GiB")),
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {text:?} is too large"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -561,7 +639,20 @@ impl Validator<'_> {
             unknown_routes: raw.routes.map(|r| r.unknown).unwrap_or_default(),
             rule_keys: compiled_policy.rule_keys().clone(),
         };
-        let audit = raw.audit.map(|a| AuditConfig { path: a.path });
+        let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
+        let force_delete = raw.guards.and_then(|g| g.force_delete).map_or_else(
+            ForceDeleteSettings::default,
+            |f| {
+                let defaults = ForceDeleteSettings::default();
+                ForceDeleteSettings {
+                    enabled: f.enabled.unwrap_or(defaults.enabled),
+                    max_pages: f.max_pages.unwrap_or(defaults.max_pages).max(1),
+                    page_limit: f.page_limit.unwrap_or(defaults.page_limit).clamp(1, 50),
+                    max_indexed_assets: f.max_indexed_assets,
+                    on_error: f.on_error,
+                }
+            },
+        );
         let server = raw.server.map_or_else(ServerConfig::default, |s| {
             let defaults = ServerConfig::default();
             ServerConfig {
@@ -588,6 +679,7 @@ impl Validator<'_> {
             classify,
             warnings,
             audit,
+            force_delete,
             server,
             logging: LoggingConfig {
                 format: raw.logging.map(|l| l.format).unwrap_or_default(),
@@ -662,6 +754,58 @@ impl Validator<'_> {
             connect_timeout,
             request_timeout,
             api_versions,
+        })
+    }
+
+    fn audit(&self, raw: RawAudit) -> Result<AuditConfig, ConfigError> {
+        let mut settings = AuditSettings::new(raw.path);
+        settings.fsync = raw.fsync.unwrap_or(true);
+        if let Some(size) = raw.max_file_size {
+            if size.0 < 4096 {
+                return Err((self.fail)(
+                    &[Seg::Key("audit"), Seg::Key("max_file_size")],
+                    "must be at least 4KiB".into(),
+                ));
+            }
+            settings.max_file_size = size.0;
+        }
+        if let Some(capacity) = raw.queue_capacity {
+            settings.queue_capacity = capacity.max(1);
+        }
+        if let Some(timeout) = raw.enqueue_timeout {
+            settings.enqueue_timeout = timeout.0;
+        }
+        let table = RouteTable::v1_3();
+        let mut scope = AuditScope::default();
+        for (i, m) in raw.matchers.iter().enumerate() {
+            let at = [Seg::Key("audit"), Seg::Key("match"), Seg::Index(i)];
+            let method = m
+                .method
+                .as_deref()
+                .map(|name| Method::from_bytes(name.to_ascii_uppercase().as_bytes()));
+            let method = match method {
+                Some(Ok(method)) => Some(method),
+                Some(Err(_)) => return Err((self.fail)(&at, "unknown method".into())),
+                None => None,
+            };
+            let routes: Vec<_> = match (&m.operation, &m.path) {
+                (Some(op), _) => table.by_id(op).into_iter().collect(),
+                (None, Some(path)) => table.by_template(path, method.as_ref()),
+                (None, None) => table
+                    .routes()
+                    .iter()
+                    .filter(|r| method.as_ref().is_some_and(|m| *m == r.method))
+                    .collect(),
+            };
+            if routes.is_empty() {
+                return Err((self.fail)(&at, "matches no TwelveLabs v1.3 route".into()));
+            }
+            scope.extra.extend(routes.into_iter().map(|r| r.id));
+        }
+        Ok(AuditConfig {
+            settings,
+            scope,
+            reconcile: raw.reconcile.unwrap_or(false),
         })
     }
 

@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 
 use crate::body::{self, GatewayBody};
 use crate::config::RuleId;
+use crate::metrics::{ErrorCode, Metrics};
 use crate::request_id::RequestId;
 
 /// Why the gateway refused or failed a request.
@@ -60,6 +61,12 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("the TwelveLabs API did not answer within {0} ms")]
     UpstreamTimeout(u128),
+    /// The audit intent could not be made durable; the request was not forwarded.
+    #[error("the audit log cannot record this request, so it was not forwarded ({0})")]
+    AuditUnavailable(crate::audit::AuditError),
+    /// The reference lookup before a forced delete failed and `on_error` is deny.
+    #[error("the reference lookup before this forced delete failed (status {0}); refusing it (guards.force_delete.on_error: deny)")]
+    GuardLookupFailed(u16),
     /// A bug: an invariant of the stack did not hold.
     #[error("internal gateway error: {0}")]
     Internal(&'static str),
@@ -105,6 +112,8 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::GuardLookupFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -122,6 +131,8 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Internal(_) => "internal_error",
+            GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::GuardLookupFailed(_) => "upstream_unavailable",
         }
     }
 
@@ -169,20 +180,25 @@ pub fn error_response(
 }
 
 /// The rescue layer: the one place a [`GatewayError`] becomes a response.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RescueLayer;
+#[derive(Clone, Debug)]
+pub struct RescueLayer {
+    metrics: Arc<Metrics>,
+}
 
 impl RescueLayer {
-    /// Create the layer.
-    pub fn new() -> Self {
-        RescueLayer
+    /// Create the layer; upstream failures are counted in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RescueLayer { metrics }
     }
 }
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
+        Rescue {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -190,6 +206,7 @@ impl<S> Layer<S> for RescueLayer {
 #[derive(Clone, Debug)]
 pub struct Rescue<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Service<Request<GatewayBody>> for Rescue<S>
@@ -213,6 +230,7 @@ where
 
     fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
+        let metrics = self.metrics.clone();
         // A combinator rather than an async block: rustc cannot prove an async block over the
         // generic `S::Future` Send for every lifetime of the boxed error type.
         Box::pin(self.inner.call(req).map(move |result| {
@@ -223,7 +241,19 @@ where
                 } else {
                     tracing::info!(code = error.code(), status = status.as_u16(), %error, "request refused");
                 }
-                error.into_response(request_id.as_ref())
+                match &error {
+                    GatewayError::UpstreamUnavailable(kind) => {
+                        metrics.upstream_errors.with_label_values(&[kind.as_str()]).inc()
+                    }
+                    GatewayError::UpstreamTimeout(_) => {
+                        metrics.upstream_errors.with_label_values(&["timeout"]).inc()
+                    }
+                    _ => {}
+                }
+                let code = error.code();
+                let mut response = error.into_response(request_id.as_ref());
+                response.extensions_mut().insert(ErrorCode(code));
+                response
             }))
         }))
     }

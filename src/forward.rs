@@ -91,6 +91,48 @@ impl Forwarder {
         &self.settings
     }
 
+    /// A small GET of the gateway's own (reference lookups): at most `limit` body bytes are read.
+    pub async fn fetch(
+        &self,
+        path_and_query: &str,
+        key: HeaderValue,
+        limit: usize,
+    ) -> Result<(http::StatusCode, bytes::Bytes), GatewayError> {
+        use http_body_util::BodyExt;
+        let uri = Uri::builder()
+            .scheme(self.settings.origin.scheme.clone())
+            .authority(self.settings.origin.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::Internal("a lookup target does not form a URI"))?;
+        let request = Request::get(uri)
+            .header(header::HOST, self.host.clone())
+            .header(crate::credentials::X_API_KEY.clone(), key)
+            .header(header::ACCEPT, "application/json")
+            .body(body::empty())
+            .map_err(|_| GatewayError::Internal("a lookup request could not be built"))?;
+        let timeout = self.settings.request_timeout;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|error| {
+                GatewayError::UpstreamUnavailable(if error.is_connect() {
+                    UpstreamFailure::Connect
+                } else {
+                    UpstreamFailure::Exchange
+                })
+            })?;
+            let status = response.status();
+            let bytes = http_body_util::Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|_| GatewayError::UpstreamUnavailable(UpstreamFailure::Exchange))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout(timeout.as_millis()))?
+    }
+
     fn upstream_uri(&self, operation: &Operation) -> Result<Uri, GatewayError> {
         Uri::builder()
             .scheme(self.settings.origin.scheme.clone())

@@ -15,9 +15,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::credentials::UpstreamKey;
 use crate::forward::{Forwarder, UpstreamSettings};
-use crate::server::{build_stack, GatewayService, StackParts};
+use crate::server::{build_stack, GatewayService, Shared, StackParts};
 
 /// How often the configuration file is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(1);
@@ -45,7 +44,7 @@ struct State {
 pub struct Reloader {
     path: PathBuf,
     stack: Arc<ArcSwap<GatewayService>>,
-    upstream_key: Arc<UpstreamKey>,
+    shared: Shared,
     state: Mutex<State>,
     stats: Arc<ReloadStats>,
 }
@@ -57,14 +56,14 @@ impl Reloader {
         config: Config,
         forwarder: Forwarder,
         stack: Arc<ArcSwap<GatewayService>>,
-        upstream_key: Arc<UpstreamKey>,
+        shared: Shared,
         stats: Arc<ReloadStats>,
     ) -> Arc<Self> {
         let last_seen = std::fs::read_to_string(&path).ok();
         Arc::new(Reloader {
             path,
             stack,
-            upstream_key,
+            shared,
             state: Mutex::new(State {
                 config,
                 forwarder,
@@ -136,9 +135,14 @@ impl Reloader {
         } else {
             Forwarder::new(settings).map_err(|e| e.to_string())?
         };
-        let mut parts = StackParts::from_config(&config, self.upstream_key.clone())
-            .map_err(|e| e.to_string())?;
-        parts.forwarder = forwarder.clone();
+        let audit_settings = |c: &Config| c.audit.as_ref().map(|a| a.settings.clone());
+        if audit_settings(old) != audit_settings(&config) {
+            tracing::warn!(
+                key = "audit",
+                "changed in the configuration file; takes effect at the next restart"
+            );
+        }
+        let parts = StackParts::with_forwarder(&config, &self.shared, forwarder.clone());
         self.stack.store(Arc::new(build_stack(parts)));
         state.config = config;
         state.forwarder = forwarder;

@@ -23,6 +23,8 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::admin::{self, Readiness};
+use crate::audit::layer::{AuditLayer, AuditScope, IntentLayer};
+use crate::audit::AuditLog;
 use crate::auth::{AuthLayer, ClientKeys};
 use crate::body::{self, GatewayBody};
 use crate::classify::{Classifier, ClassifyLayer};
@@ -30,7 +32,9 @@ use crate::config::{Config, ServerConfig};
 use crate::credentials::{CredentialsLayer, UpstreamKey, KEY_FILE_POLL, X_API_KEY};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
+use crate::guards::{ForceDeleteGuard, GuardLayer};
 use crate::headers;
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::policy::{Policy, PolicyLayer};
 use crate::reload::{ReloadStats, Reloader};
 use crate::request_id::{RequestId, RequestIdLayer};
@@ -42,6 +46,17 @@ pub type GatewayService =
 /// The client's socket address, as a typed request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// Handles that live as long as the process and survive reloads.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The real upstream key.
+    pub upstream_key: Arc<UpstreamKey>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The audit log, if configured.
+    pub audit: Option<AuditLog>,
+}
 
 /// Everything the request path needs, each part handed to its own layer.
 #[derive(Clone, Debug)]
@@ -56,21 +71,48 @@ pub struct StackParts {
     pub classifier: Arc<Classifier>,
     /// The compiled policy.
     pub policy: Arc<Policy>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The audit log and what it covers.
+    pub audit: Option<AuditLog>,
+    /// Routes audited beyond the destructive ones.
+    pub audit_scope: Arc<AuditScope>,
+    /// The reference guard before forced deletes.
+    pub guard: Option<ForceDeleteGuard>,
 }
 
 impl StackParts {
-    /// Build the parts from a validated configuration and a loaded key.
-    pub fn from_config(
-        config: &Config,
-        upstream_key: Arc<UpstreamKey>,
-    ) -> Result<Self, ForwardSetupError> {
-        Ok(StackParts {
+    /// Build the parts from a validated configuration and the long-lived handles.
+    pub fn from_config(config: &Config, shared: &Shared) -> Result<Self, ForwardSetupError> {
+        let forwarder = Forwarder::new(UpstreamSettings::from_config(config))?;
+        Ok(StackParts::with_forwarder(config, shared, forwarder))
+    }
+
+    /// The same, reusing an existing upstream client (and its warm connections).
+    pub fn with_forwarder(config: &Config, shared: &Shared, forwarder: Forwarder) -> Self {
+        let guard = ForceDeleteGuard::new(
+            config.force_delete.clone(),
+            forwarder.clone(),
+            shared.upstream_key.clone(),
+            shared.metrics.clone(),
+        );
+        StackParts {
             clients: Arc::new(ClientKeys::new(&config.clients)),
-            upstream_key,
-            forwarder: Forwarder::new(UpstreamSettings::from_config(config))?,
+            upstream_key: shared.upstream_key.clone(),
+            forwarder,
             classifier: Arc::new(Classifier::new(config.classify.clone())),
             policy: config.compiled_policy.clone(),
-        })
+            metrics: shared.metrics.clone(),
+            audit: shared.audit.clone(),
+            audit_scope: Arc::new(
+                config
+                    .audit
+                    .as_ref()
+                    .map(|a| a.scope.clone())
+                    .unwrap_or_default(),
+            ),
+            guard: Some(guard),
+        }
     }
 }
 
@@ -106,10 +148,18 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .layer(RescueLayer::new())
+        .layer(MetricsLayer::new(parts.metrics.clone()))
+        .layer(RescueLayer::new(parts.metrics.clone()))
         .layer(ClassifyLayer::new(parts.classifier))
         .layer(AuthLayer::new(parts.clients))
-        .layer(PolicyLayer::new(parts.policy))
+        .layer(AuditLayer::new(
+            parts.audit,
+            parts.audit_scope,
+            parts.metrics.clone(),
+        ))
+        .layer(PolicyLayer::new(parts.policy, parts.metrics))
+        .layer(GuardLayer::new(parts.guard))
+        .layer(IntentLayer)
         .layer(CredentialsLayer::new(parts.upstream_key))
         .service(parts.forwarder);
     BoxCloneSyncService::new(stack)
@@ -129,6 +179,14 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Forward(#[from] ForwardSetupError),
+    /// The audit log could not be opened.
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A gateway with both listeners bound, ready to run.
@@ -137,7 +195,7 @@ pub struct Gateway {
     admin_listener: TcpListener,
     stack: Arc<ArcSwap<GatewayService>>,
     readiness: Arc<Readiness>,
-    upstream_key: Arc<UpstreamKey>,
+    shared: Shared,
     server: ServerConfig,
     config: Config,
     forwarder: Forwarder,
@@ -151,22 +209,65 @@ impl Gateway {
         config: &Config,
         upstream_key: Arc<UpstreamKey>,
     ) -> Result<Gateway, StartError> {
-        let parts = StackParts::from_config(config, upstream_key.clone())?;
+        let metrics = Metrics::new();
+        let audit = match &config.audit {
+            None => None,
+            Some(audit) => {
+                let (log, unresolved) =
+                    AuditLog::open(audit.settings.clone()).map_err(|source| StartError::Audit {
+                        path: audit.settings.path.clone(),
+                        source,
+                    })?;
+                for intent in &unresolved {
+                    tracing::warn!(
+                        request_id = %intent.request_id,
+                        operation = %intent.operation,
+                        params = ?intent.params,
+                        client = intent.client.as_deref().unwrap_or(""),
+                        seq = intent.seq,
+                        "unresolved audit intent: a destructive request was forwarded (or about to be) when the gateway stopped; its outcome is unknown"
+                    );
+                }
+                metrics.watch_audit(log.stats());
+                if audit.reconcile && !unresolved.is_empty() {
+                    tokio::spawn(reconcile(
+                        log.clone(),
+                        unresolved,
+                        config.upstream.clone(),
+                        upstream_key.clone(),
+                    ));
+                }
+                Some(log)
+            }
+        };
+        let shared = Shared {
+            upstream_key: upstream_key.clone(),
+            metrics,
+            audit,
+        };
+        let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
         let listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
+        let reload_stats: Arc<ReloadStats> = Arc::default();
+        shared.metrics.watch_reloads(reload_stats.clone());
         Ok(Gateway {
             listener,
             admin_listener,
             stack: Arc::new(ArcSwap::from_pointee(build_stack(parts))),
-            readiness: Readiness::new(upstream_key.clone()),
-            upstream_key,
+            readiness: Readiness::new(upstream_key, shared.audit.clone()),
+            shared,
             server: config.server.clone(),
             config: config.clone(),
             forwarder,
             config_path: None,
-            reload_stats: Arc::default(),
+            reload_stats,
         })
+    }
+
+    /// The metrics registry (tests read counters from it).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// Reload from `path` on SIGHUP or when the file changes.
@@ -196,14 +297,14 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let key_watcher = self.upstream_key.watch(KEY_FILE_POLL);
+        let key_watcher = self.shared.upstream_key.watch(KEY_FILE_POLL);
         let config_watcher = self.config_path.map(|path| {
             Reloader::new(
                 path,
                 self.config.clone(),
                 self.forwarder,
                 self.stack.clone(),
-                self.upstream_key.clone(),
+                self.shared.clone(),
                 self.reload_stats.clone(),
             )
             .spawn()
@@ -226,6 +327,7 @@ impl Gateway {
 
         // The admin listener outlives the drain so probes see `/readyz` turn 503 meanwhile.
         let admin_readiness = self.readiness.clone();
+        let admin_metrics = self.shared.metrics.clone();
         let admin_settings = ServerConfig {
             max_connections: 64,
             ..self.server.clone()
@@ -236,8 +338,9 @@ impl Gateway {
             std::future::pending::<()>(),
             move |_peer| {
                 let readiness = admin_readiness.clone();
+                let metrics = admin_metrics.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
-                    admin::handle(readiness.clone(), req)
+                    admin::handle(readiness.clone(), metrics.clone(), req)
                 })
             },
         ));
@@ -257,6 +360,71 @@ impl Gateway {
             watcher.abort();
         }
         result
+    }
+}
+
+/// Resolve asset deletes left without outcome by asking the upstream whether the asset still exists.
+async fn reconcile(
+    log: AuditLog,
+    unresolved: Vec<crate::audit::Unresolved>,
+    upstream: crate::config::UpstreamConfig,
+    key: Arc<UpstreamKey>,
+) {
+    let settings = UpstreamSettings {
+        origin: upstream.origin,
+        connect_timeout: upstream.connect_timeout,
+        request_timeout: upstream.request_timeout,
+    };
+    let Ok(forwarder) = Forwarder::new(settings) else {
+        return;
+    };
+    for intent in unresolved
+        .into_iter()
+        .filter(|i| i.operation == "assets.delete")
+    {
+        let (Some(asset_id), Some(value)) = (intent.params.get("asset_id"), key.current()) else {
+            continue;
+        };
+        let (status, verdict) = match forwarder
+            .fetch(&format!("/v1.3/assets/{asset_id}"), value, 64 * 1024)
+            .await
+        {
+            Ok((status, _)) if status == http::StatusCode::NOT_FOUND => {
+                (404, "asset is gone: the delete took effect")
+            }
+            Ok((status, _)) if status.is_success() => (
+                status.as_u16(),
+                "asset still exists: the delete did not take effect",
+            ),
+            Ok((status, _)) => (
+                status.as_u16(),
+                "upstream answered neither 200 nor 404: still unknown",
+            ),
+            Err(error) => {
+                tracing::warn!(%error, request_id = %intent.request_id, "could not reconcile an unresolved intent");
+                continue;
+            }
+        };
+        let event = crate::audit::record::Event {
+            time: crate::audit::record::rfc3339(std::time::SystemTime::now()),
+            request_id: format!("reconcile-{}", intent.request_id),
+            phase: Some(crate::audit::record::Phase::Reconciled),
+            client: intent.client.clone(),
+            method: "DELETE".into(),
+            path: format!("/v1.3/assets/{asset_id}"),
+            operation: intent.operation.clone(),
+            params: intent.params.clone(),
+            status: Some(status),
+            error: Some(verdict.into()),
+            resolves: Some(intent.request_id.clone()),
+            ..Default::default()
+        };
+        match log.write_durable(event).await {
+            Ok(_) => {
+                tracing::info!(request_id = %intent.request_id, verdict, "unresolved intent reconciled")
+            }
+            Err(error) => tracing::error!(%error, "could not record a reconciliation"),
+        }
     }
 }
 

@@ -113,7 +113,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("request_id", &self.event.request_id).finish()
+        f.debug_struct("Job")
+            .field("request_id", &self.event.request_id)
+            .finish()
     }
 }
 
@@ -134,12 +136,17 @@ impl AuditLog {
             std::fs::create_dir_all(dir)?;
         }
         let (seq, prev_hash, unresolved) = recover(&settings)?;
-        let file = OpenOptions::new().create(true).append(true).open(&settings.path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&settings.path)?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let settings = Arc::new(settings);
         let health = Arc::new(Mutex::new(None));
         let stats = Arc::new(AuditStats::default());
-        stats.unresolved_intents.store(unresolved.len() as u64, Ordering::Relaxed);
+        stats
+            .unresolved_intents
+            .store(unresolved.len() as u64, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let writer = Writer {
             settings: settings.clone(),
@@ -171,7 +178,11 @@ impl AuditLog {
             event,
             reply: Some(reply),
         };
-        match self.tx.send_timeout(job, self.settings.enqueue_timeout).await {
+        match self
+            .tx
+            .send_timeout(job, self.settings.enqueue_timeout)
+            .await
+        {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +258,9 @@ impl Writer {
                     self.seq = seq;
                     self.prev_hash = prev;
                     self.len += buffer.len() as u64;
-                    self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .records
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut health) = self.health.lock() {
                         if health.take().is_some() {
@@ -256,10 +269,15 @@ impl Writer {
                     }
                 }
                 Err(error) => {
-                    self.stats.write_errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .write_errors
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     tracing::error!(file = %self.settings.path.display(), %error, records = batch.len(), "audit write failed");
                     if let Ok(mut health) = self.health.lock() {
-                        *health = Some(format!("cannot write {}: {error}", self.settings.path.display()));
+                        *health = Some(format!(
+                            "cannot write {}: {error}",
+                            self.settings.path.display()
+                        ));
                     }
                     // Keep the file a whole number of records.
                     let _ = self.file.set_len(self.len);
@@ -294,10 +312,18 @@ impl Writer {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         let stamp = rfc3339(SystemTime::now()).replace([':', '-'], "");
-        let name = self.settings.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = self
+            .settings
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let rotated = self.settings.path.with_file_name(format!("{name}.{stamp}"));
         std::fs::rename(&self.settings.path, &rotated)?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.settings.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.settings.path)?;
         self.len = 0;
         tracing::info!(rotated = %rotated.display(), seq = self.seq, "audit log rotated; the chain continues in a new file");
         Ok(())
@@ -309,7 +335,11 @@ pub fn rotated_files(live: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
         return Vec::new();
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let prefix = format!("{}.", name.to_string_lossy());
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -393,7 +423,11 @@ pub fn unresolved(lines: &[Line]) -> Vec<Unresolved> {
                 open.retain(|u| u.request_id != line.event.request_id)
             }
             Some(Phase::Reconciled) => {
-                let resolves = line.event.resolves.as_deref().unwrap_or(&line.event.request_id);
+                let resolves = line
+                    .event
+                    .resolves
+                    .as_deref()
+                    .unwrap_or(&line.event.request_id);
                 open.retain(|u| u.request_id != resolves)
             }
             None => {}

@@ -157,7 +157,10 @@ pub fn check_line(text: &str) -> Result<Line, String> {
         return Err("not an audit record (no trailing hash)".into());
     }
     let (body, tail) = text.split_at(text.len() - SUFFIX_LEN);
-    let Some(claimed) = tail.strip_prefix(",\"hash\":\"").and_then(|t| t.strip_suffix("\"}")) else {
+    let Some(claimed) = tail
+        .strip_prefix(",\"hash\":\"")
+        .and_then(|t| t.strip_suffix("\"}"))
+    else {
         return Err("not an audit record (no trailing hash)".into());
     };
     let mut canonical = Vec::with_capacity(body.len() + 1);
@@ -241,7 +244,11 @@ mod tests {
     fn any_edit_breaks_the_hash() {
         let (line, _) = chain(&event(Phase::Intent), 1, GENESIS);
         let text = String::from_utf8(line).unwrap();
-        for (from, to) in [("alice", "mallo"), ("\"force\":true", "\"force\":false"), ("\"seq\":1", "\"seq\":2")] {
+        for (from, to) in [
+            ("alice", "mallo"),
+            ("\"force\":true", "\"force\":false"),
+            ("\"seq\":1", "\"seq\":2"),
+        ] {
             let edited = text.replacen(from, to, 1);
             assert_ne!(edited, text);
             assert!(check_line(&edited).is_err(), "{from}");

@@ -25,11 +25,22 @@ async fn records_chain_across_restarts_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let (log, unresolved) = AuditLog::open(settings(dir.path())).unwrap();
     assert!(unresolved.is_empty());
-    assert_eq!(log.write_durable(event("r1", Phase::Intent)).await.unwrap(), 1);
-    assert_eq!(log.write_durable(event("r1", Phase::Outcome)).await.unwrap(), 2);
+    assert_eq!(
+        log.write_durable(event("r1", Phase::Intent)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        log.write_durable(event("r1", Phase::Outcome))
+            .await
+            .unwrap(),
+        2
+    );
     drop(log);
     let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
-    assert_eq!(log.write_durable(event("r2", Phase::Denied)).await.unwrap(), 3);
+    assert_eq!(
+        log.write_durable(event("r2", Phase::Denied)).await.unwrap(),
+        3
+    );
     let verified = verify(&[dir.path().join("audit.jsonl")]).unwrap();
     assert_eq!(verified.records, 3);
     assert_eq!(verified.seq_range, Some((1, 3)));
@@ -43,7 +54,10 @@ async fn concurrent_durable_writes_share_flushes() {
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let log = log.clone();
-            tokio::spawn(async move { log.write_durable(event(&format!("r{i}"), Phase::Intent)).await })
+            tokio::spawn(async move {
+                log.write_durable(event(&format!("r{i}"), Phase::Intent))
+                    .await
+            })
         })
         .collect();
     let mut seqs = Vec::new();
@@ -59,11 +73,19 @@ async fn concurrent_durable_writes_share_flushes() {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn write_lines(path: &Path, lines: &[String]) {
-    std::fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    std::fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -72,7 +94,9 @@ async fn every_edit_removal_insertion_and_reordering_is_detected_with_its_line()
     let path = dir.path().join("audit.jsonl");
     let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
     for i in 0..5 {
-        log.write_durable(event(&format!("r{i}"), Phase::Intent)).await.unwrap();
+        log.write_durable(event(&format!("r{i}"), Phase::Intent))
+            .await
+            .unwrap();
     }
     drop(log);
     let original = lines(&path);
@@ -105,7 +129,9 @@ async fn rotation_keeps_one_chain_across_files() {
     s.max_file_size = 600;
     let (log, _) = AuditLog::open(s.clone()).unwrap();
     for i in 0..12 {
-        log.write_durable(event(&format!("r{i}"), Phase::Intent)).await.unwrap();
+        log.write_durable(event(&format!("r{i}"), Phase::Intent))
+            .await
+            .unwrap();
         // Distinct rotation timestamps.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -116,7 +142,12 @@ async fn rotation_keeps_one_chain_across_files() {
     assert_eq!(verified.seq_range, Some((1, 12)));
     // Reopening after a rotation continues the chain.
     let (log, _) = AuditLog::open(s.clone()).unwrap();
-    assert_eq!(log.write_durable(event("r12", Phase::Intent)).await.unwrap(), 13);
+    assert_eq!(
+        log.write_durable(event("r12", Phase::Intent))
+            .await
+            .unwrap(),
+        13
+    );
     drop(log);
     assert_eq!(verify(&chain_files(&s.path)).unwrap().records, 13);
     // A missing middle file breaks the chain.
@@ -129,9 +160,15 @@ async fn intents_without_outcome_are_reported_at_start_up_and_torn_lines_cut() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
-    log.write_durable(event("done", Phase::Intent)).await.unwrap();
-    log.write_durable(event("done", Phase::Outcome)).await.unwrap();
-    log.write_durable(event("crashed", Phase::Intent)).await.unwrap();
+    log.write_durable(event("done", Phase::Intent))
+        .await
+        .unwrap();
+    log.write_durable(event("done", Phase::Outcome))
+        .await
+        .unwrap();
+    log.write_durable(event("crashed", Phase::Intent))
+        .await
+        .unwrap();
     drop(log);
     // A crash mid-write leaves half a record.
     let mut text = std::fs::read_to_string(&path).unwrap();
@@ -160,7 +197,10 @@ async fn an_unwritable_device_fails_durable_writes_and_readiness() {
     std::os::unix::fs::symlink("/dev/full", &path).unwrap();
     let (log, _) = AuditLog::open(AuditSettings::new(path)).unwrap();
     assert!(log.readiness().is_ok());
-    let error = log.write_durable(event("r1", Phase::Intent)).await.unwrap_err();
+    let error = log
+        .write_durable(event("r1", Phase::Intent))
+        .await
+        .unwrap_err();
     assert!(matches!(error, AuditError::Io(_)), "{error}");
     assert!(log.readiness().unwrap_err().contains("cannot write"));
     assert_eq!(log.stats().write_errors.load(Ordering::Relaxed), 1);

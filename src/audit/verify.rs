@@ -45,7 +45,8 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBroken> {
             line,
             reason,
         };
-        let reader = std::fs::File::open(file).map_err(|e| broken(0, format!("cannot open: {e}")))?;
+        let reader =
+            std::fs::File::open(file).map_err(|e| broken(0, format!("cannot open: {e}")))?;
         for (i, text) in BufReader::new(reader).lines().enumerate() {
             let number = i + 1;
             let text = text.map_err(|e| broken(number, format!("cannot read: {e}")))?;
@@ -60,7 +61,10 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBroken> {
                         ));
                     }
                     if &line.prev_hash != hash {
-                        return Err(broken(number, "prev_hash does not match the previous record's hash".into()));
+                        return Err(broken(
+                            number,
+                            "prev_hash does not match the previous record's hash".into(),
+                        ));
                     }
                 }
             }
@@ -94,12 +98,26 @@ impl Filter {
     /// Whether `line` passes every given filter.
     pub fn accepts(&self, line: &Line) -> bool {
         let e = &line.event;
-        self.client.as_ref().is_none_or(|c| e.client.as_ref() == Some(c))
+        self.client
+            .as_ref()
+            .is_none_or(|c| e.client.as_ref() == Some(c))
             && self.operation.as_ref().is_none_or(|o| &e.operation == o)
-            && self.resource.as_ref().is_none_or(|r| e.params.values().any(|v| v == r))
-            && self.request_id.as_ref().is_none_or(|r| &e.request_id == r || e.resolves.as_ref() == Some(r))
-            && self.since.as_ref().is_none_or(|s| e.time.as_str() >= s.as_str())
-            && self.until.as_ref().is_none_or(|u| e.time.as_str() < u.as_str())
+            && self
+                .resource
+                .as_ref()
+                .is_none_or(|r| e.params.values().any(|v| v == r))
+            && self
+                .request_id
+                .as_ref()
+                .is_none_or(|r| &e.request_id == r || e.resolves.as_ref() == Some(r))
+            && self
+                .since
+                .as_ref()
+                .is_none_or(|s| e.time.as_str() >= s.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|u| e.time.as_str() < u.as_str())
     }
 }
 
@@ -111,7 +129,9 @@ pub fn search(files: &[PathBuf], filter: &Filter, json: bool) -> Result<(String,
         let reader = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
         for text in BufReader::new(reader).lines() {
             let text = text.map_err(|e| format!("{}: {e}", file.display()))?;
-            let Ok(line) = serde_json::from_str::<Line>(&text) else { continue };
+            let Ok(line) = serde_json::from_str::<Line>(&text) else {
+                continue;
+            };
             if !filter.accepts(&line) {
                 continue;
             }
@@ -129,7 +149,9 @@ pub fn search(files: &[PathBuf], filter: &Filter, json: bool) -> Result<(String,
 
 fn human(line: &Line) -> String {
     let e = &line.event;
-    let phase = e.phase.map_or("?".to_owned(), |p| format!("{p:?}").to_lowercase());
+    let phase = e
+        .phase
+        .map_or("?".to_owned(), |p| format!("{p:?}").to_lowercase());
     let params: Vec<String> = e.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut text = format!(
         "{} #{} {:<10} {:<8} {} {} {} [{}]",
@@ -160,7 +182,11 @@ fn human(line: &Line) -> String {
             " unlinks: {} indexed asset(s), {} entity(ies){}",
             refs.indexed_assets.len(),
             refs.entities.len(),
-            if refs.complete { "" } else { " (listing truncated)" }
+            if refs.complete {
+                ""
+            } else {
+                " (listing truncated)"
+            }
         );
     }
     text

@@ -59,7 +59,7 @@ fn the_minimal_contract_file_parses() {
     );
     assert_eq!(config.policy.rules[0].matcher.method, Some(Method::DELETE));
     assert_eq!(
-        config.audit.unwrap().path,
+        config.audit.unwrap().settings.path,
         PathBuf::from("./data/audit.jsonl")
     );
     assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));

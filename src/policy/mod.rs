@@ -26,6 +26,7 @@ use crate::config::{
     ClientId, Effect, PolicyConfig, QueryValue, Role, RuleConfig, RuleId, RuleMode,
 };
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::routes::{ParamKind, RouteId, RouteTable};
 
 /// A rule problem found while compiling (the `check` command reports these).
@@ -394,12 +395,13 @@ fn compile_rule(
 #[derive(Clone, Debug)]
 pub struct PolicyLayer {
     policy: Arc<Policy>,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyLayer {
-    /// Enforce this policy.
-    pub fn new(policy: Arc<Policy>) -> Self {
-        PolicyLayer { policy }
+    /// Enforce this policy; denials are counted in `metrics`.
+    pub fn new(policy: Arc<Policy>, metrics: Arc<Metrics>) -> Self {
+        PolicyLayer { policy, metrics }
     }
 }
 
@@ -409,6 +411,7 @@ impl<S> Layer<S> for PolicyLayer {
         Enforce {
             inner,
             policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -418,6 +421,7 @@ impl<S> Layer<S> for PolicyLayer {
 pub struct Enforce<S> {
     inner: S,
     policy: Arc<Policy>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B> Service<Request<B>> for Enforce<S>
@@ -444,6 +448,10 @@ where
         };
         let decision = self.policy.evaluate(op, principal);
         for rule in &decision.dry_run_denials {
+            self.metrics
+                .dry_run_denials
+                .with_label_values(&[rule.as_str()])
+                .inc();
             tracing::warn!(
                 rule = rule.as_str(),
                 client = principal.client.as_str(),
@@ -458,6 +466,14 @@ where
             }
             Effect::Deny => {
                 let rule = decision.rule.clone().unwrap_or_else(RuleId::default_rule);
+                self.metrics
+                    .policy_denials
+                    .with_label_values(&[rule.as_str()])
+                    .inc();
+                self.metrics
+                    .client_denials
+                    .with_label_values(&[principal.client.as_str(), "policy"])
+                    .inc();
                 tracing::info!(
                     rule = rule.as_str(),
                     client = principal.client.as_str(),

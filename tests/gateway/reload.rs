@@ -81,12 +81,14 @@ async fn a_tightened_policy_applies_on_reload_and_a_broken_file_keeps_the_last_g
     .unwrap();
     assert_eq!(send(Proto::H2c, req).await.status(), StatusCode::OK);
     // Only the permitted requests reached the upstream after tightening.
+    // (The reference guard's lookups before the admin's forced delete are not client requests.)
     let after: Vec<_> = upstream.requests()[forwarded..]
         .iter()
         .map(|r| r.uri.to_string())
+        .filter(|uri| !uri.contains("/indexed-assets?") && !uri.contains("/entities?"))
         .collect();
     assert_eq!(after, ["/v1.3/assets", "/v1.3/assets/a1?force=true"]);
-    assert!(forwarded > forwarded_before - 1);
+    assert!(forwarded >= forwarded_before);
 
     // Fixing the file again applies it.
     gateway.rewrite_config(&origin, "");
