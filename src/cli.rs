@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::audit;
 use crate::auth::key_digest_hex;
 use crate::classify::Classifier;
 use crate::config::{ClientId, Config, KeySource, Role};
@@ -72,6 +73,11 @@ enum Command {
         /// The cases file.
         cases: PathBuf,
     },
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print a new random client key (once) and its YAML entry.
     Keygen {
         /// Client id.
@@ -96,6 +102,48 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every record's hash, the chain and seq continuity; exit non-zero naming the first bad
+    /// line. Give rotated files oldest first and the live file last, or only the live file to
+    /// include its rotated siblings automatically.
+    Verify {
+        /// Audit files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Accept a chain that starts after seq 1 (older files pruned).
+        #[arg(long)]
+        partial: bool,
+    },
+    /// Print the records that match every given filter.
+    Search {
+        /// Audit files (as for verify).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// Route id, e.g. assets.delete.
+        #[arg(long)]
+        operation: Option<String>,
+        /// A resource id (any path parameter), e.g. an asset id.
+        #[arg(long)]
+        resource: Option<String>,
+        /// A request id.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// From this time (RFC 3339 or a prefix such as 2026-11-30).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (RFC 3339 or a prefix).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the matching JSON lines instead of a summary per record.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -108,6 +156,7 @@ pub fn main() -> ExitCode {
             target,
         } => return explain_command(config, client, method, target),
         Command::Test { config, cases } => return test_command(config, cases),
+        Command::Audit { command } => return audit_command(command),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +186,9 @@ async fn run(command: Command) -> Result<(), String> {
             admin_listen,
         } => demo(listen, admin_listen).await,
         Command::Check { config } => check(&config),
-        Command::Explain { .. } | Command::Test { .. } => Err("handled without a runtime".into()),
+        Command::Explain { .. } | Command::Test { .. } | Command::Audit { .. } => {
+            Err("handled without a runtime".into())
+        }
         Command::Keygen { id, roles } => keygen(&id, &roles),
         Command::Emulator {
             listen,
@@ -186,6 +237,69 @@ fn explain_command(config: &Path, client: &str, method: &str, target: &str) -> E
             ExitCode::from(verdict.exit_code())
         }
         Err(error) => fail(error.to_string()),
+    }
+}
+
+fn expand_audit_files(files: &[PathBuf]) -> Vec<PathBuf> {
+    match files {
+        [live] => audit::verify::chain_files(live),
+        many => many.to_vec(),
+    }
+}
+
+fn audit_command(command: &AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Verify { files, partial } => {
+            let files = expand_audit_files(files);
+            match audit::verify::verify(&files, *partial) {
+                Ok(verified) => {
+                    let range = verified
+                        .seq_range
+                        .map_or("no records".to_owned(), |(a, b)| format!("seq {a}..={b}"));
+                    println!(
+                        "ok: {} record(s) in {} file(s), {range}, chain intact{}",
+                        verified.records,
+                        files.len(),
+                        if verified.starts_at_genesis {
+                            " from the first record"
+                        } else {
+                            " (partial: from the first record given)"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => fail(format!("audit chain broken at {broken}")),
+            }
+        }
+        AuditCommand::Search {
+            files,
+            client,
+            operation,
+            resource,
+            request_id,
+            since,
+            until,
+            json,
+        } => {
+            let filter = audit::verify::Filter {
+                client: client.clone(),
+                operation: operation.clone(),
+                resource: resource.clone(),
+                request_id: request_id.clone(),
+                since: since.clone(),
+                until: until.clone(),
+            };
+            match audit::verify::search(&expand_audit_files(files), &filter, *json) {
+                Ok((out, count)) => {
+                    print!("{out}");
+                    if !json {
+                        eprintln!("{count} record(s)");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(error),
+            }
+        }
     }
 }
 

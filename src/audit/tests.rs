@@ -41,7 +41,7 @@ async fn records_chain_across_restarts_and_verify() {
         log.write_durable(event("r2", Phase::Denied)).await.unwrap(),
         3
     );
-    let verified = verify(&[dir.path().join("audit.jsonl")]).unwrap();
+    let verified = verify(&[dir.path().join("audit.jsonl")], false).unwrap();
     assert_eq!(verified.records, 3);
     assert_eq!(verified.seq_range, Some((1, 3)));
     assert!(verified.starts_at_genesis);
@@ -69,7 +69,7 @@ async fn concurrent_durable_writes_share_flushes() {
     let stats = log.stats();
     assert_eq!(stats.records.load(Ordering::Relaxed), 64);
     assert!(stats.batches.load(Ordering::Relaxed) <= 64);
-    verify(&[dir.path().join("audit.jsonl")]).unwrap();
+    verify(&[dir.path().join("audit.jsonl")], false).unwrap();
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -107,6 +107,9 @@ async fn every_edit_removal_insertion_and_reordering_is_detected_with_its_line()
     let mut removed = original.clone();
     removed.remove(2);
     tampered.push(("remove", removed, 3));
+    let mut first_removed = original.clone();
+    first_removed.remove(0);
+    tampered.push(("remove first", first_removed, 1));
     let mut swapped = original.clone();
     swapped.swap(1, 2);
     tampered.push(("reorder", swapped, 2));
@@ -115,11 +118,11 @@ async fn every_edit_removal_insertion_and_reordering_is_detected_with_its_line()
     tampered.push(("insert", inserted, 4));
     for (what, content, line) in tampered {
         write_lines(&path, &content);
-        let error = verify(std::slice::from_ref(&path)).unwrap_err();
+        let error = verify(std::slice::from_ref(&path), false).unwrap_err();
         assert_eq!(error.line, line, "{what}: {error}");
     }
     write_lines(&path, &original);
-    assert!(verify(&[path]).is_ok());
+    assert!(verify(&[path], false).is_ok());
 }
 
 #[tokio::test]
@@ -138,7 +141,7 @@ async fn rotation_keeps_one_chain_across_files() {
     drop(log);
     let files = chain_files(&s.path);
     assert!(files.len() > 2, "{files:?}");
-    let verified = verify(&files).unwrap();
+    let verified = verify(&files, false).unwrap();
     assert_eq!(verified.seq_range, Some((1, 12)));
     // Reopening after a rotation continues the chain.
     let (log, _) = AuditLog::open(s.clone()).unwrap();
@@ -149,10 +152,10 @@ async fn rotation_keeps_one_chain_across_files() {
         13
     );
     drop(log);
-    assert_eq!(verify(&chain_files(&s.path)).unwrap().records, 13);
+    assert_eq!(verify(&chain_files(&s.path), false).unwrap().records, 13);
     // A missing middle file breaks the chain.
     std::fs::remove_file(&files[1]).unwrap();
-    assert!(verify(&chain_files(&s.path)).is_err());
+    assert!(verify(&chain_files(&s.path), false).is_err());
 }
 
 #[tokio::test]
@@ -184,7 +187,7 @@ async fn intents_without_outcome_are_reported_at_start_up_and_torn_lines_cut() {
     resolution.resolves = Some("crashed".into());
     assert_eq!(log.write_durable(resolution).await.unwrap(), 4);
     drop(log);
-    assert!(verify(&[path]).is_ok());
+    assert!(verify(&[path], false).is_ok());
     let (_, unresolved) = AuditLog::open(settings(dir.path())).unwrap();
     assert!(unresolved.is_empty());
 }

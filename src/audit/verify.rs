@@ -31,8 +31,10 @@ pub struct Verified {
 }
 
 /// Check each record's hash, the `prev_hash` links and `seq` continuity across `files` in order
-/// (oldest rotated file first, the live file last).
-pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBroken> {
+/// (oldest rotated file first, the live file last). The first record must start the chain (seq 1,
+/// genesis `prev_hash`), so removing the oldest records is detected too; with `partial`, the chain
+/// may start anywhere (for verifying a window after old files were pruned).
+pub fn verify(files: &[PathBuf], partial: bool) -> Result<Verified, ChainBroken> {
     let mut previous: Option<(u64, String)> = None;
     let mut verified = Verified {
         records: 0,
@@ -52,7 +54,18 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBroken> {
             let text = text.map_err(|e| broken(number, format!("cannot read: {e}")))?;
             let line = check_line(&text).map_err(|reason| broken(number, reason))?;
             match &previous {
-                None => verified.starts_at_genesis = line.prev_hash == GENESIS,
+                None => {
+                    verified.starts_at_genesis = line.prev_hash == GENESIS && line.seq == 1;
+                    if !verified.starts_at_genesis && !partial {
+                        return Err(broken(
+                            number,
+                            format!(
+                                "the chain does not start here (seq {}): earlier records are missing; give every file oldest first, or --partial to check from this record on",
+                                line.seq
+                            ),
+                        ));
+                    }
+                }
                 Some((seq, hash)) => {
                     if line.seq != seq + 1 {
                         return Err(broken(

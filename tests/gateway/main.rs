@@ -1,10 +1,14 @@
 //! Integration tests of the whole stack: the gateway on port 0 in front of loopback upstreams.
 
+mod audit;
 mod cli;
+mod corpus;
 mod errors;
 mod forwarding;
+mod frameworks;
 mod keys;
 mod process;
+mod properties;
 mod reload;
 mod sdk;
 mod support;

@@ -18,19 +18,35 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     output: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl GatewayProcess {
     /// Run `tl-gateway serve` in front of `upstream` with JSON logs and `rust_log`.
     pub fn serve(upstream: &str, rust_log: &str) -> GatewayProcess {
         let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("upstream-key");
+        let mut process = GatewayProcess::serve_in(dir.path(), upstream, rust_log, "");
+        process._dir = Some(dir);
+        process
+    }
+
+    /// Run with its files (key, config, anything `extra` names) in `dir`, which outlives the process.
+    pub fn serve_in(
+        dir: &std::path::Path,
+        upstream: &str,
+        rust_log: &str,
+        extra: &str,
+    ) -> GatewayProcess {
+        let key_file = dir.join("upstream-key");
         std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
-        let config = dir.path().join("gateway.yaml");
+        let config = dir.join("gateway.yaml");
         std::fs::write(
             &config,
-            config_yaml(upstream, &key_file, "logging:\n  format: json\n"),
+            config_yaml(
+                upstream,
+                &key_file,
+                &format!("logging:\n  format: json\n{extra}"),
+            ),
         )
         .unwrap();
         let mut child = Command::new(binary())
@@ -73,7 +89,7 @@ impl GatewayProcess {
             addr,
             admin,
             output,
-            _dir: dir,
+            _dir: None,
         }
     }
 
