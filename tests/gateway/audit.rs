@@ -403,9 +403,17 @@ async fn a_kill_during_an_in_flight_delete_is_reported_at_the_next_start() {
         "the killed gateway answered"
     );
 
-    let restarted = GatewayProcess::serve_in(dir.path(), &origin, "info", &extra);
+    // Restart with reconciliation on: the upstream still has the asset, so the delete did not happen.
+    let reconciling = extra.replace("audit:\n", "audit:\n  reconcile: true\n");
+    let restarted = GatewayProcess::serve_in(dir.path(), &origin, "info", &reconciling);
     restarted.wait_for_output("unresolved audit intent");
     restarted.wait_for_output("6298d673f1090f1100476d4c");
+    restarted.wait_for_output("unresolved intent reconciled");
+    let found = records(&audit_path);
+    let last = found.last().unwrap();
+    assert_eq!(last["phase"], "reconciled", "{found:#?}");
+    assert_eq!(last["resolves"], found[0]["request_id"]);
+    assert!(last["error"].as_str().unwrap().contains("still exists"));
     let text = String::from_utf8(
         body_bytes(get(&format!("http://{}/metrics", restarted.admin), None).await)
             .await
