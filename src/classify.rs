@@ -41,8 +41,10 @@ pub const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "method_override"];
 /// Go `strconv.ParseBool`, pydantic/FastAPI, Spring, Rails, Django forms, `filter_var`.
 pub const TRUE_SPELLINGS: [&str; 6] = ["true", "1", "t", "yes", "y", "on"];
 
-/// Spellings those frameworks read as boolean false (compared case-insensitively).
-pub const FALSE_SPELLINGS: [&str; 6] = ["false", "0", "f", "no", "n", "off"];
+/// Spellings that *no* common framework reads as true (compared exactly): the intersection of what
+/// they read as false. Rails reads anything outside its own false list as true, so `no`, `False` or
+/// `Off` are refused rather than guessed.
+pub const FALSE_SPELLINGS: [&str; 7] = ["false", "FALSE", "0", "f", "F", "off", "OFF"];
 
 /// What to do with requests for routes the table does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -164,8 +166,10 @@ pub struct ClassifySettings {
     pub api_versions: Vec<String>,
     /// Treatment of unknown routes.
     pub unknown_routes: UnknownRoutes,
-    /// Query keys that policy rules name: read as strictly as booleans of the route.
+    /// Query keys that policy rules name: no repeats, case variants or array syntax.
     pub rule_keys: BTreeSet<String>,
+    /// Of those, the keys compared as booleans: read exactly like a route boolean.
+    pub rule_bool_keys: BTreeSet<String>,
 }
 
 impl Default for ClassifySettings {
@@ -174,6 +178,7 @@ impl Default for ClassifySettings {
             api_versions: vec!["v1.3".to_owned()],
             unknown_routes: UnknownRoutes::default(),
             rule_keys: BTreeSet::new(),
+            rule_bool_keys: BTreeSet::new(),
         }
     }
 }
@@ -215,10 +220,10 @@ impl Classifier {
                 "absolute-form request targets are not accepted; send the path only",
             ));
         }
-        if METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|name| headers.contains_key(*name))
-        {
+        // Compared after normalising `_` and `.` to `-`, as Rack, PHP and Django read header names.
+        if headers.keys().any(|name| {
+            METHOD_OVERRIDE_HEADERS.contains(&crate::headers::normalised(name.as_str()).as_str())
+        }) {
             return Err(ambiguous("method-override headers are not accepted"));
         }
         let path = uri.path();
@@ -368,12 +373,9 @@ impl Classifier {
                     }
                     ParamValue::Raw(value.into())
                 }
-                _ if self.settings.rule_keys.contains(key) => {
-                    // A key policy depends on: read it as a boolean if it looks like one.
-                    match read_bool(value) {
-                        Ok(b) => ParamValue::Bool(b),
-                        Err(_) => ParamValue::Raw(plain_value(value)?.into()),
-                    }
+                // A key a boolean rule predicate reads: exactly as strict as a route boolean.
+                _ if self.settings.rule_bool_keys.contains(key) => {
+                    ParamValue::Bool(read_bool(value)?)
                 }
                 _ => ParamValue::Raw(plain_value(value)?.into()),
             };
@@ -397,14 +399,11 @@ pub fn read_bool(value: &str) -> Result<bool, GatewayError> {
     }
     if TRUE_SPELLINGS.iter().any(|s| s.eq_ignore_ascii_case(value)) {
         Ok(true)
-    } else if FALSE_SPELLINGS
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(value))
-    {
+    } else if FALSE_SPELLINGS.contains(&value) {
         Ok(false)
     } else {
         Err(ambiguous(
-            "a boolean query parameter that is neither true nor false",
+            "a boolean query parameter that is neither true nor a false spelling every framework agrees on (false, 0, f, off)",
         ))
     }
 }

@@ -638,6 +638,7 @@ impl Validator<'_> {
             api_versions: upstream.api_versions.clone(),
             unknown_routes: raw.routes.map(|r| r.unknown).unwrap_or_default(),
             rule_keys: compiled_policy.rule_keys().clone(),
+            rule_bool_keys: compiled_policy.rule_bool_keys().clone(),
         };
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
         let force_delete = raw.guards.and_then(|g| g.force_delete).map_or_else(

@@ -31,14 +31,18 @@ pub const CLIENT_CREDENTIALS: [&str; 7] = [
 /// Identity and routing headers a client could forge to impersonate the gateway or steer upstream.
 pub const FORGEABLE: [&str; 8] = [
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
     "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
     "x-original-url",
+    "x-original-uri",
     "x-rewrite-url",
 ];
+
+/// Header families removed whole: every `X-Forwarded-*` (Spring rewrites paths from
+/// `X-Forwarded-Prefix`) and every header only the gateway may set.
+pub const FORGEABLE_PREFIXES: [&str; 2] = ["x-forwarded-", GATEWAY_PREFIX];
 
 /// Prefix of headers only the gateway may set.
 pub const GATEWAY_PREFIX: &str = "x-tl-gateway-";
@@ -63,7 +67,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Normalise a header name the way lenient frameworks do: lowercase, `_` and `.` read as `-`.
-fn normalised(name: &str) -> String {
+pub fn normalised(name: &str) -> String {
     name.chars()
         .map(|c| match c {
             '_' | '.' => '-',
@@ -80,7 +84,7 @@ pub fn remove_client_credentials(headers: &mut HeaderMap) {
             let n = normalised(name.as_str());
             CLIENT_CREDENTIALS.contains(&n.as_str())
                 || FORGEABLE.contains(&n.as_str())
-                || n.starts_with(GATEWAY_PREFIX)
+                || FORGEABLE_PREFIXES.iter().any(|p| n.starts_with(p))
         })
         .cloned()
         .collect();
@@ -143,7 +147,11 @@ mod tests {
 
     #[test]
     fn forgeable_and_internal_headers_are_removed() {
-        for name in FORGEABLE {
+        for name in FORGEABLE.into_iter().chain([
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "X_Forwarded_Uri",
+        ]) {
             let mut headers = map(&[name, "content-type"]);
             remove_client_credentials(&mut headers);
             assert!(!headers.contains_key(name), "{name}");

@@ -94,7 +94,7 @@ fn every_true_spelling_counts_as_true_and_is_forwarded_canonically() {
 
 #[test]
 fn false_spellings_are_omitted_upstream() {
-    for spelling in ["false", "FALSE", "0", "f", "no", "n", "off"] {
+    for spelling in ["false", "FALSE", "0", "f", "F", "off", "OFF"] {
         let op = run("DELETE", &format!("/v1.3/assets/abc?force={spelling}")).unwrap();
         assert_eq!(op.query.bool("force"), Some(false), "{spelling}");
         assert_eq!(op.path_and_query(), "/v1.3/assets/abc", "{spelling}");
@@ -113,6 +113,10 @@ fn ambiguous_force_readings_are_refused() {
         "force=+true",
         "force=tru",
         "force=maybe",
+        "force=no",
+        "force=n",
+        "force=False",
+        "force=Off",
         "force=2",
         "Force=true",
         "FORCE=1",
@@ -245,6 +249,7 @@ fn bodies_are_refused_on_routes_that_take_none() {
 fn keys_named_by_rules_are_read_strictly_on_every_route() {
     let settings = ClassifySettings {
         rule_keys: ["force".to_owned()].into(),
+        rule_bool_keys: ["force".to_owned()].into(),
         ..Default::default()
     };
     let c = Classifier::new(settings);
@@ -258,6 +263,16 @@ fn keys_named_by_rules_are_read_strictly_on_every_route() {
         run_with(&c, "GET", "/v1.3/brand-new?force=1&force=0", false),
         Err(GatewayError::RequestAmbiguous(_))
     ));
+    for escaped in ["force=%74rue", "force=+true", "force=ok", "force=no"] {
+        let target = format!("/v1.3/brand-new?{escaped}");
+        assert!(
+            matches!(
+                run_with(&c, "GET", &target, false),
+                Err(GatewayError::RequestAmbiguous(_))
+            ),
+            "{target}"
+        );
+    }
 }
 
 #[test]

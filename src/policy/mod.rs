@@ -123,6 +123,8 @@ pub struct Policy {
     unrouted_any_method: Vec<usize>,
     /// Query keys the rules name (the classifier reads them strictly).
     rule_keys: BTreeSet<String>,
+    /// Of those, the keys compared as booleans.
+    rule_bool_keys: BTreeSet<String>,
 }
 
 impl Policy {
@@ -149,8 +151,15 @@ impl Policy {
         let mut unrouted_by_method: HashMap<Method, Vec<usize>> = HashMap::new();
         let mut unrouted_any_method = Vec::new();
         let mut rule_keys = BTreeSet::new();
+        let mut rule_bool_keys = BTreeSet::new();
         for (position, rule) in rules.iter().enumerate() {
             rule_keys.extend(rule.query.iter().map(|(k, _)| k.clone()));
+            rule_bool_keys.extend(
+                rule.query
+                    .iter()
+                    .filter(|(_, v)| matches!(v, QueryValue::Bool(_)))
+                    .map(|(k, _)| k.clone()),
+            );
             match (&rule.routes, &rule.method) {
                 (Some(routes), _) => {
                     for route in routes {
@@ -172,6 +181,7 @@ impl Policy {
                 unrouted_by_method,
                 unrouted_any_method,
                 rule_keys,
+                rule_bool_keys,
             },
             warnings,
         ))
@@ -180,6 +190,11 @@ impl Policy {
     /// Query keys named by rules.
     pub fn rule_keys(&self) -> &BTreeSet<String> {
         &self.rule_keys
+    }
+
+    /// Query keys named by boolean predicates.
+    pub fn rule_bool_keys(&self) -> &BTreeSet<String> {
+        &self.rule_bool_keys
     }
 
     /// The compiled rules, in file order.
