@@ -21,7 +21,8 @@ use crate::audit::layer::AuditScope;
 use crate::audit::AuditSettings;
 use crate::classify::{ClassifySettings, UnknownRoutes};
 use crate::guards::{ForceDeleteSettings, OnError};
-use crate::policy::Policy;
+use crate::policy::{compile_rule, CompiledRule, Policy};
+use crate::ratelimit::{LimitConfig, Per, Rate};
 use crate::routes::RouteTable;
 
 /// A configuration error naming the file, the line (when known) and the key.
@@ -59,6 +60,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The reference guard before forced asset deletes.
     pub force_delete: ForceDeleteSettings,
+    /// Rate limits with their compiled matchers.
+    pub rate_limits: Vec<(LimitConfig, CompiledRule)>,
     /// Listener limits and timeouts.
     pub server: ServerConfig,
     /// Log output.
@@ -410,6 +413,23 @@ struct RawConfig {
     routes: Option<RawRoutes>,
     #[serde(default)]
     guards: Option<RawGuards>,
+    #[serde(default)]
+    rate_limits: Vec<RawLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    id: RuleId,
+    #[serde(rename = "match", default)]
+    matcher: RawMatch,
+    #[serde(default)]
+    roles: Vec<Role>,
+    #[serde(default)]
+    clients: Vec<ClientId>,
+    per: Per,
+    rate: String,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -641,6 +661,7 @@ impl Validator<'_> {
             rule_bool_keys: compiled_policy.rule_bool_keys().clone(),
         };
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
+        let rate_limits = self.rate_limits(raw.rate_limits, &known_clients)?;
         let force_delete = raw.guards.and_then(|g| g.force_delete).map_or_else(
             ForceDeleteSettings::default,
             |f| {
@@ -681,6 +702,7 @@ impl Validator<'_> {
             warnings,
             audit,
             force_delete,
+            rate_limits,
             server,
             logging: LoggingConfig {
                 format: raw.logging.map(|l| l.format).unwrap_or_default(),
@@ -808,6 +830,62 @@ impl Validator<'_> {
             scope,
             reconcile: raw.reconcile.unwrap_or(false),
         })
+    }
+
+    fn rate_limits(
+        &self,
+        raw: Vec<RawLimit>,
+        known_clients: &HashSet<ClientId>,
+    ) -> Result<Vec<(LimitConfig, CompiledRule)>, ConfigError> {
+        let mut ids = HashSet::new();
+        let mut limits = Vec::with_capacity(raw.len());
+        for (i, limit) in raw.into_iter().enumerate() {
+            let at = |key: &'static str| [Seg::Key("rate_limits"), Seg::Index(i), Seg::Key(key)];
+            if !ids.insert(limit.id.clone()) {
+                return Err((self.fail)(
+                    &at("id"),
+                    format!("duplicate limit id {:?}", limit.id.as_str()),
+                ));
+            }
+            let rate: Rate = limit
+                .rate
+                .parse()
+                .map_err(|e| (self.fail)(&at("rate"), e))?;
+            for client in limit.clients.iter().chain(&limit.matcher.clients) {
+                if !known_clients.contains(client) {
+                    return Err((self.fail)(
+                        &at("clients"),
+                        format!("unknown client {:?}", client.as_str()),
+                    ));
+                }
+            }
+            let matcher = self.matcher(limit.matcher, &at("match")[..2])?;
+            let rule = RuleConfig {
+                id: limit.id.clone(),
+                matcher,
+                allow_roles: Vec::new(),
+                allow_clients: Vec::new(),
+                message: None,
+                mode: RuleMode::Enforce,
+            };
+            let mut ignored = Vec::new();
+            let compiled =
+                compile_rule(RouteTable::v1_3(), i, &rule, &mut ignored).map_err(|e| {
+                    (self.fail)(&at("match"), format!("limit {:?}: {e}", limit.id.as_str()))
+                })?;
+            limits.push((
+                LimitConfig {
+                    id: limit.id,
+                    roles: limit.roles,
+                    clients: limit.clients,
+                    per: limit.per,
+                    rate,
+                    burst: limit.burst.unwrap_or(1).max(1),
+                },
+                compiled,
+            ));
+        }
+        Ok(limits)
     }
 
     fn clients(&self, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>, ConfigError> {

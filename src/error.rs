@@ -61,6 +61,18 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("the TwelveLabs API did not answer within {0} ms")]
     UpstreamTimeout(u128),
+    /// A rate limit refused the request.
+    #[error("rate limit '{limit}' exceeded ({rate}, burst {burst}); retry in {retry_after} s")]
+    TooManyRequests {
+        /// The limit's id.
+        limit: RuleId,
+        /// Whole seconds until a request would be admitted.
+        retry_after: u64,
+        /// The limit's rate.
+        rate: crate::ratelimit::Rate,
+        /// The limit's burst.
+        burst: u32,
+    },
     /// The audit intent could not be made durable; the request was not forwarded.
     #[error("the audit log cannot record this request, so it was not forwarded ({0})")]
     AuditUnavailable(crate::audit::AuditError),
@@ -113,6 +125,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::GuardLookupFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -132,6 +145,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Internal(_) => "internal_error",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::TooManyRequests { .. } => "too_many_requests",
             GatewayError::GuardLookupFailed(_) => "upstream_unavailable",
         }
     }
@@ -144,6 +158,11 @@ impl GatewayError {
             &self.to_string(),
             request_id.map(RequestId::as_str),
         );
+        if let GatewayError::TooManyRequests { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if let GatewayError::MethodNotAllowed { allowed, .. } = &self {
             // RFC 9110 requires Allow on 405.
             let list = allowed

@@ -20,6 +20,7 @@ pub mod guards;
 pub mod headers;
 pub mod metrics;
 pub mod policy;
+pub mod ratelimit;
 pub mod reload;
 pub mod request_id;
 pub mod routes;

@@ -36,6 +36,7 @@ use crate::guards::{ForceDeleteGuard, GuardLayer};
 use crate::headers;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::policy::{Policy, PolicyLayer};
+use crate::ratelimit::{LimiterRegistry, RateLimitLayer, RateLimits};
 use crate::reload::{ReloadStats, Reloader};
 use crate::request_id::{RequestId, RequestIdLayer};
 
@@ -56,6 +57,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The audit log, if configured.
     pub audit: Option<AuditLog>,
+    /// Rate limiters, kept across reloads.
+    pub limiters: LimiterRegistry,
 }
 
 /// Everything the request path needs, each part handed to its own layer.
@@ -79,6 +82,8 @@ pub struct StackParts {
     pub audit_scope: Arc<AuditScope>,
     /// The reference guard before forced deletes.
     pub guard: Option<ForceDeleteGuard>,
+    /// Rate limits.
+    pub rate_limits: Arc<RateLimits>,
 }
 
 impl StackParts {
@@ -112,6 +117,10 @@ impl StackParts {
                     .unwrap_or_default(),
             ),
             guard: Some(guard),
+            rate_limits: Arc::new(RateLimits::build(
+                config.rate_limits.clone(),
+                &shared.limiters,
+            )),
         }
     }
 }
@@ -155,6 +164,10 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(AuditLayer::new(
             parts.audit,
             parts.audit_scope,
+            parts.metrics.clone(),
+        ))
+        .layer(RateLimitLayer::new(
+            parts.rate_limits,
             parts.metrics.clone(),
         ))
         .layer(PolicyLayer::new(parts.policy, parts.metrics))
@@ -244,6 +257,7 @@ impl Gateway {
             upstream_key: upstream_key.clone(),
             metrics,
             audit,
+            limiters: LimiterRegistry::default(),
         };
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();

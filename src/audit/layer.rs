@@ -167,8 +167,12 @@ impl Ticket {
         event.status = Some(error.status().as_u16());
         event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
         event.error = Some(error.code().to_owned());
-        if let GatewayError::PolicyDenied { rule, .. } = error {
-            event.rule = Some(rule.as_str().to_owned());
+        match error {
+            GatewayError::PolicyDenied { rule, .. } => event.rule = Some(rule.as_str().to_owned()),
+            GatewayError::TooManyRequests { limit, .. } => {
+                event.rule = Some(limit.as_str().to_owned())
+            }
+            _ => {}
         }
         self.count("denied");
         self.log.write(event);

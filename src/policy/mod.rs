@@ -41,7 +41,7 @@ pub struct RuleProblem {
 }
 
 /// One compiled rule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledRule {
     /// Position in the file (decides which refusing rule is named).
     pub index: usize,
@@ -286,7 +286,8 @@ impl Policy {
     }
 }
 
-fn compile_rule(
+/// Compile one rule's matcher against the route table (also used for rate-limit matchers).
+pub(crate) fn compile_rule(
     table: &RouteTable,
     index: usize,
     rule: &RuleConfig,

@@ -9,6 +9,7 @@ mod frameworks;
 mod keys;
 mod process;
 mod properties;
+mod ratelimit;
 mod reload;
 mod sdk;
 mod support;
