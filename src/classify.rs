@@ -170,6 +170,8 @@ pub struct ClassifySettings {
     pub rule_keys: BTreeSet<String>,
     /// Of those, the keys compared as booleans: read exactly like a route boolean.
     pub rule_bool_keys: BTreeSet<String>,
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_target_length: usize,
 }
 
 impl Default for ClassifySettings {
@@ -179,6 +181,7 @@ impl Default for ClassifySettings {
             unknown_routes: UnknownRoutes::default(),
             rule_keys: BTreeSet::new(),
             rule_bool_keys: BTreeSet::new(),
+            max_target_length: 8192,
         }
     }
 }
@@ -214,6 +217,10 @@ impl Classifier {
         has_body: bool,
     ) -> Result<Operation, GatewayError> {
         let method = classify_method(method)?;
+        let target_length = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+        if target_length > self.settings.max_target_length {
+            return Err(GatewayError::TargetTooLong(self.settings.max_target_length));
+        }
         if version < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
             // Absolute-form targets could name another origin; real SDKs send origin-form.
             return Err(ambiguous(

@@ -81,6 +81,10 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     /// API versions forwarded (first path segment), default `[v1.3]`.
     pub api_versions: Vec<String>,
+    /// Requests to the upstream at once, at most (none: unlimited).
+    pub max_concurrency: Option<usize>,
+    /// How long a request waits for an upstream slot before 503 `overloaded`.
+    pub queue_timeout: Duration,
 }
 
 /// `scheme://host[:port]` of the upstream.
@@ -239,6 +243,14 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// On SIGTERM/ctrl-c, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// Requests in flight at most; more are shed with 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// Largest request head accepted (bytes).
+    pub max_header_size: u64,
+    /// Longest request target (path and query) accepted.
+    pub max_target_length: usize,
+    /// A request or response body that sends nothing for this long is aborted.
+    pub body_idle_timeout: Duration,
 }
 
 /// Log output settings.
@@ -448,6 +460,8 @@ struct RawUpstream {
     connect_timeout: Option<ConfigDuration>,
     request_timeout: Option<ConfigDuration>,
     api_versions: Option<Vec<String>>,
+    max_concurrency: Option<usize>,
+    queue_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Deserialize)]
@@ -568,6 +582,10 @@ impl TryFrom<serde_yaml::Value> for ByteSize {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_header_size: Option<ByteSize>,
+    max_target_length: Option<usize>,
+    body_idle_timeout: Option<ConfigDuration>,
     header_read_timeout: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
 }
@@ -654,9 +672,37 @@ impl Validator<'_> {
                 )
             })
             .collect();
+        let server = raw.server.map_or_else(ServerConfig::default, |s| {
+            let defaults = ServerConfig::default();
+            ServerConfig {
+                max_connections: s.max_connections.unwrap_or(defaults.max_connections),
+                header_read_timeout: s
+                    .header_read_timeout
+                    .map_or(defaults.header_read_timeout, |d| d.0),
+                shutdown_grace: s.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
+                max_in_flight: s.max_in_flight.unwrap_or(defaults.max_in_flight).max(1),
+                max_header_size: s
+                    .max_header_size
+                    .map_or(defaults.max_header_size, |b| b.0.max(8192)),
+                max_target_length: s
+                    .max_target_length
+                    .unwrap_or(defaults.max_target_length)
+                    .max(64),
+                body_idle_timeout: s
+                    .body_idle_timeout
+                    .map_or(defaults.body_idle_timeout, |d| d.0),
+            }
+        });
+        if server.max_connections == 0 {
+            return Err((self.fail)(
+                &[Seg::Key("server"), Seg::Key("max_connections")],
+                "must be at least 1".into(),
+            ));
+        }
         let classify = ClassifySettings {
             api_versions: upstream.api_versions.clone(),
             unknown_routes: raw.routes.map(|r| r.unknown).unwrap_or_default(),
+            max_target_length: server.max_target_length,
             rule_keys: compiled_policy.rule_keys().clone(),
             rule_bool_keys: compiled_policy.rule_bool_keys().clone(),
         };
@@ -675,22 +721,6 @@ impl Validator<'_> {
                 }
             },
         );
-        let server = raw.server.map_or_else(ServerConfig::default, |s| {
-            let defaults = ServerConfig::default();
-            ServerConfig {
-                max_connections: s.max_connections.unwrap_or(defaults.max_connections),
-                header_read_timeout: s
-                    .header_read_timeout
-                    .map_or(defaults.header_read_timeout, |d| d.0),
-                shutdown_grace: s.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
-            }
-        });
-        if server.max_connections == 0 {
-            return Err((self.fail)(
-                &[Seg::Key("server"), Seg::Key("max_connections")],
-                "must be at least 1".into(),
-            ));
-        }
         Ok(Config {
             listen: raw.listen,
             admin_listen,
@@ -777,6 +807,8 @@ impl Validator<'_> {
             connect_timeout,
             request_timeout,
             api_versions,
+            max_concurrency: raw.max_concurrency.map(|n| n.max(1)),
+            queue_timeout: raw.queue_timeout.map_or(Duration::from_secs(5), |d| d.0),
         })
     }
 
@@ -1038,6 +1070,10 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            max_in_flight: 4096,
+            max_header_size: 64 * 1024,
+            max_target_length: 8192,
+            body_idle_timeout: Duration::from_secs(60),
         }
     }
 }

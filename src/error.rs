@@ -61,6 +61,15 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("the TwelveLabs API did not answer within {0} ms")]
     UpstreamTimeout(u128),
+    /// More requests are in flight than the gateway accepts at once.
+    #[error("the gateway is overloaded; retry shortly")]
+    Overloaded,
+    /// No upstream slot became free within `upstream.queue_timeout`.
+    #[error("too many requests to the TwelveLabs API are in flight; retry shortly")]
+    UpstreamBusy,
+    /// The request target is longer than `server.max_target_length`.
+    #[error("the request target is longer than {0} bytes")]
+    TargetTooLong(usize),
     /// A rate limit refused the request.
     #[error("rate limit '{limit}' exceeded ({rate}, burst {burst}); retry in {retry_after} s")]
     TooManyRequests {
@@ -126,6 +135,10 @@ impl GatewayError {
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Overloaded | GatewayError::UpstreamBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::TargetTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::GuardLookupFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -146,6 +159,8 @@ impl GatewayError {
             GatewayError::Internal(_) => "internal_error",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::TooManyRequests { .. } => "too_many_requests",
+            GatewayError::Overloaded | GatewayError::UpstreamBusy => "overloaded",
+            GatewayError::TargetTooLong(_) => "request_target_too_long",
             GatewayError::GuardLookupFailed(_) => "upstream_unavailable",
         }
     }

@@ -22,6 +22,7 @@ use crate::classify::Operation;
 use crate::config::UpstreamOrigin;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
+use crate::overload::IdleTimeout;
 
 /// Upstream settings the forwarder needs (and nothing else from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,12 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Limit from sending the request to receiving response headers.
     pub request_timeout: Duration,
+    /// A response body that sends nothing for this long is aborted.
+    pub body_idle_timeout: Duration,
+    /// Requests to the upstream at once, at most.
+    pub max_concurrency: Option<usize>,
+    /// Wait for an upstream slot at most this long.
+    pub queue_timeout: Duration,
 }
 
 impl UpstreamSettings {
@@ -41,6 +48,9 @@ impl UpstreamSettings {
             origin: config.upstream.origin.clone(),
             connect_timeout: config.upstream.connect_timeout,
             request_timeout: config.upstream.request_timeout,
+            body_idle_timeout: config.server.body_idle_timeout,
+            max_concurrency: config.upstream.max_concurrency,
+            queue_timeout: config.upstream.queue_timeout,
         }
     }
 }
@@ -58,6 +68,7 @@ pub struct Forwarder {
     client: HttpClient,
     settings: Arc<UpstreamSettings>,
     host: HeaderValue,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Forwarder {
@@ -79,10 +90,14 @@ impl Forwarder {
             .build(https);
         let host = HeaderValue::from_str(settings.origin.authority.as_str())
             .map_err(|_| rustls::Error::General("upstream authority is not a valid Host".into()))?;
+        let slots = settings
+            .max_concurrency
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         Ok(Forwarder {
             client,
             settings: Arc::new(settings),
             host,
+            slots,
         })
     }
 
@@ -171,8 +186,21 @@ impl Service<Request<GatewayBody>> for Forwarder {
         parts.headers.remove(header::EXPECT);
         let upstream_request = Request::from_parts(parts, body);
         let timeout = self.settings.request_timeout;
-        let response = self.client.request(upstream_request);
+        let idle = self.settings.body_idle_timeout;
+        let (slots, queue_timeout) = (self.slots.clone(), self.settings.queue_timeout);
+        let client = self.client.clone();
         Box::pin(async move {
+            // Upstream back-pressure: wait (bounded) for a slot, held until the response headers.
+            let _slot = match slots {
+                None => None,
+                Some(slots) => {
+                    match tokio::time::timeout(queue_timeout, slots.acquire_owned()).await {
+                        Ok(Ok(permit)) => Some(permit),
+                        _ => return Err(GatewayError::UpstreamBusy),
+                    }
+                }
+            };
+            let response = client.request(upstream_request);
             let response = match tokio::time::timeout(timeout, response).await {
                 Err(_) => return Err(GatewayError::UpstreamTimeout(timeout.as_millis())),
                 Ok(Err(error)) => {
@@ -188,7 +216,10 @@ impl Service<Request<GatewayBody>> for Forwarder {
             };
             let (mut parts, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, body::boxed(body)))
+            Ok(Response::from_parts(
+                parts,
+                body::boxed(IdleTimeout::new(body, idle)),
+            ))
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod forward;
 pub mod guards;
 pub mod headers;
 pub mod metrics;
+pub mod overload;
 pub mod policy;
 pub mod ratelimit;
 pub mod reload;

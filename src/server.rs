@@ -35,6 +35,7 @@ use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{ForceDeleteGuard, GuardLayer};
 use crate::headers;
 use crate::metrics::{Metrics, MetricsLayer};
+use crate::overload::{IdleTimeout, InFlightLimitLayer};
 use crate::policy::{Policy, PolicyLayer};
 use crate::ratelimit::{LimiterRegistry, RateLimitLayer, RateLimits};
 use crate::reload::{ReloadStats, Reloader};
@@ -84,6 +85,8 @@ pub struct StackParts {
     pub guard: Option<ForceDeleteGuard>,
     /// Rate limits.
     pub rate_limits: Arc<RateLimits>,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
 }
 
 impl StackParts {
@@ -121,6 +124,7 @@ impl StackParts {
                 config.rate_limits.clone(),
                 &shared.limiters,
             )),
+            max_in_flight: config.server.max_in_flight,
         }
     }
 }
@@ -159,6 +163,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         )
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
+        .layer(InFlightLimitLayer::new(parts.max_in_flight))
         .layer(ClassifyLayer::new(parts.classifier))
         .layer(AuthLayer::new(parts.clients))
         .layer(AuditLayer::new(
@@ -360,12 +365,13 @@ impl Gateway {
         ));
 
         let stack = self.stack.clone();
+        let idle = self.server.body_idle_timeout;
         let result =
             serve_connections(self.listener, self.server, wait_for(stop_rx), move |peer| {
                 let stack = stack.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
                     let service: GatewayService = GatewayService::clone(&stack.load());
-                    service.oneshot(edge(req, peer))
+                    service.oneshot(edge(req, peer, idle))
                 })
             })
             .await;
@@ -388,6 +394,9 @@ async fn reconcile(
         origin: upstream.origin,
         connect_timeout: upstream.connect_timeout,
         request_timeout: upstream.request_timeout,
+        body_idle_timeout: upstream.request_timeout,
+        max_concurrency: None,
+        queue_timeout: upstream.queue_timeout,
     };
     let Ok(forwarder) = Forwarder::new(settings) else {
         return;
@@ -444,8 +453,8 @@ async fn reconcile(
 
 /// Where a request enters: box the body once, note the peer, drop hop-by-hop headers before any
 /// layer adds its own.
-fn edge(req: Request<Incoming>, peer: SocketAddr) -> Request<GatewayBody> {
-    let mut req = req.map(body::boxed);
+fn edge(req: Request<Incoming>, peer: SocketAddr, idle: Duration) -> Request<GatewayBody> {
+    let mut req = req.map(|b| body::boxed(IdleTimeout::new(b, idle)));
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(ClientAddr(peer));
     req
@@ -485,8 +494,12 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_size.max(8192) as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_size.min(u64::from(u32::MAX)) as u32);
     let builder = Arc::new(builder);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
