@@ -4,6 +4,7 @@ mod audit;
 mod cli;
 mod corpus;
 mod errors;
+mod faults;
 mod forwarding;
 mod frameworks;
 mod keys;

@@ -49,8 +49,11 @@ impl GatewayProcess {
             ),
         )
         .unwrap();
-        let mut child = Command::new(binary())
-            .args(["serve", "--config"])
+        // Through a shell so the soft descriptor limit can be raised to the hard one.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" serve --config "$1""#)
+            .arg(binary())
             .arg(&config)
             .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
@@ -113,6 +116,23 @@ impl GatewayProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Resident set size of the gateway process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Open file descriptors of the gateway process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
     }
 
     /// Send SIGTERM.
