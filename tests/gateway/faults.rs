@@ -268,6 +268,7 @@ async fn upstream_certificate_fails_verification() {
     assert_eq!(record["status"], 502);
     still_serving(&gateway).await;
     let _ = server.kill();
+    let _ = server.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
