@@ -87,6 +87,11 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "member")]
         roles: Vec<String>,
     },
+    /// GET a URL and exit 0 on a 2xx answer (container health checks without curl).
+    Probe {
+        /// e.g. http://127.0.0.1:9464/healthz
+        url: String,
+    },
     /// Run only the TwelveLabs emulator (for benchmarks and local experiments).
     #[command(hide = true)]
     Emulator {
@@ -195,6 +200,7 @@ async fn run(command: Command) -> Result<(), String> {
             api_key,
             seed,
         } => emulator(listen, api_key, seed).await,
+        Command::Probe { url } => probe(&url).await,
     }
 }
 
@@ -372,6 +378,25 @@ fn keygen(id: &str, roles: &[String]) -> Result<(), String> {
     println!("    roles: [{roles}]");
     println!("    key_sha256: {}", key_digest_hex(&key));
     Ok(())
+}
+
+async fn probe(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let client: hyper_util::client::legacy::Client<_, crate::body::GatewayBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::get(uri)
+        .body(crate::body::empty())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), client.request(request))
+        .await
+        .map_err(|_| format!("{url}: no answer within 5 s"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url}: HTTP {}", response.status()))
+    }
 }
 
 async fn emulator(listen: SocketAddr, api_key: String, seed: bool) -> Result<(), String> {

@@ -221,6 +221,36 @@ impl Metrics {
         })
     }
 
+    /// Create the series a configuration can produce, at zero, so dashboards and alerts see them
+    /// before the first event (`rule`, `limit` and the bounded `kind`/`result` label values).
+    pub fn declare<'a>(
+        &self,
+        rules: impl Iterator<Item = &'a str>,
+        limits: impl Iterator<Item = &'a str>,
+    ) {
+        for rule in rules {
+            self.policy_denials.with_label_values(&[rule]);
+            self.dry_run_denials.with_label_values(&[rule]);
+        }
+        for limit in limits {
+            self.rate_limited.with_label_values(&[limit]);
+        }
+        for kind in ["connect", "exchange", "timeout"] {
+            self.upstream_errors.with_label_values(&[kind]);
+        }
+        for result in ["ok", "failed"] {
+            self.guard_lookups.with_label_values(&[result]);
+        }
+        for reason in [
+            "request_ambiguous",
+            "route_unknown",
+            "method_not_allowed",
+            "unauthorized",
+        ] {
+            self.rejections.with_label_values(&[reason]);
+        }
+    }
+
     /// Read audit counters from this sink at each scrape.
     pub fn watch_audit(&self, stats: Arc<AuditStats>) {
         if let Ok(mut sources) = self.sources.lock() {

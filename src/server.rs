@@ -98,6 +98,10 @@ impl StackParts {
 
     /// The same, reusing an existing upstream client (and its warm connections).
     pub fn with_forwarder(config: &Config, shared: &Shared, forwarder: Forwarder) -> Self {
+        shared.metrics.declare(
+            config.policy.rules.iter().map(|r| r.id.as_str()),
+            config.rate_limits.iter().map(|(l, _)| l.id.as_str()),
+        );
         let guard = ForceDeleteGuard::new(
             config.force_delete.clone(),
             forwarder.clone(),

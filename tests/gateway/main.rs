@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod corpus;
+mod deploy;
 mod errors;
 mod faults;
 mod forwarding;

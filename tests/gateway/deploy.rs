@@ -1,0 +1,203 @@
+//! The deployment kit against the real thing: every metric the alerts and the dashboard use exists
+//! in a running gateway's /metrics, and a real Prometheus server scrapes the gateway and sees its
+//! deletions (and loads the alert rules).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use tl_gateway::body;
+
+use crate::support::*;
+
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("tl_gateway_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+const EXTRA: &str = r#"policy:
+  rules:
+    - id: force-delete-admins-only
+      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
+      allow_roles: [admin]
+rate_limits:
+  - id: member-deletes
+    match: { method: DELETE }
+    roles: [member]
+    per: client
+    rate: 30/minute
+    burst: 10
+"#;
+
+async fn gateway_with_traffic(upstream: &Upstream, audit: &std::path::Path) -> TestGateway {
+    let extra = format!("{EXTRA}audit:\n  path: {}\n", audit.display());
+    let gateway =
+        TestGateway::start_with(&format!("http://{}", upstream.addr), &extra, |_| {}).await;
+    assert_eq!(
+        get(&gateway.url("/v1.3/assets"), Some(BOB_KEY))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let req = request(
+        Method::DELETE,
+        &gateway.url("/v1.3/assets/a1?force=true"),
+        Some(BOB_KEY),
+    )
+    .body(body::empty())
+    .unwrap();
+    assert_eq!(
+        send(Proto::Http1, req).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    gateway
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_alerts_and_the_dashboard_is_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::recording().await;
+    let gateway = gateway_with_traffic(&upstream, &dir.path().join("audit.jsonl")).await;
+    for i in 0..2 {
+        let req = request(
+            Method::DELETE,
+            &gateway.url(&format!("/v1.3/indexes/i{i}")),
+            Some(ALICE_KEY),
+        )
+        .body(body::empty())
+        .unwrap();
+        assert_eq!(send(Proto::Http1, req).await.status(), StatusCode::OK);
+    }
+    let exported = String::from_utf8(
+        body_bytes(get(&format!("http://{}/metrics", gateway.admin), None).await)
+            .await
+            .to_vec(),
+    )
+    .unwrap();
+    let mut used = BTreeSet::new();
+    for file in [
+        "deploy/prometheus/alerts.yaml",
+        "deploy/grafana/tl-gateway.json",
+    ] {
+        let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let names = metric_names(&text);
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        used.extend(names);
+    }
+    let missing: Vec<_> = used
+        .iter()
+        .filter(|name| {
+            !exported.lines().any(|l| {
+                l.starts_with(name.as_str())
+                    && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by alerts or dashboard but not exported: {missing:?}\n{exported}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_gateway_and_sees_its_deletions() {
+    let prometheus = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "the prometheus server is needed (apt-get install prometheus; .ci/run installs it)",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::recording().await;
+    let gateway = gateway_with_traffic(&upstream, &dir.path().join("audit.jsonl")).await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: tl-gateway\n    static_configs:\n      - targets: ['{}']\n",
+            repo_root().join("deploy/prometheus/alerts.yaml").display(),
+            gateway.admin
+        ),
+    )
+    .unwrap();
+    let mut server = std::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    for i in 0..3 {
+        let req = request(
+            Method::DELETE,
+            &gateway.url(&format!("/v1.3/indexes/i{i}")),
+            Some(ALICE_KEY),
+        )
+        .body(body::empty())
+        .unwrap();
+        assert_eq!(send(Proto::Http1, req).await.status(), StatusCode::OK);
+    }
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let query = format!("{api}/query?query=sum(tl_gateway_deletions_total%7Bclient=%22alice%22,outcome=%22success%22%7D)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(2), try_get(&query)).await
+        {
+            if let Some(value) = response["data"]["result"][0]["value"][1].as_str() {
+                if value == "3" {
+                    break value.to_owned();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the 3 deletions"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(seen, "3");
+    let rules = try_get(&format!("{api}/rules")).await.unwrap();
+    let groups = rules["data"]["groups"].as_array().unwrap();
+    assert_eq!(groups[0]["name"], "tl-gateway");
+    assert_eq!(groups[0]["rules"].as_array().unwrap().len(), 9);
+    let _ = server.kill();
+    let _ = server.wait();
+    gateway.shutdown().await;
+}
+
+async fn try_get(url: &str) -> Result<serde_json::Value, String> {
+    let client: hyper_util::client::legacy::Client<_, tl_gateway::body::GatewayBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = client
+        .request(http::Request::get(url).body(body::empty()).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
