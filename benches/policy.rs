@@ -1,4 +1,5 @@
-//! Policy evaluation and classification cost.
+//! Micro-benchmarks of the request path's pure parts: policy evaluation, classification,
+//! authentication lookup, and audit record serialisation with its hash.
 //!
 //! `cargo bench --bench policy` prints, for 10, 1,000 and 10,000 rules:
 //! - `evaluate/spread/N`: rules spread round-robin over every TwelveLabs route, so ~N/99 of them
@@ -13,8 +14,10 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method, Version};
-use tl_gateway::auth::Principal;
+use tl_gateway::audit::record::{chain, Event, Phase, GENESIS};
+use tl_gateway::auth::{ClientKeys, Principal};
 use tl_gateway::classify::Classifier;
+use tl_gateway::config::ClientConfig;
 use tl_gateway::config::Config;
 use tl_gateway::routes::RouteTable;
 
@@ -121,5 +124,60 @@ fn bench_classify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_evaluate, bench_classify);
+fn bench_authenticate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("authenticate");
+    for n in [2usize, 50, 500] {
+        let clients: Vec<ClientConfig> = (0..n)
+            .map(|i| ClientConfig {
+                id: format!("client-{i}").parse().unwrap(),
+                roles: vec!["member".parse().unwrap()],
+                key_sha256: sha256(&format!("tlgw_key_{i}")),
+            })
+            .collect();
+        let keys = ClientKeys::new(&clients);
+        let presented = format!("tlgw_key_{}", n - 1);
+        group.bench_with_input(BenchmarkId::new("clients", n), &n, |b, _| {
+            b.iter(|| black_box(keys.authenticate(black_box(presented.as_bytes()))))
+        });
+    }
+    group.finish();
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    let hex = tl_gateway::auth::key_digest_hex(text);
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+fn bench_audit_record(c: &mut Criterion) {
+    let event = Event {
+        time: "2026-11-30T16:05:34.123Z".into(),
+        request_id: "5f1c0d6f8f2c4b7e9a3d2c1b0a998877".into(),
+        phase: Some(Phase::Intent),
+        client: Some("alice".into()),
+        roles: vec!["admin".into()],
+        client_ip: Some("10.0.0.7".into()),
+        method: "DELETE".into(),
+        path: "/v1.3/assets/6298d673f1090f1100476d4c".into(),
+        operation: "assets.delete".into(),
+        params: [("asset_id".to_owned(), "6298d673f1090f1100476d4c".to_owned())].into(),
+        force: Some(true),
+        decision: Some("allow".into()),
+        ..Event::default()
+    };
+    c.bench_function("audit_record/serialise_and_hash", |b| {
+        b.iter(|| black_box(chain(black_box(&event), 42, GENESIS)))
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_evaluate,
+    bench_classify,
+    bench_authenticate,
+    bench_audit_record
+);
 criterion_main!(benches);
