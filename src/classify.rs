@@ -229,7 +229,9 @@ impl Classifier {
         }
         // Compared after normalising `_` and `.` to `-`, as Rack, PHP and Django read header names.
         if headers.keys().any(|name| {
-            METHOD_OVERRIDE_HEADERS.contains(&crate::headers::normalised(name.as_str()).as_str())
+            METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|t| crate::headers::normalised_eq(name.as_str(), t))
         }) {
             return Err(ambiguous("method-override headers are not accepted"));
         }

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Proxy benchmark, side by side on loopback, interleaved, in one run:
+#   direct   → a fixed fast upstream (nginx answering a static JSON body)
+#   nginx    → nginx proxy_pass to that upstream (proxy_set_header x-api-key, upstream keep-alive)
+#   gateway  → tl-gateway (release) with the example policy
+#   gateway+audit (for DELETEs) → the same with the fsync'd audit log
+# Workloads: small GETs on keep-alive connections; 1 MiB uploads; permitted DELETEs. Prints req/s and
+# p50/p99/p99.9, the ratio gateway/nginx and the latency added over direct, then the p99 added latency
+# at half of the gateway's maximum GET rate, and memory: idle RSS, RSS with 10,000 idle keep-alive
+# connections, and peak RSS during 16 concurrent 1 GiB uploads.
+#
+# Usage: scripts/bench-proxy.sh [SECONDS_PER_RUN] [ROUNDS]     (defaults 10 and 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+rounds=${2:-3}
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet
+bin=$PWD/target/release/tl-gateway
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1"; exit 1; }
+kib() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
+
+up=$(free_port); nx=$(free_port)
+key=bench-upstream-key
+printf '%s\n' "$key" > "$work/key"
+body='{"data":[{"_id":"6298d673f1090f1100476d4c","filename":"keynote.mp4"}],"page_info":{"limit_per_page":10,"page":1,"total_page":1,"total_results":1}}'
+cat > "$work/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_max_body_size 0;
+  client_body_temp_path $work/body;
+  proxy_temp_path $work/proxy;
+  upstream origin { server 127.0.0.1:$up; keepalive 128; }
+  server {                      # the fixed fast upstream
+    listen 127.0.0.1:$up;
+    location / { default_type application/json; return 200 '$body'; }
+  }
+  server {                      # nginx as the proxy to compare with
+    listen 127.0.0.1:$nx;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-api-key "$key";
+      proxy_request_buffering off;
+    }
+  }
+}
+NGINX
+mkdir -p "$work/body" "$work/proxy"
+nginx -p "$work" -c "$work/nginx.conf"
+wait_http "http://127.0.0.1:$up/"
+
+start_gateway() { # $1 name, $2 upstream url, $3 extra yaml → sets port_$1, pid_$1
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/$1.yaml" <<YAML
+listen: 127.0.0.1:$port
+admin_listen: 127.0.0.1:$admin
+upstream:
+  url: $2
+  api_key_file: $work/key
+clients:
+  - id: alice
+    roles: [admin]
+    key_sha256: d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6
+policy:
+  default: allow
+  rules:
+    - id: force-delete-admins-only
+      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
+      allow_roles: [admin]
+$3
+YAML
+  RUST_LOG=warn "$bin" serve --config "$work/$1.yaml" 2> "$work/$1.log" &
+  local pid=$!; pids+=("$pid")
+  wait_http "http://127.0.0.1:$admin/healthz"
+  printf -v "port_$1" '%s' "$port"; printf -v "pid_$1" '%s' "$pid"
+}
+start_gateway gw "http://127.0.0.1:$up" ""
+start_gateway gwa "http://127.0.0.1:$up" "audit:
+  path: $work/audit.jsonl"
+idle_rss=$(kib "$pid_gw" VmRSS)
+
+cat > "$work/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local secs = summary.duration / 1e6
+  io.write(string.format("RESULT %.0f %.3f %.3f %.3f %d\n", summary.requests / secs,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+cat > "$work/upload.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+cat "$work/report.lua" >> "$work/upload.lua"
+cat > "$work/delete.lua" <<'LUA'
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("DELETE", string.format("/v1.3/indexes/%024x", counter))
+end
+LUA
+cat "$work/report.lua" >> "$work/delete.lua"
+
+# run NAME URL SCRIPT CONNECTIONS → "rps p50 p99 p999 errors"
+run() {
+  wrk -t2 -c"$4" -d"${secs}s" -H "x-api-key: tlgw_alice_example_key" -s "$3" "$2" 2>/dev/null |
+    awk '/^RESULT/ {print $2, $3, $4, $5, $6}'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+declare -A results
+bench() { # workload script connections path targets...
+  local workload=$1 script=$2 conns=$3 path=$4; shift 4
+  for round in $(seq 1 "$rounds"); do
+    for target in "$@"; do
+      local url
+      case $target in
+        direct) url="http://127.0.0.1:$up$path" ;;
+        nginx) url="http://127.0.0.1:$nx$path" ;;
+        gateway) url="http://127.0.0.1:$port_gw$path" ;;
+        gateway+audit) url="http://127.0.0.1:$port_gwa$path" ;;
+      esac
+      results["$workload|$target|$round"]=$(run "$target" "$url" "$script" "$conns")
+    done
+  done
+}
+summarise() { # workload targets...
+  local workload=$1; shift
+  printf '\n%s\n%-14s %10s %9s %9s %9s %7s\n' "$workload" target "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors
+  for target in "$@"; do
+    local col rows=() line=()
+    for round in $(seq 1 "$rounds"); do rows+=("${results["$workload|$target|$round"]}"); done
+    for col in 1 2 3 4 5; do line+=("$(printf '%s\n' "${rows[@]}" | awk -v c=$col '{print $c}' | median)"); done
+    printf '%-14s %10s %9s %9s %9s %7s\n' "$target" "${line[@]}"
+    printf -v "m_${workload}_${target//[+]/_}" '%s' "${line[*]}"
+  done
+}
+
+echo "tl-gateway proxy benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, ${secs}s per run, median of $rounds interleaved rounds"
+bench get "$work/report.lua" 64 "/v1.3/assets?page=1" direct nginx gateway
+bench upload "$work/upload.lua" 16 "/v1.3/assets" direct nginx gateway
+bench delete "$work/delete.lua" 64 "" direct nginx gateway gateway+audit
+summarise get direct nginx gateway
+summarise upload direct nginx gateway
+summarise delete direct nginx gateway gateway+audit
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+read -r g_rps g_p50 g_p99 _ _ <<<"$m_get_gateway"; read -r n_rps _ _ _ _ <<<"$m_get_nginx"; read -r d_rps d_p50 d_p99 _ _ <<<"$m_get_direct"
+echo
+echo "small GETs: gateway/nginx throughput ratio $(ratio "$g_rps" "$n_rps"); added latency over direct p50 $(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN{printf "%.3f", a-b}') ms, p99 $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN{printf "%.3f", a-b}') ms (at full load)"
+
+# Half of the gateway's maximum GET rate: paced with wrk's delay() hook.
+half=$(awk -v r="$g_rps" 'BEGIN {printf "%d", r / 2}')
+conns=32
+delay_ms=$(awk -v c=$conns -v r="$half" 'BEGIN {d = c * 1000 / r; if (d < 1) d = 1; printf "%d", d}')
+{ echo "delay = function() return $delay_ms end"; cat "$work/report.lua"; } > "$work/paced.lua"
+for target in direct gateway; do
+  url="http://127.0.0.1:$up/v1.3/assets?page=1"; [ "$target" = gateway ] && url="http://127.0.0.1:$port_gw/v1.3/assets?page=1"
+  read -r rps _ p99 _ _ <<<"$(run "$target" "$url" "$work/paced.lua" $conns)"
+  printf -v "half_$target" '%s %s' "$rps" "$p99"
+done
+read -r hd_rps hd_p99 <<<"$half_direct"; read -r hg_rps hg_p99 <<<"$half_gateway"
+echo "half load (target $half req/s, $conns connections, ${delay_ms} ms pacing): direct $hd_rps req/s p99 $hd_p99 ms; gateway $hg_rps req/s p99 $hg_p99 ms; added p99 $(awk -v a="$hg_p99" -v b="$hd_p99" 'BEGIN{printf "%.3f", a-b}') ms"
+read -r ga_rps _ _ _ _ <<<"$m_delete_gateway_audit"
+echo "audited DELETEs (fsync on, 64 connections): $ga_rps req/s"
+
+# Memory.
+echo
+echo "idle RSS: $(( idle_rss / 1024 )) MiB ($idle_rss KiB)"
+before=$(kib "$pid_gw" VmRSS)
+python3 - "$port_gw" 10000 "$pid_gw" <<'PY'
+import resource, socket, sys, time
+port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
+socks = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    # A keep-alive request first, so each connection is a served, idle keep-alive connection.
+    s.sendall(b"GET /v1.3/assets?page=1 HTTP/1.1\r\nHost: x\r\nx-api-key: tlgw_alice_example_key\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(65536)
+time.sleep(1)
+rss = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")))
+print(f"RSS with {n} idle keep-alive connections: {rss // 1024} MiB ({rss} KiB)")
+open("/tmp/.tlgw-idle-rss", "w").write(str(rss))
+PY
+after=$(cat /tmp/.tlgw-idle-rss)
+echo "per idle connection: $(awk -v a="$after" -v b="$before" 'BEGIN {printf "%.1f", (a - b) / 10000}') KiB"
+
+emu=$(free_port)
+"$bin" emulator --listen "127.0.0.1:$emu" --api-key "$key" >/dev/null 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$emu/"
+start_gateway gwu "http://127.0.0.1:$emu" ""
+truncate -s 1G "$work/1g.bin"
+base=$(kib "$pid_gwu" VmRSS)
+uploads=()
+wait_start=$(date +%s)
+for i in $(seq 1 16); do
+  curl -s -o /dev/null -H "x-api-key: tlgw_alice_example_key" -H 'Expect:' \
+    -F method=direct -F filename=big$i.mp4 -F "file=@$work/1g.bin;type=video/mp4" "http://127.0.0.1:$port_gwu/v1.3/assets" &
+  uploads+=($!)
+done
+wait "${uploads[@]}"
+peak=$(kib "$pid_gwu" VmHWM)
+echo "16 concurrent 1 GiB uploads: RSS before $(( base / 1024 )) MiB, peak $(( peak / 1024 )) MiB ($(( $(date +%s) - wait_start )) s)"
