@@ -97,14 +97,23 @@ pub fn normalised_starts_with(name: &str, prefix: &str) -> bool {
 /// Remove every client credential, forgeable identity header and gateway-internal header.
 pub fn remove_client_credentials(headers: &mut HeaderMap) {
     let doomed = |name: &str| {
-        CLIENT_CREDENTIALS.iter().chain(&FORGEABLE).any(|t| normalised_eq(name, t))
-            || FORGEABLE_PREFIXES.iter().any(|p| normalised_starts_with(name, p))
+        CLIENT_CREDENTIALS
+            .iter()
+            .chain(&FORGEABLE)
+            .any(|t| normalised_eq(name, t))
+            || FORGEABLE_PREFIXES
+                .iter()
+                .any(|p| normalised_starts_with(name, p))
     };
     // Most requests carry exactly one credential and nothing else to remove: collect only then.
     if !headers.keys().any(|name| doomed(name.as_str())) {
         return;
     }
-    let names: Vec<HeaderName> = headers.keys().filter(|name| doomed(name.as_str())).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| doomed(name.as_str()))
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }

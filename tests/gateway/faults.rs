@@ -481,3 +481,97 @@ async fn five_thousand_idle_connections_are_held_and_the_gateway_still_serves() 
         .unwrap();
     assert!(status.success(), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_429s_pass_through_with_their_headers() {
+    let upstream = Upstream::start(|_| async {
+        http::Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "17")
+            .header("x-ratelimit-remaining", "0")
+            .header("content-type", "application/json")
+            .body(body::full(
+                r#"{"code":"too_many_requests","message":"upstream limit"}"#,
+            ))
+            .unwrap()
+    })
+    .await;
+    let gateway = TestGateway::start(&format!("http://{}", upstream.addr)).await;
+    let response = get(&gateway.url("/v1.3/assets"), Some(BOB_KEY)).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "17");
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(body_json(response).await["message"], "upstream limit");
+    gateway.shutdown().await;
+}
+
+/// Two requests at once against an upstream that takes a second; returns both statuses and bodies.
+async fn two_at_once(gateway: &TestGateway) -> Vec<(StatusCode, serde_json::Value)> {
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let url = gateway.url("/v1.3/assets");
+            tokio::spawn(async move {
+                let response = get(&url, Some(BOB_KEY)).await;
+                (response.status(), body_json(response).await)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for call in calls {
+        out.push(call.await.unwrap());
+    }
+    out.sort_by_key(|(status, _)| status.as_u16());
+    out
+}
+
+async fn slow_upstream() -> Upstream {
+    Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        json_response(StatusCode::OK, r#"{"data":[]}"#)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_concurrency_limit_queues_then_sheds_with_503() {
+    let upstream = slow_upstream().await;
+    let gateway = TestGateway::start_with(&format!("http://{}", upstream.addr), "", |config| {
+        config.upstream.max_concurrency = Some(1);
+        config.upstream.queue_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let results = two_at_once(&gateway).await;
+    assert_eq!(results[0].0, StatusCode::OK);
+    assert_eq!(results[1].0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(results[1].1["code"], "overloaded");
+    assert_eq!(upstream.requests().len(), 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_sheds_load_and_limits_refuse_oversized_requests() {
+    let upstream = slow_upstream().await;
+    let gateway = TestGateway::start_with(&format!("http://{}", upstream.addr), "", |config| {
+        config.server.max_in_flight = 1;
+    })
+    .await;
+    let results = two_at_once(&gateway).await;
+    assert_eq!(results[0].0, StatusCode::OK);
+    assert_eq!(results[1].0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(results[1].1["code"], "overloaded");
+
+    let long = format!("/v1.3/assets?filename={}", "a".repeat(9000));
+    let response = get(&gateway.url(&long), Some(BOB_KEY)).await;
+    assert_eq!(response.status(), StatusCode::URI_TOO_LONG);
+    assert_eq!(body_json(response).await["code"], "request_target_too_long");
+    let huge_header = format!(
+        "GET /v1.3/assets HTTP/1.1\r\nhost: x\r\nx-api-key: {BOB_KEY}\r\nx-junk: {}\r\nconnection: close\r\n\r\n",
+        "j".repeat(70 * 1024)
+    );
+    let answer = raw_http1(gateway.addr, huge_header.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.is_empty(),
+        "{answer:.80}"
+    );
+    gateway.shutdown().await;
+}
