@@ -12,6 +12,7 @@
 # Usage: scripts/bench-proxy.sh [SECONDS_PER_RUN] [ROUNDS]     (defaults 10 and 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 secs=${1:-10}
 rounds=${2:-3}
 need=()
@@ -28,9 +29,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1"; exit 1; }
-kib() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
 
 up=$(free_port); nx=$(free_port)
 key=bench-upstream-key

@@ -7,6 +7,7 @@
 # Usage: scripts/soak.sh [DURATION]   (default 10m)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 duration=${1:-10m}
 case "$duration" in
   *m) seconds=$(( ${duration%m} * 60 )) ;;
@@ -20,8 +21,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1"; exit 1; }
 
 key=soak-upstream-key
 printf '%s\n' "$key" > "$work/key"

@@ -6,6 +6,7 @@
 # Usage: scripts/stream-memory.sh [SIZE_MIB]   (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 size_mib=${1:-1024}
 limit_mib=64
 command -v curl >/dev/null || { echo "curl is required (apt-get install -y curl)"; exit 1; }
@@ -17,9 +18,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1"; exit 1; }
-kib() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
 
 upstream_key=bench-upstream-key
 printf '%s\n' "$upstream_key" > "$work/key"

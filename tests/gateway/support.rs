@@ -156,6 +156,15 @@ clients:
     )
 }
 
+/// Write the upstream key file and `gateway.yaml` into `dir`; returns the config file.
+fn write_files(dir: &Path, upstream: &str, extra: &str) -> PathBuf {
+    let key_file = dir.join("upstream-key");
+    std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
+    let config_file = dir.join("gateway.yaml");
+    std::fs::write(&config_file, config_yaml(upstream, &key_file, extra)).unwrap();
+    config_file
+}
+
 /// A gateway running in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
@@ -179,42 +188,27 @@ impl TestGateway {
         adjust: impl FnOnce(&mut Config),
     ) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("upstream-key");
-        std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
-        let yaml = config_yaml(upstream, &key_file, extra);
-        let mut config = Config::parse(Path::new("test.yaml"), &yaml).unwrap();
+        let config_file = write_files(dir.path(), upstream, extra);
+        let mut config = Config::load(&config_file).unwrap();
         adjust(&mut config);
         let key = UpstreamKey::load(&config.upstream.key_source).unwrap();
-        let gateway = Gateway::bind(&config, key).await.unwrap();
-        let addr = gateway.local_addr().unwrap();
-        let admin = gateway.admin_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.run(async move {
-            let _ = stopped.await;
-        }));
-        TestGateway {
-            addr,
-            admin,
-            dir,
-            stop: Some(stop),
-            task: Some(task),
-            reloads: Arc::default(),
-        }
+        TestGateway::run(Gateway::bind(&config, key).await.unwrap(), dir)
     }
 
     /// Start from a configuration file in the gateway's directory, reloading it on change.
     pub async fn start_reloadable(upstream: &str, extra: &str) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("upstream-key");
-        std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
-        let config_file = dir.path().join("gateway.yaml");
-        std::fs::write(&config_file, config_yaml(upstream, &key_file, extra)).unwrap();
+        let config_file = write_files(dir.path(), upstream, extra);
         let config = Config::load(&config_file).unwrap();
         let key = UpstreamKey::load(&config.upstream.key_source).unwrap();
         let gateway = Gateway::bind(&config, key)
             .await
             .unwrap()
             .reload_from(config_file);
+        TestGateway::run(gateway, dir)
+    }
+
+    fn run(gateway: Gateway, dir: tempfile::TempDir) -> TestGateway {
         let reloads = gateway.reload_stats();
         let addr = gateway.local_addr().unwrap();
         let admin = gateway.admin_addr().unwrap();
