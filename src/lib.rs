@@ -1,7 +1,8 @@
 //! tl-gateway: a policy-enforcing, auditing HTTP gateway in front of the TwelveLabs v1.3 API.
 //!
 //! The request path is a tower `Service` stack, one module per concern (see `server::build_stack`):
-//! request id → trace → rescue → classify → authenticate → policy → credentials → forward.
+//! request id → trace → metrics → rescue → in-flight limit → classify → authenticate → audit →
+//! rate limit → policy → guards → audit intent → credentials → forward.
 //! Data passes between layers as typed request extensions (`Operation`, `Principal`).
 #![forbid(unsafe_code)]
 
