@@ -386,6 +386,14 @@ impl Classifier {
                 _ if self.settings.rule_bool_keys.contains(key) => {
                     ParamValue::Bool(read_bool(value)?)
                 }
+                // A key a text rule predicate compares: escapes could spell the same value two ways.
+                _ if self.settings.rule_keys.contains(key)
+                    && value.bytes().any(|b| matches!(b, b'%' | b'+')) =>
+                {
+                    return Err(ambiguous(
+                        "an escaped value of a query parameter a policy rule compares",
+                    ));
+                }
                 _ => ParamValue::Raw(plain_value(value)?.into()),
             };
             query.pairs.push((key.into(), value));

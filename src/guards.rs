@@ -270,6 +270,15 @@ where
                 Ok(references) => {
                     guard.metrics.guard_lookups.with_label_values(&["ok"]).inc();
                     if let Some(max) = guard.settings.max_indexed_assets {
+                        if !references.complete {
+                            // max_pages stopped the listing: the limit cannot be shown to hold.
+                            return Err(GatewayError::PolicyDenied {
+                                rule: MAX_INDEXED_ASSETS_RULE.parse().unwrap_or_else(|_| RuleId::default_rule()),
+                                message: Some(Arc::from(format!(
+                                    "the references could not all be listed within guards.force_delete.max_pages, so the limit of {max} indexed assets cannot be checked"
+                                ))),
+                            });
+                        }
                         if references.indexed_assets.len() > max {
                             return Err(GatewayError::PolicyDenied {
                                 rule: MAX_INDEXED_ASSETS_RULE.parse().unwrap_or_else(|_| RuleId::default_rule()),

@@ -60,6 +60,8 @@ pub struct Shared {
     pub audit: Option<AuditLog>,
     /// Rate limiters, kept across reloads.
     pub limiters: LimiterRegistry,
+    /// The in-flight limit, sized at start-up and kept across reloads.
+    pub in_flight: InFlightLimitLayer,
 }
 
 /// Everything the request path needs, each part handed to its own layer.
@@ -85,8 +87,8 @@ pub struct StackParts {
     pub guard: Option<ForceDeleteGuard>,
     /// Rate limits.
     pub rate_limits: Arc<RateLimits>,
-    /// Requests in flight at most.
-    pub max_in_flight: usize,
+    /// The in-flight limit (shared by every stack built from the same start-up).
+    pub in_flight: InFlightLimitLayer,
 }
 
 impl StackParts {
@@ -128,7 +130,7 @@ impl StackParts {
                 config.rate_limits.clone(),
                 &shared.limiters,
             )),
-            max_in_flight: config.server.max_in_flight,
+            in_flight: shared.in_flight.clone(),
         }
     }
 }
@@ -167,7 +169,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         )
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
-        .layer(InFlightLimitLayer::new(parts.max_in_flight))
+        .layer(parts.in_flight)
         .layer(ClassifyLayer::new(parts.classifier))
         .layer(AuthLayer::new(parts.clients))
         .layer(AuditLayer::new(
@@ -267,6 +269,7 @@ impl Gateway {
             metrics,
             audit,
             limiters: LimiterRegistry::default(),
+            in_flight: InFlightLimitLayer::new(config.server.max_in_flight),
         };
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
@@ -320,6 +323,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let audit = self.shared.audit.clone();
         let key_watcher = self.shared.upstream_key.watch(KEY_FILE_POLL);
         let config_watcher = self.config_path.map(|path| {
             Reloader::new(
@@ -383,6 +387,13 @@ impl Gateway {
         for watcher in key_watcher.into_iter().chain(config_watcher) {
             watcher.abort();
         }
+        // The last requests' outcomes are queued by now: make them durable before the process ends.
+        if let Some(audit) = &audit {
+            match audit.flush().await {
+                Ok(()) => tracing::info!("audit log flushed"),
+                Err(error) => tracing::error!(%error, "could not flush the audit log at shutdown"),
+            }
+        }
         result
     }
 }
@@ -423,10 +434,11 @@ async fn reconcile(
                 status.as_u16(),
                 "asset still exists: the delete did not take effect",
             ),
-            Ok((status, _)) => (
-                status.as_u16(),
-                "upstream answered neither 200 nor 404: still unknown",
-            ),
+            Ok((status, _)) => {
+                // Neither answer proves anything: leave the intent unresolved for the next start.
+                tracing::warn!(request_id = %intent.request_id, status = status.as_u16(), "could not reconcile an unresolved intent");
+                continue;
+            }
             Err(error) => {
                 tracing::warn!(%error, request_id = %intent.request_id, "could not reconcile an unresolved intent");
                 continue;

@@ -62,6 +62,7 @@ pub struct Ticket {
     metrics: Arc<Metrics>,
     base: Event,
     started: Instant,
+    intent_requested: AtomicBool,
     intent_written: AtomicBool,
     finished: AtomicBool,
     is_delete: bool,
@@ -104,6 +105,7 @@ impl Ticket {
                 ..Event::default()
             },
             started: Instant::now(),
+            intent_requested: AtomicBool::new(false),
             intent_written: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             is_delete: op.method == Method::DELETE,
@@ -227,6 +229,10 @@ impl Drop for DropGuard {
         if let Some(ticket) = self.0.take() {
             if ticket.intent_written.load(Ordering::SeqCst) {
                 ticket.finish(499, Some("client_disconnected"));
+            } else if ticket.intent_requested.load(Ordering::SeqCst) {
+                // The intent may become durable although the request is never forwarded: say so,
+                // or the next start would report it as unresolved.
+                ticket.finish(499, Some("client_disconnected_before_forwarding"));
             }
         }
     }
@@ -394,6 +400,7 @@ where
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
         Box::pin(async move {
+            ticket.intent_requested.store(true, Ordering::SeqCst);
             match ticket.log.write_durable(event).await {
                 Ok(_) => {
                     ticket.intent_written.store(true, Ordering::SeqCst);

@@ -98,7 +98,8 @@ pub struct Unresolved {
 }
 
 struct Job {
-    event: Event,
+    /// `None` for a flush: answered once everything queued before it is written.
+    event: Option<Event>,
     reply: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
@@ -114,7 +115,7 @@ pub struct AuditLog {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
-            .field("request_id", &self.event.request_id)
+            .field("request_id", &self.event.as_ref().map(|e| &e.request_id))
             .finish()
     }
 }
@@ -175,7 +176,7 @@ impl AuditLog {
     pub async fn write_durable(&self, event: Event) -> Result<u64, AuditError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            event,
+            event: Some(event),
             reply: Some(reply),
         };
         match self
@@ -195,7 +196,10 @@ impl AuditLog {
 
     /// Append `event` without waiting for it (outcomes and denials).
     pub fn write(&self, event: Event) {
-        let job = Job { event, reply: None };
+        let job = Job {
+            event: Some(event),
+            reply: None,
+        };
         if let Err(mpsc::error::TrySendError::Full(job)) = self.tx.try_send(job) {
             // Never drop a record silently: wait for room off the request path.
             let tx = self.tx.clone();
@@ -208,6 +212,24 @@ impl AuditLog {
                 }
             });
         }
+    }
+
+    /// Wait until everything queued so far has been written (at shutdown: outcomes of the last
+    /// requests must not die with the process).
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            event: None,
+            reply: Some(reply),
+        };
+        self.tx
+            .send_timeout(job, self.settings.enqueue_timeout)
+            .await
+            .map_err(|_| AuditError::QueueFull)?;
+        answer
+            .await
+            .unwrap_or(Err(AuditError::WriterStopped))
+            .map(|_| ())
     }
 
     /// `Ok` while the sink is writable (for `/readyz`).
@@ -232,9 +254,14 @@ impl AuditLog {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         const MAX_BATCH: usize = 1024;
+        // Records nobody waits for (outcomes, denials) from a failed batch: retried first next time,
+        // so a full disk that recovers loses none of them (bounded, so a dead disk cannot eat memory).
+        const MAX_CARRIED: usize = 100_000;
+        let mut carried: Vec<Job> = Vec::new();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut buffer = Vec::with_capacity(256 * 1024);
         while let Some(first) = rx.blocking_recv() {
+            batch.append(&mut carried);
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -246,21 +273,24 @@ impl Writer {
             let (mut seq, mut prev) = (self.seq, self.prev_hash.clone());
             let mut seqs = Vec::with_capacity(batch.len());
             for job in &batch {
+                let Some(event) = &job.event else {
+                    seqs.push(seq);
+                    continue;
+                };
                 seq += 1;
-                let (line, hash) = chain(&job.event, seq, &prev);
+                let (line, hash) = chain(event, seq, &prev);
                 buffer.extend_from_slice(&line);
                 prev = hash;
                 seqs.push(seq);
             }
+            let records = batch.iter().filter(|j| j.event.is_some()).count() as u64;
             let result = self.append(&buffer);
             match &result {
                 Ok(()) => {
                     self.seq = seq;
                     self.prev_hash = prev;
                     self.len += buffer.len() as u64;
-                    self.stats
-                        .records
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats.records.fetch_add(records, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut health) = self.health.lock() {
                         if health.take().is_some() {
@@ -271,8 +301,8 @@ impl Writer {
                 Err(error) => {
                     self.stats
                         .write_errors
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    tracing::error!(file = %self.settings.path.display(), %error, records = batch.len(), "audit write failed");
+                        .fetch_add(records, Ordering::Relaxed);
+                    tracing::error!(file = %self.settings.path.display(), %error, records, "audit write failed");
                     if let Ok(mut health) = self.health.lock() {
                         *health = Some(format!(
                             "cannot write {}: {error}",
@@ -284,8 +314,12 @@ impl Writer {
                 }
             }
             for (job, seq) in batch.drain(..).zip(seqs) {
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(result.clone().map(|()| seq).map_err(AuditError::Io));
+                match job.reply {
+                    Some(reply) => {
+                        let _ = reply.send(result.clone().map(|()| seq).map_err(AuditError::Io));
+                    }
+                    None if result.is_err() && carried.len() < MAX_CARRIED => carried.push(job),
+                    None => {}
                 }
             }
             if result.is_ok() && self.len >= self.settings.max_file_size {

@@ -331,3 +331,24 @@ fn object_filters_of_list_routes_take_bracket_keys_but_nothing_else_does() {
         );
     }
 }
+
+#[test]
+fn escaped_values_of_keys_a_text_rule_compares_are_refused() {
+    let c = Classifier::new(ClassifySettings {
+        rule_keys: ["index_id".to_owned()].into(),
+        ..Default::default()
+    });
+    assert!(run_with(&c, "GET", "/v1.3/tasks?index_id=secret-idx", false).is_ok());
+    for target in [
+        "/v1.3/tasks?index_id=secret%2Didx",
+        "/v1.3/tasks?index_id=secret+idx",
+    ] {
+        assert!(
+            matches!(
+                run_with(&c, "GET", target, false),
+                Err(GatewayError::RequestAmbiguous(_))
+            ),
+            "{target}"
+        );
+    }
+}

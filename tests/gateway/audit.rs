@@ -471,3 +471,42 @@ async fn the_emulator_force_delete_records_what_it_unlinked() {
     assert_eq!(found[1]["status"], 200);
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_reference_listing_cannot_pass_a_max_indexed_assets_limit() {
+    // Every page says there are five pages; the guard may read only one.
+    let upstream = Upstream::start(|req| async move {
+        let target = req.uri.path_and_query().unwrap().as_str().to_owned();
+        if target.contains("/indexed-assets?") {
+            return json_response(
+                StatusCode::OK,
+                r#"{"data":[{"_id":"ia1","index":{"_id":"i1","name":"x"}}],"page_info":{"limit_per_page":1,"page":1,"total_page":5,"total_results":5}}"#,
+            );
+        }
+        json_response(StatusCode::OK, r#"{"data":[],"page_info":{"total_page":0}}"#)
+    })
+    .await;
+    let extra = format!(
+        "{FORCE_RULE}guards:\n  force_delete:\n    max_pages: 1\n    max_indexed_assets: 100\n"
+    );
+    let gateway =
+        TestGateway::start_with(&format!("http://{}", upstream.addr), &extra, |_| {}).await;
+    let response = delete(&gateway, ALICE_KEY, "/v1.3/assets/a1?force=true").await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let json = body_json(response).await;
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("guards.force_delete.max_indexed_assets"),
+        "{json}"
+    );
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.method != Method::DELETE),
+        "the delete was forwarded"
+    );
+    gateway.shutdown().await;
+}
