@@ -85,10 +85,13 @@ where
 }
 
 /// A body that fails if no frame arrives for `timeout` (a stalled peer).
+///
+/// The timer is armed only when the body first has to wait, so the common small, already-complete
+/// body costs no timer at all.
 pub struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> IdleTimeout<B> {
@@ -97,7 +100,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
         }
     }
 }
@@ -122,15 +125,23 @@ where
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = tokio::time::Instant::now() + self.timeout;
-                self.sleep.as_mut().reset(deadline);
+                if let Some(sleep) = self.sleep.as_mut() {
+                    sleep.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(self.timeout))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(timeout))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
