@@ -164,10 +164,18 @@ pub fn main() -> ExitCode {
         Command::Audit { command } => return audit_command(command),
         _ => {}
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` sizes the runtime from its configuration (server.worker_threads); the file is read
+    // again, with full error reporting, once the runtime runs.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve { config } = &cli.command {
+        if let Some(threads) = Config::load(config)
+            .ok()
+            .and_then(|c| c.server.worker_threads)
+        {
+            builder.worker_threads(threads);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
     };

@@ -251,6 +251,8 @@ pub struct ServerConfig {
     pub max_target_length: usize,
     /// A request or response body that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
+    /// Runtime worker threads (default: one per CPU).
+    pub worker_threads: Option<usize>,
 }
 
 /// Log output settings.
@@ -586,6 +588,7 @@ struct RawServer {
     max_header_size: Option<ByteSize>,
     max_target_length: Option<usize>,
     body_idle_timeout: Option<ConfigDuration>,
+    worker_threads: Option<usize>,
     header_read_timeout: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
 }
@@ -691,6 +694,7 @@ impl Validator<'_> {
                 body_idle_timeout: s
                     .body_idle_timeout
                     .map_or(defaults.body_idle_timeout, |d| d.0),
+                worker_threads: s.worker_threads.map(|n| n.max(1)),
             }
         });
         if server.max_connections == 0 {
@@ -1074,6 +1078,7 @@ impl Default for ServerConfig {
             max_header_size: 64 * 1024,
             max_target_length: 8192,
             body_idle_timeout: Duration::from_secs(60),
+            worker_threads: None,
         }
     }
 }
