@@ -359,7 +359,7 @@ async fn reload_storms_under_load_never_fail_a_request() {
             );
         }
     }
-    // Every forwarded forced delete came from... nobody: bob is always refused by every config.
+    // bob is refused by every configuration of the storm, so only the GETs ever reached the upstream.
     assert!(upstream.requests().iter().all(|r| r.method == Method::GET));
 }
 
