@@ -434,6 +434,7 @@ fn demo_config(
     key_env: &str,
     alice: &str,
     bob: &str,
+    audit: &Path,
 ) -> String {
     format!(
         r#"listen: "{listen}"
@@ -458,7 +459,10 @@ policy:
         query: {{ force: true }}
       allow_roles: [admin]
       message: Force-deleting an asset unlinks it from every index and entity; ask an admin.
+audit:
+  path: {audit}
 "#,
+        audit = audit.display(),
         alice = key_digest_hex(alice),
         bob = key_digest_hex(bob),
     )
@@ -501,6 +505,10 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
             )
         }
     };
+    // A fresh audit log per demo run, outside the working directory.
+    let audit_path = std::env::temp_dir()
+        .join(format!("tl-gateway-demo-{}", std::process::id()))
+        .join("audit.jsonl");
     let yaml = demo_config(
         listen,
         admin_listen,
@@ -508,6 +516,7 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
         "TWELVELABS_API_KEY",
         &alice,
         &bob,
+        &audit_path,
     );
     let config = Config::parse(Path::new("<demo>"), &yaml).map_err(|e| e.to_string())?;
     debug_assert!(matches!(config.upstream.key_source, KeySource::Env(_)));
@@ -525,7 +534,12 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
         }
     }
     println!("  gateway:  {base}/v1.3");
-    println!("  admin:    {admin}/readyz");
+    println!("  admin:    {admin}/readyz  {admin}/metrics");
+    println!(
+        "  audit:    {}  (tl-gateway audit verify {})",
+        audit_path.display(),
+        audit_path.display()
+    );
     println!();
     println!("  client  role    key");
     println!("  alice   admin   {alice}");

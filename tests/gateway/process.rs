@@ -356,6 +356,26 @@ async fn demo_prints_working_keys_and_curl_lines() {
     let conflict = run(curl_lines[2]);
     assert!(conflict.starts_with("HTTP/1.1 409"), "{conflict}");
 
+    // The demo audits: the 409'd delete left an intent and (once the response ended) an outcome.
+    let audit = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("audit:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the demo prints its audit log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(audit).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit records in {audit}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let verified = Command::new(binary())
+        .args(["audit", "verify", audit])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{verified:?}");
+
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
