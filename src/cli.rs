@@ -164,18 +164,12 @@ pub fn main() -> ExitCode {
         Command::Audit { command } => return audit_command(command),
         _ => {}
     }
-    // `serve` sizes the runtime from its configuration (server.worker_threads); the file is read
-    // again, with full error reporting, once the runtime runs.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve { config } = &cli.command {
-        if let Some(threads) = Config::load(config)
-            .ok()
-            .and_then(|c| c.server.worker_threads)
-        {
-            builder.worker_threads(threads);
-        }
-    }
-    let runtime = match builder.enable_all().build() {
+    // One thread for acceptor, admin listener, reloads and signals: `serve` runs its client
+    // connections on the serving workers (`server.worker_threads`, see `workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
     };

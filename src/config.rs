@@ -85,7 +85,12 @@ pub struct UpstreamConfig {
     pub max_concurrency: Option<usize>,
     /// How long a request waits for an upstream slot before 503 `overloaded`.
     pub queue_timeout: Duration,
+    /// Idle upstream connections kept open per serving worker (nginx's `keepalive`).
+    pub max_idle_connections: usize,
 }
+
+/// Default for `upstream.max_idle_connections` (per serving worker).
+pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 128;
 
 /// `scheme://host[:port]` of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -464,6 +469,7 @@ struct RawUpstream {
     api_versions: Option<Vec<String>>,
     max_concurrency: Option<usize>,
     queue_timeout: Option<ConfigDuration>,
+    max_idle_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -813,6 +819,9 @@ impl Validator<'_> {
             api_versions,
             max_concurrency: raw.max_concurrency.map(|n| n.max(1)),
             queue_timeout: raw.queue_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            max_idle_connections: raw
+                .max_idle_connections
+                .unwrap_or(DEFAULT_MAX_IDLE_CONNECTIONS),
         })
     }
 

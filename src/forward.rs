@@ -39,6 +39,10 @@ pub struct UpstreamSettings {
     pub max_concurrency: Option<usize>,
     /// Wait for an upstream slot at most this long.
     pub queue_timeout: Duration,
+    /// Separate connection pools: one per serving worker plus one for every other thread.
+    pub pool_shards: usize,
+    /// Idle connections each pool keeps (a burst's extra connections are closed afterwards).
+    pub max_idle_per_pool: usize,
 }
 
 impl UpstreamSettings {
@@ -51,6 +55,8 @@ impl UpstreamSettings {
             body_idle_timeout: config.server.body_idle_timeout,
             max_concurrency: config.upstream.max_concurrency,
             queue_timeout: config.upstream.queue_timeout,
+            pool_shards: crate::workers::count(config.server.worker_threads) + 1,
+            max_idle_per_pool: config.upstream.max_idle_connections,
         }
     }
 }
@@ -65,7 +71,9 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, GatewayBody>;
 /// The innermost service: sends the canonical request upstream and streams the response back.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    client: HttpClient,
+    /// One pool per serving worker (index [`crate::workers::current`]): an upstream connection is
+    /// driven by the thread of the requests that use it, so no request wakes another thread.
+    clients: Arc<[HttpClient]>,
     settings: Arc<UpstreamSettings>,
     host: HeaderValue,
     slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -85,20 +93,30 @@ impl Forwarder {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+        let clients = (0..settings.pool_shards.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(settings.max_idle_per_pool)
+                    .build(https.clone())
+            })
+            .collect();
         let host = HeaderValue::from_str(settings.origin.authority.as_str())
             .map_err(|_| rustls::Error::General("upstream authority is not a valid Host".into()))?;
         let slots = settings
             .max_concurrency
             .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         Ok(Forwarder {
-            client,
+            clients,
             settings: Arc::new(settings),
             host,
             slots,
         })
+    }
+
+    /// The calling thread's connection pool.
+    fn client(&self) -> &HttpClient {
+        &self.clients[crate::workers::current() % self.clients.len()]
     }
 
     /// The settings this forwarder was built with.
@@ -128,7 +146,7 @@ impl Forwarder {
             .map_err(|_| GatewayError::Internal("a lookup request could not be built"))?;
         let timeout = self.settings.request_timeout;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|error| {
+            let response = self.client().request(request).await.map_err(|error| {
                 GatewayError::UpstreamUnavailable(if error.is_connect() {
                     UpstreamFailure::Connect
                 } else {
@@ -187,20 +205,28 @@ impl Service<Request<GatewayBody>> for Forwarder {
         let upstream_request = Request::from_parts(parts, body);
         let timeout = self.settings.request_timeout;
         let idle = self.settings.body_idle_timeout;
-        let (slots, queue_timeout) = (self.slots.clone(), self.settings.queue_timeout);
-        let client = self.client.clone();
+        let queue_timeout = self.settings.queue_timeout;
+        // Without an upstream concurrency limit the request is handed to the pool right away.
+        let send = match &self.slots {
+            None => Dispatch::Now(self.client().request(upstream_request)),
+            Some(slots) => Dispatch::Queued(Box::new((
+                self.client().clone(),
+                upstream_request,
+                slots.clone(),
+            ))),
+        };
         Box::pin(async move {
             // Upstream back-pressure: wait (bounded) for a slot, held until the response headers.
-            let _slot = match slots {
-                None => None,
-                Some(slots) => {
+            let (_slot, response) = match send {
+                Dispatch::Now(response) => (None, response),
+                Dispatch::Queued(queued) => {
+                    let (client, request, slots) = *queued;
                     match tokio::time::timeout(queue_timeout, slots.acquire_owned()).await {
-                        Ok(Ok(permit)) => Some(permit),
+                        Ok(Ok(permit)) => (Some(permit), client.request(request)),
                         _ => return Err(GatewayError::UpstreamBusy),
                     }
                 }
             };
-            let response = client.request(upstream_request);
             let response = match tokio::time::timeout(timeout, response).await {
                 Err(_) => return Err(GatewayError::UpstreamTimeout(timeout.as_millis())),
                 Ok(Err(error)) => {
@@ -222,6 +248,18 @@ impl Service<Request<GatewayBody>> for Forwarder {
             ))
         })
     }
+}
+
+/// A request on its way to the pool: sent at once, or waiting for an upstream slot first.
+enum Dispatch {
+    Now(hyper_util::client::legacy::ResponseFuture),
+    Queued(
+        Box<(
+            HttpClient,
+            Request<GatewayBody>,
+            Arc<tokio::sync::Semaphore>,
+        )>,
+    ),
 }
 
 /// Display an error with its sources, for logs.

@@ -28,3 +28,4 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod workers;

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -40,6 +40,7 @@ use crate::policy::{Policy, PolicyLayer};
 use crate::ratelimit::{LimiterRegistry, RateLimitLayer, RateLimits};
 use crate::reload::{ReloadStats, Reloader};
 use crate::request_id::{RequestId, RequestIdLayer};
+use crate::workers::{self, Workers};
 
 /// The complete request path as one cloneable service.
 pub type GatewayService =
@@ -362,6 +363,7 @@ impl Gateway {
         let admin = tokio::spawn(serve_connections(
             self.admin_listener,
             admin_settings,
+            None,
             std::future::pending::<()>(),
             move |_peer| {
                 let readiness = admin_readiness.clone();
@@ -374,15 +376,23 @@ impl Gateway {
 
         let stack = self.stack.clone();
         let idle = self.server.body_idle_timeout;
-        let result =
-            serve_connections(self.listener, self.server, wait_for(stop_rx), move |peer| {
+        let workers = Workers::start(workers::count(self.server.worker_threads))?;
+        tracing::debug!(workers = workers.len(), "serving workers started");
+        let result = serve_connections(
+            self.listener,
+            self.server,
+            Some(&workers),
+            wait_for(stop_rx),
+            move |peer| {
                 let stack = stack.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
                     let service: GatewayService = GatewayService::clone(&stack.load());
                     service.oneshot(edge(req, peer, idle))
                 })
-            })
-            .await;
+            },
+        )
+        .await;
+        workers.stop().await;
         admin.abort();
         for watcher in key_watcher.into_iter().chain(config_watcher) {
             watcher.abort();
@@ -412,6 +422,8 @@ async fn reconcile(
         body_idle_timeout: upstream.request_timeout,
         max_concurrency: None,
         queue_timeout: upstream.queue_timeout,
+        pool_shards: 1,
+        max_idle_per_pool: upstream.max_idle_connections,
     };
     let Ok(forwarder) = Forwarder::new(settings) else {
         return;
@@ -491,9 +503,13 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
 }
 
 /// Accept connections until `shutdown`, serving each with a service made for its peer.
+///
+/// With `workers`, each connection is served on the next serving worker's runtime (see
+/// [`crate::workers`]); without, on the caller's.
 async fn serve_connections<F, S, B>(
     listener: TcpListener,
     settings: ServerConfig,
+    workers: Option<&Workers>,
     shutdown: impl Future<Output = ()>,
     make_service: F,
 ) -> std::io::Result<()>
@@ -543,16 +559,33 @@ where
         let _ = stream.set_nodelay(true);
         let service = make_service(peer);
         let builder = builder.clone();
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let watcher = graceful.watcher();
+        let serve = move |stream: TcpStream| async move {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");
             }
             drop(permit);
-        });
+        };
+        match workers {
+            None => drop(tokio::spawn(serve(stream))),
+            // The connection moves to a worker's reactor: deregistered here, registered there.
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => workers.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(error) => {
+                            tracing::warn!(%peer, %error, "could not hand a connection to a worker")
+                        }
+                    }
+                }),
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "could not hand a connection to a worker")
+                }
+            },
+        }
     }
     drop(listener);
     match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
