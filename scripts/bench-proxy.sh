@@ -27,13 +27,31 @@ cargo build --release --quiet
 bin=$PWD/target/release/tl-gateway
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 up=$(free_port); nx=$(free_port)
 key=bench-upstream-key
 printf '%s\n' "$key" > "$work/key"
 body='{"data":[{"_id":"6298d673f1090f1100476d4c","filename":"keynote.mp4"}],"page_info":{"limit_per_page":10,"page":1,"total_page":1,"total_results":1}}'
+# Two nginx instances: the upstream, and the proxy under test in its own processes (as the gateway
+# is), so the proxy never shares a worker or its event loop with the upstream it forwards to.
+cat > "$work/upstream.conf" <<NGINX
+worker_processes auto;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_max_body_size 0;
+  client_body_temp_path $work/upstream-body;
+  server {                      # the fixed fast upstream
+    listen 127.0.0.1:$up;
+    location / { default_type application/json; return 200 '$body'; }
+  }
+}
+NGINX
 cat > "$work/nginx.conf" <<NGINX
 worker_processes auto;
 pid $work/nginx.pid;
@@ -46,10 +64,6 @@ http {
   client_body_temp_path $work/body;
   proxy_temp_path $work/proxy;
   upstream origin { server 127.0.0.1:$up; keepalive 128; }
-  server {                      # the fixed fast upstream
-    listen 127.0.0.1:$up;
-    location / { default_type application/json; return 200 '$body'; }
-  }
   server {                      # nginx as the proxy to compare with
     listen 127.0.0.1:$nx;
     location / {
@@ -62,7 +76,8 @@ http {
   }
 }
 NGINX
-mkdir -p "$work/body" "$work/proxy"
+mkdir -p "$work/body" "$work/proxy" "$work/upstream-body"
+nginx -p "$work" -c "$work/upstream.conf"
 nginx -p "$work" -c "$work/nginx.conf"
 wait_http "http://127.0.0.1:$up/"
 
@@ -120,10 +135,21 @@ end
 LUA
 cat "$work/report.lua" >> "$work/delete.lua"
 
-# run NAME URL SCRIPT CONNECTIONS → "rps p50 p99 p999 errors"
+# CPU time (user and system clock ticks) used so far by the given processes.
+ticks() { local p u=0 s=0; for p in "$@"; do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
+hz=$(getconf CLK_TCK)
+# run NAME URL SCRIPT CONNECTIONS PIDS... → "rps p50 p99 p999 errors user_us_per_request sys_us_per_request"
+# (the CPU columns are the process under test's own: upstream nginx workers for direct, proxy nginx
+# workers for nginx, the gateway for the gateway)
 run() {
-  wrk -t2 -c"$4" -d"${secs}s" -H "x-api-key: tlgw_alice_example_key" -s "$3" "$2" 2>/dev/null |
-    awk '/^RESULT/ {print $2, $3, $4, $5, $6}'
+  local url=$2 script=$3 conns=$4; shift 4
+  local before after out
+  before=$(ticks "$@")
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" -H "x-api-key: tlgw_alice_example_key" -s "$script" "$url" 2>/dev/null |
+    awk '/^RESULT/ {print $2, $3, $4, $5, $6}')
+  after=$(ticks "$@")
+  echo "$out" "$before" "$after" | awk -v hz="$hz" -v secs="$secs" '{n = $1 * secs; if (n < 1) n = 1;
+    printf "%s %s %s %s %s %.1f %.1f\n", $1, $2, $3, $4, $5, ($8 - $6) * 1e6 / hz / n, ($9 - $7) * 1e6 / hz / n}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -132,25 +158,26 @@ bench() { # workload script connections path targets...
   local workload=$1 script=$2 conns=$3 path=$4; shift 4
   for round in $(seq 1 "$rounds"); do
     for target in "$@"; do
-      local url
+      local url procs
       case $target in
-        direct) url="http://127.0.0.1:$up$path" ;;
-        nginx) url="http://127.0.0.1:$nx$path" ;;
-        gateway) url="http://127.0.0.1:$port_gw$path" ;;
-        gateway+audit) url="http://127.0.0.1:$port_gwa$path" ;;
+        direct) url="http://127.0.0.1:$up$path"; procs=$(pgrep -P "$(cat "$work/upstream.pid")") ;;
+        nginx) url="http://127.0.0.1:$nx$path"; procs=$(pgrep -P "$(cat "$work/nginx.pid")") ;;
+        gateway) url="http://127.0.0.1:$port_gw$path"; procs=$pid_gw ;;
+        gateway+audit) url="http://127.0.0.1:$port_gwa$path"; procs=$pid_gwa ;;
       esac
-      results["$workload|$target|$round"]=$(run "$target" "$url" "$script" "$conns")
+      # shellcheck disable=SC2086 # one pid per word
+      results["$workload|$target|$round"]=$(run "$target" "$url" "$script" "$conns" $procs)
     done
   done
 }
 summarise() { # workload targets...
   local workload=$1; shift
-  printf '\n%s\n%-14s %10s %9s %9s %9s %7s\n' "$workload" target "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors
+  printf '\n%s\n%-14s %10s %9s %9s %9s %7s %12s %12s\n' "$workload" target "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors "user µs/req" "sys µs/req"
   for target in "$@"; do
     local col rows=() line=()
     for round in $(seq 1 "$rounds"); do rows+=("${results["$workload|$target|$round"]}"); done
-    for col in 1 2 3 4 5; do line+=("$(printf '%s\n' "${rows[@]}" | awk -v c=$col '{print $c}' | median)"); done
-    printf '%-14s %10s %9s %9s %9s %7s\n' "$target" "${line[@]}"
+    for col in 1 2 3 4 5 6 7; do line+=("$(printf '%s\n' "${rows[@]}" | awk -v c=$col '{print $c}' | median)"); done
+    printf '%-14s %10s %9s %9s %9s %7s %12s %12s\n' "$target" "${line[@]}"
     printf -v "m_${workload}_${target//[+]/_}" '%s' "${line[*]}"
   done
 }
@@ -164,14 +191,16 @@ summarise upload direct nginx gateway
 summarise delete direct nginx gateway gateway+audit
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-read -r g_rps g_p50 g_p99 _ _ <<<"$m_get_gateway"; read -r n_rps _ _ _ _ <<<"$m_get_nginx"; read -r d_rps d_p50 d_p99 _ _ <<<"$m_get_direct"
+read -r g_rps g_p50 g_p99 _ _ g_user g_sys <<<"$m_get_gateway"; read -r n_rps _ _ _ _ n_user n_sys <<<"$m_get_nginx"; read -r d_rps d_p50 d_p99 _ _ _ _ <<<"$m_get_direct"
 echo
 echo "small GETs: gateway/nginx throughput ratio $(ratio "$g_rps" "$n_rps"); added latency over direct p50 $(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN{printf "%.3f", a-b}') ms, p99 $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN{printf "%.3f", a-b}') ms (at full load)"
+echo "CPU per small GET: gateway user $g_user + sys $g_sys µs, nginx user $n_user + sys $n_sys µs (gateway/nginx $(awk -v a="$g_user" -v b="$g_sys" -v c="$n_user" -v d="$n_sys" 'BEGIN{printf "%.2f", (a+b)/(c+d)}'))"
 
 # Half of the gateway's maximum GET rate: paced with wrk's delay() hook.
 half=$(awk -v r="$g_rps" 'BEGIN {printf "%d", r / 2}')
-conns=32
-delay_ms=$(awk -v c=$conns -v r="$half" 'BEGIN {d = c * 1000 / r; if (d < 1) d = 1; printf "%d", d}')
+# wrk's delay() has whole-millisecond resolution: 64 connections pace finely enough near 15-25k req/s.
+conns=64
+delay_ms=$(awk -v c=$conns -v r="$half" 'BEGIN {d = c * 1000 / r; if (d < 1) d = 1; printf "%d", d + 0.5}')
 { echo "delay = function() return $delay_ms end"; cat "$work/report.lua"; } > "$work/paced.lua"
 for target in direct gateway; do
   url="http://127.0.0.1:$up/v1.3/assets?page=1"; [ "$target" = gateway ] && url="http://127.0.0.1:$port_gw/v1.3/assets?page=1"
@@ -187,26 +216,38 @@ echo "audited DELETEs (fsync on, 64 connections): $ga_rps req/s"
 echo
 echo "idle RSS: $(( idle_rss / 1024 )) MiB ($idle_rss KiB)"
 before=$(kib "$pid_gw" VmRSS)
-python3 - "$port_gw" 10000 "$pid_gw" <<'PY'
+python3 - "$port_gw" 10000 "$pid_gw" "$before" <<'PY'
 import resource, socket, sys, time
-port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n, pid, before = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
+request = b"GET /v1.3/assets?page=1 HTTP/1.1\r\nHost: x\r\nx-api-key: tlgw_alice_example_key\r\n\r\n"
+def rss():
+    return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")))
+def answer(s):
+    data = b""
+    while not data.endswith(b"}"):
+        data += s.recv(65536)
 socks = []
 for _ in range(n):
     s = socket.create_connection(("127.0.0.1", port))
-    # A keep-alive request first, so each connection is a served, idle keep-alive connection.
-    s.sendall(b"GET /v1.3/assets?page=1 HTTP/1.1\r\nHost: x\r\nx-api-key: tlgw_alice_example_key\r\n\r\n")
+    # One request per connection, answered before the next connection asks: each ends up a
+    # served, idle keep-alive connection (what a fleet of idle SDK clients looks like).
+    s.sendall(request)
+    answer(s)
     socks.append(s)
-for s in socks:
-    s.recv(65536)
 time.sleep(1)
-rss = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")))
-print(f"RSS with {n} idle keep-alive connections: {rss // 1024} MiB ({rss} KiB)")
-open("/tmp/.tlgw-idle-rss", "w").write(str(rss))
+idle = rss()
+print(f"RSS with {n} idle keep-alive connections: {idle // 1024} MiB ({idle} KiB); per idle connection: {(idle - before) / n:.1f} KiB")
+# Then all of them at once: the burst opens many upstream connections; what the process keeps after it.
+for s in socks:
+    s.sendall(request)
+for s in socks:
+    answer(s)
+time.sleep(1)
+after = rss()
+print(f"after a burst of {n} concurrent requests on them: {after // 1024} MiB ({after} KiB); {(after - before) / n:.1f} KiB per connection")
 PY
-after=$(cat /tmp/.tlgw-idle-rss)
-echo "per idle connection: $(awk -v a="$after" -v b="$before" 'BEGIN {printf "%.1f", (a - b) / 10000}') KiB"
 
 emu=$(free_port)
 "$bin" emulator --listen "127.0.0.1:$emu" --api-key "$key" >/dev/null 2>&1 &

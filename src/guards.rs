@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{Request, StatusCode};
 use serde::Deserialize;
 use tower::{Layer, Service};
@@ -248,24 +248,29 @@ where
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<S::Response, GatewayError>>;
+    /// Requests the guard does not concern pass through without a box of their own.
+    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, GatewayError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let target = req.extensions().get::<Operation>().and_then(|op| {
-            (op.route_id() == "assets.delete" && op.query.bool("force") == Some(true))
-                .then(|| op.param("asset_id").map(str::to_owned))
-                .flatten()
-        });
-        let (Some(guard), Some(asset_id)) = (self.guard.clone(), target) else {
-            return Box::pin(self.inner.call(req));
+        let target = match &self.guard {
+            None => None,
+            Some(_) => req.extensions().get::<Operation>().and_then(|op| {
+                (op.route_id() == "assets.delete" && op.query.bool("force") == Some(true))
+                    .then(|| op.param("asset_id").map(str::to_owned))
+                    .flatten()
+            }),
         };
+        let (Some(asset_id), Some(guard)) = (target, &self.guard) else {
+            return Either::Left(self.inner.call(req));
+        };
+        let guard = guard.clone();
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let lookup = match guard.references(&asset_id).await {
                 Ok(references) => {
                     guard.metrics.guard_lookups.with_label_values(&["ok"]).inc();
@@ -314,7 +319,7 @@ where
             };
             req.extensions_mut().insert(lookup);
             inner.call(req).await
-        })
+        }))
     }
 }
 

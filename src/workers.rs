@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -70,7 +71,10 @@ impl Workers {
                     // alive when it is dropped (idle keep-alive connections past the drain,
                     // pooled upstream connections) are cancelled.
                     runtime.block_on(async move {
-                        let _ = stopped.await;
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = heartbeat() => {}
+                        }
                     });
                 })?;
             workers.threads.push(thread);
@@ -109,6 +113,22 @@ impl Workers {
             }
         })
         .await;
+    }
+}
+
+/// Keep a timer due within a second on every worker.
+///
+/// tokio's timer wakes its own thread (an eventfd write and an extra trip through `epoll_wait`)
+/// whenever a newly armed timer is due before the one the event loop last planned to wake for.
+/// Every request arms hyper's header-read timeout for the next request on its connection; with no
+/// nearer timer, each of those is the earliest and costs that self-wake — about a tenth of a
+/// small request's CPU time (BENCHMARKS.md). With this tick pending, per-request timers (seconds
+/// away) are never the earliest.
+async fn heartbeat() {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

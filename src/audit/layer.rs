@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -245,7 +245,9 @@ where
 {
     type Response = Response<GatewayBody>;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<GatewayBody>, GatewayError>>;
+    /// Requests outside the audit scope pass through without a box of their own.
+    type Future =
+        Either<S::Future, BoxFuture<'static, Result<Response<GatewayBody>, GatewayError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -270,13 +272,13 @@ where
             _ => None,
         };
         let Some(ticket) = ticket else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         req.extensions_mut().insert(ticket.clone());
         // A combinator rather than an async block (see error.rs); the closure owns the drop guard,
         // so dropping the future before completion (client gone) still writes the outcome.
         let guard = DropGuard(Some(ticket.clone()));
-        Box::pin(self.inner.call(req).map(move |result| {
+        Either::Right(Box::pin(self.inner.call(req).map(move |result| {
             let mut guard = guard;
             guard.0 = None;
             let intent = ticket.intent_written.load(Ordering::SeqCst);
@@ -301,7 +303,7 @@ where
                     Err(error)
                 }
             }
-        }))
+        })))
     }
 }
 
@@ -376,7 +378,8 @@ where
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<S::Response, GatewayError>>;
+    /// Requests without a ticket pass through without a box of their own.
+    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, GatewayError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -384,7 +387,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(ticket) = req.extensions().get::<Arc<Ticket>>().cloned() else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         let mut event = ticket.event(Phase::Intent);
         event.decision = Some("allow".into());
@@ -399,7 +402,7 @@ where
         }
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             ticket.intent_requested.store(true, Ordering::SeqCst);
             match ticket.log.write_durable(event).await {
                 Ok(_) => {
@@ -411,6 +414,6 @@ where
                     Err(GatewayError::AuditUnavailable(error))
                 }
             }
-        })
+        }))
     }
 }
