@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Proxy benchmark, side by side on loopback, interleaved, in one run:
-#   direct   → a fixed fast upstream (nginx answering a static JSON body)
-#   nginx    → nginx proxy_pass to that upstream (proxy_set_header x-api-key, upstream keep-alive)
+#   direct   → a fixed fast upstream (an nginx instance answering a static JSON body)
+#   nginx    → a second nginx instance, proxy_pass to that upstream (proxy_set_header x-api-key,
+#              upstream keep-alive)
 #   gateway  → tl-gateway (release) with the example policy
 #   gateway+audit (for DELETEs) → the same with the fsync'd audit log
-# Workloads: small GETs on keep-alive connections; 1 MiB uploads; permitted DELETEs. Prints req/s and
-# p50/p99/p99.9, the ratio gateway/nginx and the latency added over direct, then the p99 added latency
-# at half of the gateway's maximum GET rate, and memory: idle RSS, RSS with 10,000 idle keep-alive
-# connections, and peak RSS during 16 concurrent 1 GiB uploads.
+# Workloads: small GETs on keep-alive connections; 1 MiB uploads; permitted DELETEs. Prints req/s,
+# p50/p99/p99.9 and the CPU time (user, system) the process under test spent per request, the ratio
+# gateway/nginx and the latency added over direct, then the p99 added latency at half of the
+# gateway's maximum GET rate, and memory: idle RSS, RSS with 10,000 idle keep-alive connections
+# (gateway and nginx), and peak RSS during 16 concurrent 1 GiB uploads.
 #
 # Usage: scripts/bench-proxy.sh [SECONDS_PER_RUN] [ROUNDS]     (defaults 10 and 3)
 set -euo pipefail
@@ -38,6 +40,7 @@ body='{"data":[{"_id":"6298d673f1090f1100476d4c","filename":"keynote.mp4"}],"pag
 # is), so the proxy never shares a worker or its event loop with the upstream it forwards to.
 cat > "$work/upstream.conf" <<NGINX
 worker_processes auto;
+worker_rlimit_nofile 65536;
 pid $work/upstream.pid;
 error_log $work/upstream-error.log warn;
 events { worker_connections 16384; }
@@ -54,6 +57,7 @@ http {
 NGINX
 cat > "$work/nginx.conf" <<NGINX
 worker_processes auto;
+worker_rlimit_nofile 65536;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 16384; }
@@ -196,38 +200,47 @@ echo
 echo "small GETs: gateway/nginx throughput ratio $(ratio "$g_rps" "$n_rps"); added latency over direct p50 $(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN{printf "%.3f", a-b}') ms, p99 $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN{printf "%.3f", a-b}') ms (at full load)"
 echo "CPU per small GET: gateway user $g_user + sys $g_sys µs, nginx user $n_user + sys $n_sys µs (gateway/nginx $(awk -v a="$g_user" -v b="$g_sys" -v c="$n_user" -v d="$n_sys" 'BEGIN{printf "%.2f", (a+b)/(c+d)}'))"
 
-# Half of the gateway's maximum GET rate: paced with wrk's delay() hook.
+# Half of the gateway's maximum GET rate, paced with wrk's delay() hook: each connection waits a
+# random whole number of milliseconds (mean D) between requests, so arrivals are spread rather than
+# released in step by wrk's millisecond timer; D leaves ~0.4 ms for the answer itself.
 half=$(awk -v r="$g_rps" 'BEGIN {printf "%d", r / 2}')
-# wrk's delay() has whole-millisecond resolution: 64 connections pace finely enough near 15-25k req/s.
 conns=64
-delay_ms=$(awk -v c=$conns -v r="$half" 'BEGIN {d = c * 1000 / r; if (d < 1) d = 1; printf "%d", d + 0.5}')
-{ echo "delay = function() return $delay_ms end"; cat "$work/report.lua"; } > "$work/paced.lua"
-for target in direct gateway; do
-  url="http://127.0.0.1:$up/v1.3/assets?page=1"; [ "$target" = gateway ] && url="http://127.0.0.1:$port_gw/v1.3/assets?page=1"
+mean_ms=$(awk -v c=$conns -v r="$half" 'BEGIN {d = c * 1000 / r - 0.4; if (d < 0.5) d = 0.5; printf "%.2f", d}')
+{ echo "delay = function() return math.floor(math.random() * 2 * $mean_ms + 0.5) end"; cat "$work/report.lua"; } > "$work/paced.lua"
+for target in direct nginx gateway; do
+  case $target in
+    direct) url="http://127.0.0.1:$up/v1.3/assets?page=1" ;;
+    nginx) url="http://127.0.0.1:$nx/v1.3/assets?page=1" ;;
+    gateway) url="http://127.0.0.1:$port_gw/v1.3/assets?page=1" ;;
+  esac
   read -r rps _ p99 _ _ <<<"$(run "$target" "$url" "$work/paced.lua" $conns)"
   printf -v "half_$target" '%s %s' "$rps" "$p99"
 done
-read -r hd_rps hd_p99 <<<"$half_direct"; read -r hg_rps hg_p99 <<<"$half_gateway"
-echo "half load (target $half req/s, $conns connections, ${delay_ms} ms pacing): direct $hd_rps req/s p99 $hd_p99 ms; gateway $hg_rps req/s p99 $hg_p99 ms; added p99 $(awk -v a="$hg_p99" -v b="$hd_p99" 'BEGIN{printf "%.3f", a-b}') ms"
+read -r hd_rps hd_p99 <<<"$half_direct"; read -r hn_rps hn_p99 <<<"$half_nginx"; read -r hg_rps hg_p99 <<<"$half_gateway"
+added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
+echo "half load (target $half req/s, $conns connections, mean ${mean_ms} ms between requests): direct $hd_rps req/s p99 $hd_p99 ms;" \
+  "nginx $hn_rps req/s p99 $hn_p99 ms (added $(added "$hn_p99" "$hd_p99") ms); gateway $hg_rps req/s p99 $hg_p99 ms: added p99 $(added "$hg_p99" "$hd_p99") ms"
 read -r ga_rps _ _ _ _ <<<"$m_delete_gateway_audit"
 echo "audited DELETEs (fsync on, 64 connections): $ga_rps req/s"
 
 # Memory.
 echo
 echo "idle RSS: $(( idle_rss / 1024 )) MiB ($idle_rss KiB)"
-before=$(kib "$pid_gw" VmRSS)
-python3 - "$port_gw" 10000 "$pid_gw" "$before" <<'PY'
+cat > "$work/idle.py" <<'PY'
+# idle.py NAME PORT N PIDS... — RSS of PIDS (summed) with N idle keep-alive connections, then after a
+# burst of N concurrent requests on them.
 import resource, socket, sys, time
-port, n, pid, before = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+name, port, n, pids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
 request = b"GET /v1.3/assets?page=1 HTTP/1.1\r\nHost: x\r\nx-api-key: tlgw_alice_example_key\r\n\r\n"
 def rss():
-    return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")))
+    return sum(int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))) for pid in pids)
 def answer(s):
     data = b""
     while not data.endswith(b"}"):
         data += s.recv(65536)
+before = rss()
 socks = []
 for _ in range(n):
     s = socket.create_connection(("127.0.0.1", port))
@@ -238,7 +251,7 @@ for _ in range(n):
     socks.append(s)
 time.sleep(1)
 idle = rss()
-print(f"RSS with {n} idle keep-alive connections: {idle // 1024} MiB ({idle} KiB); per idle connection: {(idle - before) / n:.1f} KiB")
+print(f"{name}: RSS {before // 1024} MiB, with {n} idle keep-alive connections {idle // 1024} MiB: {(idle - before) / n:.1f} KiB per idle connection")
 # Then all of them at once: the burst opens many upstream connections; what the process keeps after it.
 for s in socks:
     s.sendall(request)
@@ -246,8 +259,11 @@ for s in socks:
     answer(s)
 time.sleep(1)
 after = rss()
-print(f"after a burst of {n} concurrent requests on them: {after // 1024} MiB ({after} KiB); {(after - before) / n:.1f} KiB per connection")
+print(f"{name}: after a burst of {n} concurrent requests on them {after // 1024} MiB: {(after - before) / n:.1f} KiB per connection")
 PY
+python3 "$work/idle.py" tl-gateway "$port_gw" 10000 "$pid_gw"
+# shellcheck disable=SC2046 # one pid per word
+python3 "$work/idle.py" nginx "$nx" 10000 $(pgrep -P "$(cat "$work/nginx.pid")")
 
 emu=$(free_port)
 "$bin" emulator --listen "127.0.0.1:$emu" --api-key "$key" >/dev/null 2>&1 &
