@@ -256,7 +256,7 @@ pub struct ServerConfig {
     pub max_target_length: usize,
     /// A request or response body that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
-    /// Runtime worker threads (default: one per CPU).
+    /// Serving workers (default: one per CPU), see [`crate::workers`].
     pub worker_threads: Option<usize>,
 }
 

@@ -71,6 +71,21 @@ fn the_shipped_example_parses() {
     let config = parse(text).unwrap();
     assert_eq!(config.logging.format, LogFormat::Json);
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.upstream.max_idle_connections, 128);
+}
+
+#[test]
+fn idle_upstream_connections_default_to_nginx_s_keepalive_and_can_be_set() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().upstream.max_idle_connections,
+        DEFAULT_MAX_IDLE_CONNECTIONS
+    );
+    let text = MINIMAL.replace(
+        "  url: https://api.twelvelabs.io ",
+        "  max_idle_connections: 8\n  url: https://api.twelvelabs.io ",
+    );
+    assert_ne!(text, MINIMAL);
+    assert_eq!(parse(&text).unwrap().upstream.max_idle_connections, 8);
 }
 
 fn error_of(text: &str) -> ConfigError {

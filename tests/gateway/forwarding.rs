@@ -181,3 +181,96 @@ async fn the_client_host_or_absolute_target_never_chooses_the_upstream() {
     assert_eq!(seen[0].headers["host"], upstream.addr.to_string());
     gateway.shutdown().await;
 }
+
+/// An upstream that answers every request after `delay` and counts its connections.
+struct CountingUpstream {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    async fn start(delay: std::time::Duration) -> CountingUpstream {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (task_accepted, task_open) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                task_accepted.fetch_add(1, Ordering::SeqCst);
+                task_open.fetch_add(1, Ordering::SeqCst);
+                let open = task_open.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(json_response(
+                            StatusCode::OK,
+                            r#"{"data":[]}"#,
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            accepted,
+            open,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_burst_opens_upstream_connections_and_only_max_idle_connections_stay_open() {
+    use std::sync::atomic::Ordering;
+    let upstream = CountingUpstream::start(std::time::Duration::from_millis(300)).await;
+    let gateway = TestGateway::start_with(&format!("http://{}", upstream.addr), "", |config| {
+        config.server.worker_threads = Some(1);
+        config.upstream.max_idle_connections = 2;
+    })
+    .await;
+
+    // Ten concurrent requests, each on its own client connection: ten upstream connections.
+    let burst = (0..10).map(|_| {
+        let url = gateway.url("/v1.3/assets");
+        async move { get(&url, Some(ALICE_KEY)).await.status() }
+    });
+    let statuses = futures_util::future::join_all(burst).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 10);
+
+    // Once idle, all but two are closed...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while upstream.open.load(Ordering::SeqCst) > 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        upstream.open.load(Ordering::SeqCst),
+        2,
+        "idle upstream connections kept"
+    );
+
+    // ...and those two are reused: sequential requests open no new connection.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&gateway.url("/v1.3/assets"), Some(ALICE_KEY))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        upstream.accepted.load(Ordering::SeqCst),
+        10,
+        "no new upstream connection"
+    );
+    gateway.shutdown().await;
+}
