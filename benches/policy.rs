@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the request path's pure parts: policy evaluation, classification,
-//! authentication lookup, and audit record serialisation with its hash.
+//! authentication lookup, rate-limit checks, and audit record serialisation with its hash.
 //!
 //! `cargo bench --bench policy` prints, for 10, 1,000 and 10,000 rules:
 //! - `evaluate/spread/N`: rules spread round-robin over every TwelveLabs route, so ~N/99 of them
@@ -19,6 +19,7 @@ use tl_gateway::auth::{ClientKeys, Principal};
 use tl_gateway::classify::Classifier;
 use tl_gateway::config::ClientConfig;
 use tl_gateway::config::Config;
+use tl_gateway::ratelimit::{LimiterRegistry, RateLimits};
 use tl_gateway::routes::RouteTable;
 
 const BASE: &str = r#"listen: 127.0.0.1:8080
@@ -143,6 +144,54 @@ fn bench_authenticate(c: &mut Criterion) {
     group.finish();
 }
 
+/// The shipped example's rate limits, checked for a read (no limit applies), a member's plain delete
+/// (one limit applies, and admits: the quota is raised so the bucket never empties) and an admin's.
+fn bench_rate_limits(c: &mut Criterion) {
+    let text = include_str!("../config/gateway.example.yaml")
+        .replace("rate: 30/minute", "rate: 1000000000/second")
+        .replace("burst: 10 ", "burst: 1000000 ");
+    let config = Config::parse(Path::new("gateway.example.yaml"), &text).expect("example parses");
+    let limits = RateLimits::build(config.rate_limits.clone(), &LimiterRegistry::default());
+    let classifier = Classifier::new(config.classify.clone());
+    let headers = HeaderMap::new();
+    let principal = |id: &str, role: &str| Principal {
+        client: id.parse().unwrap(),
+        roles: vec![role.parse().unwrap()].into(),
+    };
+    let cases = [
+        (
+            "read",
+            Method::GET,
+            "/v1.3/assets?page=1",
+            principal("bob", "member"),
+        ),
+        (
+            "member_delete",
+            Method::DELETE,
+            "/v1.3/assets/6298d673f1090f1100476d4c",
+            principal("bob", "member"),
+        ),
+        (
+            "admin_delete",
+            Method::DELETE,
+            "/v1.3/assets/6298d673f1090f1100476d4c",
+            principal("alice", "admin"),
+        ),
+    ];
+    let mut group = c.benchmark_group("rate_limits");
+    for (name, method, target, principal) in cases {
+        let uri: http::Uri = target.parse().unwrap();
+        let op = classifier
+            .classify(&method, Version::HTTP_11, &uri, &headers, false)
+            .expect("classifies");
+        assert!(limits.check(&op, &principal).is_ok(), "{name} is admitted");
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(limits.check(black_box(&op), black_box(&principal))))
+        });
+    }
+    group.finish();
+}
+
 fn sha256(text: &str) -> [u8; 32] {
     let hex = tl_gateway::auth::key_digest_hex(text);
     let mut out = [0u8; 32];
@@ -178,6 +227,7 @@ criterion_group!(
     bench_evaluate,
     bench_classify,
     bench_authenticate,
+    bench_rate_limits,
     bench_audit_record
 );
 criterion_main!(benches);

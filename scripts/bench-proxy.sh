@@ -85,35 +85,37 @@ nginx -p "$work" -c "$work/upstream.conf"
 nginx -p "$work" -c "$work/nginx.conf"
 wait_http "http://127.0.0.1:$up/"
 
-start_gateway() { # $1 name, $2 upstream url, $3 extra yaml → sets port_$1, pid_$1
+# The gateway runs config/gateway.example.yaml (its clients, policy, rate limits, guards, audit scope)
+# with only the addresses, the key file and the audit log changed: "audit" sets the log's path, "" drops
+# the audit section.
+start_gateway() { # $1 name, $2 upstream url, $3 audit|"" → sets port_$1, pid_$1
   local port admin
   port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.yaml" <<YAML
-listen: 127.0.0.1:$port
-admin_listen: 127.0.0.1:$admin
-upstream:
-  url: $2
-  api_key_file: $work/key
-clients:
-  - id: alice
-    roles: [admin]
-    key_sha256: d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6
-policy:
-  default: allow
-  rules:
-    - id: force-delete-admins-only
-      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
-      allow_roles: [admin]
-$3
-YAML
+  python3 - config/gateway.example.yaml "$port" "$admin" "$2" "$work/key" "$3" "$work/$1-audit.jsonl" > "$work/$1.yaml" <<'PY'
+import re, sys
+example, port, admin, upstream, key, audit, audit_path = sys.argv[1:]
+text = open(example).read()
+def sub(pattern, replacement):
+    global text
+    text, n = re.subn(pattern, replacement, text, count=1, flags=re.M)
+    assert n == 1, f"config/gateway.example.yaml has no line matching {pattern!r}"
+sub(r"^listen: .*$", f"listen: 127.0.0.1:{port}")
+sub(r"^admin_listen: .*$", f"admin_listen: 127.0.0.1:{admin}")
+sub(r"^  url: .*$", f"  url: {upstream}")
+sub(r"^  api_key_file: .*$", f"  api_key_file: {key}")
+if audit:
+    sub(r"^  path: \./data/audit\.jsonl.*$", f"  path: {audit_path}")
+else:
+    sub(r"^audit:\n(?:(?:[ #].*)?\n)*", "")
+print(text, end="")
+PY
   RUST_LOG=warn "$bin" serve --config "$work/$1.yaml" 2> "$work/$1.log" &
   local pid=$!; pids+=("$pid")
   wait_http "http://127.0.0.1:$admin/healthz"
   printf -v "port_$1" '%s' "$port"; printf -v "pid_$1" '%s' "$pid"
 }
 start_gateway gw "http://127.0.0.1:$up" ""
-start_gateway gwa "http://127.0.0.1:$up" "audit:
-  path: $work/audit.jsonl"
+start_gateway gwa "http://127.0.0.1:$up" audit
 idle_rss=$(kib "$pid_gw" VmRSS)
 
 cat > "$work/report.lua" <<'LUA'
