@@ -133,6 +133,7 @@ fn bench_authenticate(c: &mut Criterion) {
                 id: format!("client-{i}").parse().unwrap(),
                 roles: vec!["member".parse().unwrap()],
                 key_sha256: sha256(&format!("tlgw_key_{i}")),
+                max_in_flight: None,
             })
             .collect();
         let keys = ClientKeys::new(&clients);

@@ -204,6 +204,7 @@ mod tests {
             id: id.parse().unwrap(),
             roles: vec![role.parse().unwrap()],
             key_sha256: Sha256::digest(key.as_bytes()).into(),
+            max_in_flight: None,
         };
         ClientKeys::new(&[
             client("alice", "admin", "tlgw_alice_example_key"),
@@ -252,6 +253,7 @@ mod tests {
                 id: format!("c{i}").parse().unwrap(),
                 roles: vec![],
                 key_sha256: Sha256::digest(format!("key-{i}").as_bytes()).into(),
+                max_in_flight: None,
             })
             .collect();
         let keys = ClientKeys::new(&clients);

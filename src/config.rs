@@ -155,6 +155,8 @@ pub struct ClientConfig {
     pub roles: Vec<Role>,
     /// SHA-256 of the client's raw personal key.
     pub key_sha256: [u8; 32],
+    /// Requests in flight at most for this client (overrides `server.max_in_flight_per_client`).
+    pub max_in_flight: Option<usize>,
 }
 
 /// Access policy as configured (compiled and enforced by the policy module).
@@ -258,6 +260,52 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
     /// Serving workers (default: one per CPU), see [`crate::workers`].
     pub worker_threads: Option<usize>,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// Open client connections per client IP address at most (default: no per-address cap).
+    pub max_connections_per_ip: Option<usize>,
+    /// Open connections on the admin listener at most.
+    pub admin_max_connections: usize,
+    /// Requests in flight per client at most (default: a quarter of `max_in_flight`); more get 429.
+    pub max_in_flight_per_client: usize,
+    /// A request body arriving slower than this on average is aborted (`None`: no minimum).
+    pub min_body_rate: Option<BodyRate>,
+}
+
+/// A minimum body rate: bytes per second, averaged over a window of time spent waiting for data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRate {
+    /// Bytes per second at least.
+    pub bytes_per_second: u64,
+    /// Averaged over this much waiting time.
+    pub window: Duration,
+}
+
+impl FromStr for BodyRate {
+    type Err = String;
+    /// `1KiB/s` (window 30s) or `1KiB/s over 30s`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid body rate {s:?}: write a size per second, e.g. 1KiB/s or 1KiB/s over 30s"
+            )
+        };
+        let (rate, window) = match s.split_once(" over ") {
+            Some((rate, window)) => (rate.trim(), parse_duration(window.trim())?),
+            None => (s.trim(), Duration::from_secs(30)),
+        };
+        let size = rate.strip_suffix("/s").ok_or_else(bad)?;
+        let bytes = ByteSize::try_from(serde_yaml::Value::String(size.to_owned()))
+            .map_err(|_| bad())?
+            .0;
+        if bytes == 0 || window.is_zero() {
+            return Err(bad());
+        }
+        Ok(BodyRate {
+            bytes_per_second: bytes,
+            window,
+        })
+    }
 }
 
 /// Log output settings.
@@ -479,6 +527,7 @@ struct RawClient {
     #[serde(default)]
     roles: Vec<Role>,
     key_sha256: KeyDigest,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +646,11 @@ struct RawServer {
     worker_threads: Option<usize>,
     header_read_timeout: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
+    idle_timeout: Option<ConfigDuration>,
+    max_connections_per_ip: Option<usize>,
+    admin_max_connections: Option<usize>,
+    max_in_flight_per_client: Option<usize>,
+    min_body_rate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -681,34 +735,17 @@ impl Validator<'_> {
                 )
             })
             .collect();
-        let server = raw.server.map_or_else(ServerConfig::default, |s| {
-            let defaults = ServerConfig::default();
-            ServerConfig {
-                max_connections: s.max_connections.unwrap_or(defaults.max_connections),
-                header_read_timeout: s
-                    .header_read_timeout
-                    .map_or(defaults.header_read_timeout, |d| d.0),
-                shutdown_grace: s.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
-                max_in_flight: s.max_in_flight.unwrap_or(defaults.max_in_flight).max(1),
-                max_header_size: s
-                    .max_header_size
-                    .map_or(defaults.max_header_size, |b| b.0.max(8192)),
-                max_target_length: s
-                    .max_target_length
-                    .unwrap_or(defaults.max_target_length)
-                    .max(64),
-                body_idle_timeout: s
-                    .body_idle_timeout
-                    .map_or(defaults.body_idle_timeout, |d| d.0),
-                worker_threads: s.worker_threads.map(|n| n.max(1)),
-            }
-        });
+        let server = match raw.server {
+            None => ServerConfig::default(),
+            Some(s) => self.server(s)?,
+        };
         if server.max_connections == 0 {
             return Err((self.fail)(
                 &[Seg::Key("server"), Seg::Key("max_connections")],
                 "must be at least 1".into(),
             ));
         }
+
         let classify = ClassifySettings {
             api_versions: upstream.api_versions.clone(),
             unknown_routes: raw.routes.map(|r| r.unknown).unwrap_or_default(),
@@ -747,6 +784,64 @@ impl Validator<'_> {
             logging: LoggingConfig {
                 format: raw.logging.map(|l| l.format).unwrap_or_default(),
             },
+        })
+    }
+
+    fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {
+        let defaults = ServerConfig::default();
+        let max_in_flight = s.max_in_flight.unwrap_or(defaults.max_in_flight).max(1);
+        let at = |key: &'static str| [Seg::Key("server"), Seg::Key(key)];
+        let min_body_rate = match s.min_body_rate.as_deref().map(str::trim) {
+            None => defaults.min_body_rate,
+            Some("off") => None,
+            Some(text) => Some(
+                text.parse::<BodyRate>()
+                    .map_err(|e| (self.fail)(&at("min_body_rate"), e))?,
+            ),
+        };
+        for (key, value) in [
+            ("max_connections_per_ip", s.max_connections_per_ip),
+            ("admin_max_connections", s.admin_max_connections),
+            ("max_in_flight_per_client", s.max_in_flight_per_client),
+        ] {
+            if value == Some(0) {
+                return Err((self.fail)(&at(key), "must be at least 1".into()));
+            }
+        }
+        let idle_timeout = s.idle_timeout.map_or(defaults.idle_timeout, |d| d.0);
+        if idle_timeout.is_zero() {
+            return Err((self.fail)(
+                &at("idle_timeout"),
+                "must be greater than zero".into(),
+            ));
+        }
+        Ok(ServerConfig {
+            max_connections: s.max_connections.unwrap_or(defaults.max_connections),
+            header_read_timeout: s
+                .header_read_timeout
+                .map_or(defaults.header_read_timeout, |d| d.0),
+            shutdown_grace: s.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
+            max_in_flight,
+            max_header_size: s
+                .max_header_size
+                .map_or(defaults.max_header_size, |b| b.0.max(8192)),
+            max_target_length: s
+                .max_target_length
+                .unwrap_or(defaults.max_target_length)
+                .max(64),
+            body_idle_timeout: s
+                .body_idle_timeout
+                .map_or(defaults.body_idle_timeout, |d| d.0),
+            worker_threads: s.worker_threads.map(|n| n.max(1)),
+            idle_timeout,
+            max_connections_per_ip: s.max_connections_per_ip,
+            admin_max_connections: s
+                .admin_max_connections
+                .unwrap_or(defaults.admin_max_connections),
+            max_in_flight_per_client: s
+                .max_in_flight_per_client
+                .unwrap_or_else(|| default_per_client(max_in_flight)),
+            min_body_rate,
         })
     }
 
@@ -954,6 +1049,7 @@ impl Validator<'_> {
                 id: client.id,
                 roles: client.roles,
                 key_sha256: client.key_sha256.0,
+                max_in_flight: client.max_in_flight.map(|n| n.max(1)),
             });
         }
         Ok(clients)
@@ -1088,8 +1184,21 @@ impl Default for ServerConfig {
             max_target_length: 8192,
             body_idle_timeout: Duration::from_secs(60),
             worker_threads: None,
+            idle_timeout: Duration::from_secs(60),
+            max_connections_per_ip: None,
+            admin_max_connections: 64,
+            max_in_flight_per_client: default_per_client(4096),
+            min_body_rate: Some(BodyRate {
+                bytes_per_second: 1024,
+                window: Duration::from_secs(30),
+            }),
         }
     }
+}
+
+/// `server.max_in_flight_per_client` by default: a quarter of `max_in_flight`.
+fn default_per_client(max_in_flight: usize) -> usize {
+    (max_in_flight / 4).max(1)
 }
 
 /// One step of a key path.

@@ -88,6 +88,23 @@ pub enum GatewayError {
     /// The reference lookup before a forced delete failed and `on_error` is deny.
     #[error("the reference lookup before this forced delete failed (status {0}); refusing it (guards.force_delete.on_error: deny)")]
     GuardLookupFailed(u16),
+    /// The client already has its cap of requests in flight.
+    #[error("client '{client}' already has {cap} requests in flight (its cap: clients[].max_in_flight or server.max_in_flight_per_client); retry when one finishes")]
+    ClientInFlight {
+        /// The client.
+        client: crate::config::ClientId,
+        /// Its cap.
+        cap: usize,
+    },
+    /// The client's request body was malformed or cut off.
+    #[error("{0}")]
+    RequestBodyInvalid(String),
+    /// The client went away mid-request (nobody reads this answer; it is for logs and audit).
+    #[error("the client disconnected before its request was complete")]
+    ClientDisconnected,
+    /// The client's request body stalled or arrived too slowly.
+    #[error("{0}")]
+    RequestBodyTimeout(String),
     /// A bug: an invariant of the stack did not hold.
     #[error("internal gateway error: {0}")]
     Internal(&'static str),
@@ -140,6 +157,13 @@ impl GatewayError {
             }
             GatewayError::TargetTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::GuardLookupFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::ClientInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RequestBodyInvalid(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // nginx's "client closed request".
+            GatewayError::ClientDisconnected => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -162,6 +186,10 @@ impl GatewayError {
             GatewayError::Overloaded | GatewayError::UpstreamBusy => "overloaded",
             GatewayError::TargetTooLong(_) => "request_target_too_long",
             GatewayError::GuardLookupFailed(_) => "upstream_unavailable",
+            GatewayError::ClientInFlight { .. } => "too_many_requests",
+            GatewayError::RequestBodyInvalid(_) => "request_body_invalid",
+            GatewayError::RequestBodyTimeout(_) => "request_body_timeout",
+            GatewayError::ClientDisconnected => "client_disconnected",
         }
     }
 
@@ -173,10 +201,18 @@ impl GatewayError {
             &self.to_string(),
             request_id.map(RequestId::as_str),
         );
-        if let GatewayError::TooManyRequests { retry_after, .. } = &self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        match &self {
+            GatewayError::TooManyRequests { retry_after, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            GatewayError::ClientInFlight { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         if let GatewayError::MethodNotAllowed { allowed, .. } = &self {
             // RFC 9110 requires Allow on 405.
@@ -281,6 +317,13 @@ where
                     }
                     GatewayError::UpstreamTimeout(_) => {
                         metrics.upstream_errors.with_label_values(&["timeout"]).inc()
+                    }
+                    // The exchange failed because of the client's body: its own kind, so the
+                    // upstream-error alert does not fire for client mistakes.
+                    GatewayError::RequestBodyInvalid(_)
+                    | GatewayError::RequestBodyTimeout(_)
+                    | GatewayError::ClientDisconnected => {
+                        metrics.upstream_errors.with_label_values(&["client_body"]).inc()
                     }
                     _ => {}
                 }

@@ -22,7 +22,7 @@ use crate::classify::Operation;
 use crate::config::UpstreamOrigin;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
-use crate::overload::IdleTimeout;
+use crate::overload::{ClientBodyError, IdleTimeout};
 
 /// Upstream settings the forwarder needs (and nothing else from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +230,10 @@ impl Service<Request<GatewayBody>> for Forwarder {
             let response = match tokio::time::timeout(timeout, response).await {
                 Err(_) => return Err(GatewayError::UpstreamTimeout(timeout.as_millis())),
                 Ok(Err(error)) => {
+                    if let Some(client) = ClientBodyError::find(&error) {
+                        tracing::info!(error = %client, "request body failed on the client's side");
+                        return Err(client.to_gateway_error());
+                    }
                     let failure = if error.is_connect() {
                         UpstreamFailure::Connect
                     } else {

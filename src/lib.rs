@@ -13,6 +13,7 @@ pub mod body;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod emulator;
 pub mod error;

@@ -65,6 +65,13 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `tl_gateway_build_info{version}` = 1.
     pub build_info: IntGaugeVec,
+    /// `tl_gateway_connections_closed_total{listener,reason}`: connections the gateway closed or
+    /// refused itself (deadlines, eviction at the cap, per-address cap).
+    pub connections_closed: IntCounterVec,
+    /// `tl_gateway_open_connections{listener}`.
+    pub open_connections: IntGaugeVec,
+    /// `tl_gateway_accept_errors_total{listener}`: failed accepts (e.g. out of file descriptors).
+    pub accept_errors: IntCounterVec,
     sources: Mutex<Sources>,
 }
 
@@ -154,6 +161,17 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "tl_gateway_open_connections",
+                "Open connections by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(open_connections.clone()))
+            .expect("unique metric name");
         Arc::new(Metrics {
             requests,
             request_duration,
@@ -216,6 +234,19 @@ impl Metrics {
                 &["result"],
             ),
             build_info,
+            connections_closed: counter_vec(
+                &registry,
+                "tl_gateway_connections_closed_total",
+                "Connections the gateway closed or refused itself, by listener and reason.",
+                &["listener", "reason"],
+            ),
+            open_connections,
+            accept_errors: counter_vec(
+                &registry,
+                "tl_gateway_accept_errors_total",
+                "Failed accepts by listener (e.g. out of file descriptors).",
+                &["listener"],
+            ),
             registry,
             sources: Mutex::new(Sources::default()),
         })
@@ -235,7 +266,7 @@ impl Metrics {
         for limit in limits {
             self.rate_limited.with_label_values(&[limit]);
         }
-        for kind in ["connect", "exchange", "timeout"] {
+        for kind in ["connect", "exchange", "timeout", "client_body"] {
             self.upstream_errors.with_label_values(&[kind]);
         }
         for result in ["ok", "failed"] {

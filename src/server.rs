@@ -13,9 +13,8 @@ use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -28,14 +27,18 @@ use crate::audit::AuditLog;
 use crate::auth::{AuthLayer, ClientKeys};
 use crate::body::{self, GatewayBody};
 use crate::classify::{Classifier, ClassifyLayer};
+use crate::config::BodyRate;
 use crate::config::{Config, ServerConfig};
+use crate::connections::{
+    self, AcceptBackoff, Admission, ConnectionLimits, ConnectionMetrics, Tracked,
+};
 use crate::credentials::{CredentialsLayer, UpstreamKey, KEY_FILE_POLL, X_API_KEY};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{ForceDeleteGuard, GuardLayer};
 use crate::headers;
 use crate::metrics::{Metrics, MetricsLayer};
-use crate::overload::{IdleTimeout, InFlightLimitLayer};
+use crate::overload::{ClientBody, ClientInFlightLayer, ClientSlots, InFlightLimitLayer};
 use crate::policy::{Policy, PolicyLayer};
 use crate::ratelimit::{LimiterRegistry, RateLimitLayer, RateLimits};
 use crate::reload::{ReloadStats, Reloader};
@@ -63,6 +66,8 @@ pub struct Shared {
     pub limiters: LimiterRegistry,
     /// The in-flight limit, sized at start-up and kept across reloads.
     pub in_flight: InFlightLimitLayer,
+    /// Per-client in-flight caps, kept across reloads.
+    pub client_slots: Arc<ClientSlots>,
 }
 
 /// Everything the request path needs, each part handed to its own layer.
@@ -90,6 +95,8 @@ pub struct StackParts {
     pub rate_limits: Arc<RateLimits>,
     /// The in-flight limit (shared by every stack built from the same start-up).
     pub in_flight: InFlightLimitLayer,
+    /// Per-client in-flight caps.
+    pub client_in_flight: ClientInFlightLayer,
 }
 
 impl StackParts {
@@ -132,6 +139,7 @@ impl StackParts {
                 &shared.limiters,
             )),
             in_flight: shared.in_flight.clone(),
+            client_in_flight: ClientInFlightLayer::new(shared.client_slots.build(&config.clients)),
         }
     }
 }
@@ -178,6 +186,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
             parts.audit_scope,
             parts.metrics.clone(),
         ))
+        .layer(parts.client_in_flight)
         .layer(RateLimitLayer::new(
             parts.rate_limits,
             parts.metrics.clone(),
@@ -271,6 +280,7 @@ impl Gateway {
             audit,
             limiters: LimiterRegistry::default(),
             in_flight: InFlightLimitLayer::new(config.server.max_in_flight),
+            client_slots: ClientSlots::new(config.server.max_in_flight_per_client),
         };
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
@@ -356,10 +366,12 @@ impl Gateway {
         // The admin listener outlives the drain so probes see `/readyz` turn 503 meanwhile.
         let admin_readiness = self.readiness.clone();
         let admin_metrics = self.shared.metrics.clone();
-        let admin_settings = ServerConfig {
-            max_connections: 64,
-            ..self.server.clone()
-        };
+        let admin_settings = ListenerSettings::new(
+            "admin",
+            &self.server,
+            self.server.admin_max_connections,
+            &self.shared.metrics,
+        );
         let admin = tokio::spawn(serve_connections(
             self.admin_listener,
             admin_settings,
@@ -376,18 +388,25 @@ impl Gateway {
 
         let stack = self.stack.clone();
         let idle = self.server.body_idle_timeout;
+        let min_rate = self.server.min_body_rate;
         let workers = Workers::start(workers::count(self.server.worker_threads))?;
         tracing::debug!(workers = workers.len(), "serving workers started");
+        let client_settings = ListenerSettings::new(
+            "client",
+            &self.server,
+            self.server.max_connections,
+            &self.shared.metrics,
+        );
         let result = serve_connections(
             self.listener,
-            self.server,
+            client_settings,
             Some(&workers),
             wait_for(stop_rx),
             move |peer| {
                 let stack = stack.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
                     let service: GatewayService = GatewayService::clone(&stack.load());
-                    service.oneshot(edge(req, peer, idle))
+                    service.oneshot(edge(req, peer, idle, min_rate))
                 })
             },
         )
@@ -481,8 +500,13 @@ async fn reconcile(
 
 /// Where a request enters: box the body once, note the peer, drop hop-by-hop headers before any
 /// layer adds its own.
-fn edge(req: Request<Incoming>, peer: SocketAddr, idle: Duration) -> Request<GatewayBody> {
-    let mut req = req.map(|b| body::boxed(IdleTimeout::new(b, idle)));
+fn edge(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    idle: Duration,
+    min_rate: Option<BodyRate>,
+) -> Request<GatewayBody> {
+    let mut req = req.map(|b| body::boxed(ClientBody::new(b, idle, min_rate)));
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(ClientAddr(peer));
     req
@@ -502,13 +526,52 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
+/// One listener's serving settings: protocol limits and connection admission.
+struct ListenerSettings {
+    name: &'static str,
+    admission: Arc<Admission>,
+    max_header_size: u64,
+    shutdown_grace: Duration,
+    accept_errors: prometheus::IntCounter,
+}
+
+impl ListenerSettings {
+    fn new(name: &'static str, server: &ServerConfig, max: usize, metrics: &Metrics) -> Self {
+        let limits = ConnectionLimits {
+            max,
+            per_ip: if name == "client" {
+                server.max_connections_per_ip
+            } else {
+                None
+            },
+            first_request_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            close_grace: server.header_read_timeout.min(Duration::from_secs(5)),
+        };
+        let connection_metrics = ConnectionMetrics::new(
+            name,
+            metrics.connections_closed.clone(),
+            metrics.open_connections.clone(),
+        );
+        ListenerSettings {
+            name,
+            admission: Admission::new(limits, connection_metrics),
+            max_header_size: server.max_header_size,
+            shutdown_grace: server.shutdown_grace,
+            accept_errors: metrics.accept_errors.with_label_values(&[name]),
+        }
+    }
+}
+
 /// Accept connections until `shutdown`, serving each with a service made for its peer.
 ///
-/// With `workers`, each connection is served on the next serving worker's runtime (see
-/// [`crate::workers`]); without, on the caller's.
+/// Every connection is admitted by the listener's [`Admission`] (caps, eviction) and driven under
+/// [`connections::watch`] (first-request deadline, idle timeout, graceful drain). With `workers`,
+/// each connection is served on the next serving worker's runtime (see [`crate::workers`]);
+/// without, on the caller's.
 async fn serve_connections<F, S, B>(
     listener: TcpListener,
-    settings: ServerConfig,
+    settings: ListenerSettings,
     workers: Option<&Workers>,
     shutdown: impl Future<Output = ()>,
     make_service: F,
@@ -518,56 +581,75 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper header-read timer: the connection watchdog enforces the first-request deadline
+    // from accept (hyper's starts only once its HTTP/1 parser runs) and the idle timeout.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_size.max(8192) as usize);
+    let idle = settings.admission.limits().idle_timeout;
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle.min(Duration::from_secs(20))))
+        .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(settings.max_header_size.min(u64::from(u32::MAX)) as u32);
     let builder = Arc::new(builder);
-    let connections = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
                 Err(error) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Typically EMFILE: back off (growing to a second) instead of spinning.
+                    settings.accept_errors.inc();
+                    let (delay, log) = backoff.failed();
+                    if let Some(errors) = log {
+                        tracing::warn!(listener = settings.name, %error, errors, retry_in_ms = delay.as_millis() as u64, "accept failed");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
+        let ticket = tokio::select! {
+            ticket = settings.admission.admit(peer.ip()) => ticket,
+            () = &mut shutdown => break,
+        };
+        let Some(ticket) = ticket else {
+            tracing::debug!(listener = settings.name, %peer, "connection refused: per-address cap");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
+        let service = Tracked::new(make_service(peer), ticket.activity().clone());
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let drain = wait_for(drain_rx.clone());
         let serve = move |stream: TcpStream| async move {
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %error, "connection ended with an error");
+            let graceful = |c: std::pin::Pin<&mut _>| auto::Connection::graceful_shutdown(c);
+            match connections::watch(connection, &ticket, drain, graceful).await {
+                Some(Err(error)) => {
+                    tracing::debug!(%peer, error = %error, "connection ended with an error")
+                }
+                Some(Ok(())) => {}
+                None => tracing::debug!(%peer, "connection closed by the gateway"),
             }
-            drop(permit);
+            drop(ticket);
         };
         match workers {
             None => drop(tokio::spawn(serve(stream))),
@@ -588,12 +670,15 @@ where
         }
     }
     drop(listener);
-    match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!(
+    let _ = drain_tx.send(true);
+    if settings.admission.drained(settings.shutdown_grace).await {
+        tracing::info!(listener = settings.name, "all connections drained");
+    } else {
+        tracing::warn!(
+            listener = settings.name,
             grace_ms = settings.shutdown_grace.as_millis() as u64,
             "shutdown grace period expired with requests still in flight"
-        ),
+        );
     }
     Ok(())
 }

@@ -235,7 +235,17 @@ async fn denials_and_deletions_are_audited_and_counted_without_any_key() {
     assert_eq!(denied["decision"], "deny");
     assert_eq!(found.iter().filter(|r| r["phase"] == "outcome").count(), 3);
 
-    let text = metrics(&gateway).await;
+    // The writer counts a batch once it is fsync'd, a moment after the lines are readable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = metrics(&gateway).await;
+        if counter_value(&text, "tl_gateway_audit_records_total") == Some(7.0)
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let value = |series: &str| {
         counter_value(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
     };
