@@ -24,6 +24,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
+use crate::fragment::FragmentInTarget;
 use crate::metrics::RouteLabel;
 use crate::routes::{BodyKind, Lookup, ParamKind, Route, RouteTable};
 
@@ -234,6 +235,10 @@ impl Classifier {
                 .any(|t| crate::headers::normalised_eq(name.as_str(), t))
         }) {
             return Err(ambiguous("method-override headers are not accepted"));
+        }
+        if has_body && matches!(method, Method::GET | Method::HEAD) {
+            // Whether a server reads a GET body (as parameters, even) differs: never forwarded.
+            return Err(ambiguous("a request body on a GET or HEAD request"));
         }
         let path = uri.path();
         let segments = split_path(path)?;
@@ -551,6 +556,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if req.extensions().get::<FragmentInTarget>().is_some() {
+            // The parser dropped it; the wire had it (see `fragment`).
+            return Either::Right(future::ready(Err(ambiguous(
+                "a #fragment in the request target",
+            ))));
+        }
         let has_body = !req.body().is_end_stream();
         match self.classifier.classify(
             req.method(),

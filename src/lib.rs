@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod emulator;
 pub mod error;
 pub mod forward;
+pub mod fragment;
 pub mod guards;
 pub mod headers;
 pub mod metrics;

@@ -35,6 +35,7 @@ use crate::connections::{
 use crate::credentials::{CredentialsLayer, UpstreamKey, KEY_FILE_POLL, X_API_KEY};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
+use crate::fragment::{FragmentInTarget, FragmentWatch, FragmentsSeen};
 use crate::guards::{ForceDeleteGuard, GuardLayer};
 use crate::headers;
 use crate::metrics::{Metrics, MetricsLayer};
@@ -377,7 +378,7 @@ impl Gateway {
             admin_settings,
             None,
             std::future::pending::<()>(),
-            move |_peer| {
+            move |_peer, _fragments| {
                 let readiness = admin_readiness.clone();
                 let metrics = admin_metrics.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -402,11 +403,11 @@ impl Gateway {
             client_settings,
             Some(&workers),
             wait_for(stop_rx),
-            move |peer| {
+            move |peer, fragments| {
                 let stack = stack.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
                     let service: GatewayService = GatewayService::clone(&stack.load());
-                    service.oneshot(edge(req, peer, idle, min_rate))
+                    service.oneshot(edge(req, peer, &fragments, idle, min_rate))
                 })
             },
         )
@@ -503,12 +504,17 @@ async fn reconcile(
 fn edge(
     req: Request<Incoming>,
     peer: SocketAddr,
+    fragments: &FragmentsSeen,
     idle: Duration,
     min_rate: Option<BodyRate>,
 ) -> Request<GatewayBody> {
     let mut req = req.map(|b| body::boxed(ClientBody::new(b, idle, min_rate)));
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(ClientAddr(peer));
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if fragments.take(target) {
+        req.extensions_mut().insert(FragmentInTarget);
+    }
     req
 }
 
@@ -577,7 +583,7 @@ async fn serve_connections<F, S, B>(
     make_service: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, Arc<FragmentsSeen>) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -634,12 +640,16 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = Tracked::new(make_service(peer), ticket.activity().clone());
+        let fragments = Arc::new(FragmentsSeen::default());
+        let service = Tracked::new(
+            make_service(peer, fragments.clone()),
+            ticket.activity().clone(),
+        );
         let builder = builder.clone();
         let drain = wait_for(drain_rx.clone());
         let serve = move |stream: TcpStream| async move {
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(FragmentWatch::new(stream, fragments)), service)
                 .into_owned();
             let graceful = |c: std::pin::Pin<&mut _>| auto::Connection::graceful_shutdown(c);
             match connections::watch(connection, &ticket, drain, graceful).await {
