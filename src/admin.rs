@@ -1,5 +1,11 @@
 //! The admin listener's service: `/healthz` (process alive), `/readyz` (ready to serve traffic:
-//! upstream key loaded, audit sink writable, not draining) and `/metrics` (Prometheus text).
+//! upstream key loaded, not draining) and `/metrics` (Prometheus text).
+//!
+//! A check either fails readiness (503: take this replica out of the load balancer) or only
+//! degrades it (200 with `"degraded": true`). An audit sink that refuses writes degrades: audited
+//! requests get 503 `audit_unavailable` and are never forwarded, but everything else still works,
+//! and taking every replica whose disk filled out of the load balancer would turn a full audit
+//! volume into an outage for all traffic. The `TLGatewayAuditUnwritable` alert fires instead.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,22 +41,48 @@ impl Readiness {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Each check by name: `Ok` or why not.
-    pub fn checks(&self) -> Vec<(&'static str, Result<(), String>)> {
+    /// Each check by name and its state.
+    pub fn checks(&self) -> Vec<(&'static str, Check)> {
         let shutdown = if self.draining.load(Ordering::SeqCst) {
-            Err("shutting down".to_owned())
+            Check::Failed("shutting down".to_owned())
         } else {
-            Ok(())
+            Check::Ok
+        };
+        let audit = match self.audit.as_ref().map(AuditLog::readiness) {
+            Some(Err(why)) => Check::Degraded(why),
+            _ => Check::Ok,
+        };
+        let upstream_key = match self.upstream_key.readiness() {
+            Ok(()) => Check::Ok,
+            Err(why) => Check::Failed(why),
         };
         vec![
-            ("config", Ok(())),
-            ("upstream_key", self.upstream_key.readiness()),
-            (
-                "audit",
-                self.audit.as_ref().map_or(Ok(()), AuditLog::readiness),
-            ),
+            ("config", Check::Ok),
+            ("upstream_key", upstream_key),
+            ("audit", audit),
             ("shutdown", shutdown),
         ]
+    }
+}
+
+/// The state of one readiness check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Fine.
+    Ok,
+    /// Part of the gateway cannot work; the rest can (readiness stays 200).
+    Degraded(String),
+    /// The replica should not get traffic (readiness 503).
+    Failed(String),
+}
+
+impl Check {
+    fn text(&self) -> String {
+        match self {
+            Check::Ok => "ok".to_owned(),
+            Check::Degraded(why) => format!("degraded: {why}"),
+            Check::Failed(why) => why.clone(),
+        }
     }
 }
 
@@ -66,16 +98,11 @@ pub async fn handle<B>(
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
             let checks = readiness.checks();
-            let ready = checks.iter().all(|(_, result)| result.is_ok());
+            let ready = !checks.iter().any(|(_, c)| matches!(c, Check::Failed(_)));
+            let degraded = checks.iter().any(|(_, c)| matches!(c, Check::Degraded(_)));
             let details: serde_json::Map<String, serde_json::Value> = checks
-                .into_iter()
-                .map(|(name, result)| {
-                    let text = match result {
-                        Ok(()) => "ok".to_owned(),
-                        Err(why) => why,
-                    };
-                    (name.to_owned(), serde_json::Value::from(text))
-                })
+                .iter()
+                .map(|(name, check)| ((*name).to_owned(), serde_json::Value::from(check.text())))
                 .collect();
             let status = if ready {
                 StatusCode::OK
@@ -84,7 +111,7 @@ pub async fn handle<B>(
             };
             json(
                 status,
-                serde_json::json!({ "ready": ready, "checks": details }),
+                serde_json::json!({ "ready": ready, "degraded": degraded, "checks": details }),
             )
         }
         (&Method::GET, "/metrics") => {

@@ -420,6 +420,27 @@ async fn emulator(listen: SocketAddr, api_key: String, seed: bool) -> Result<(),
         .map_err(|e| format!("emulator failed: {e}"))
 }
 
+/// A new directory under the system's temporary directory, randomly named and created 0700, so
+/// another local user can neither predict it nor pre-create it (as a symlink, say).
+pub fn private_temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let mut last_error = None;
+    for _ in 0..8 {
+        let name = format!(
+            "{prefix}-{}",
+            Alphanumeric.sample_string(&mut rand::rng(), 16)
+        );
+        let dir = base.join(name);
+        // `create` (not `create_all`) fails if anything, a symlink included, already has the name.
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free name")))
+}
+
 /// YAML for the demo gateway; keeps the demo on the same configuration path as `serve`.
 fn demo_config(
     listen: SocketAddr,
@@ -500,8 +521,8 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
         }
     };
     // A fresh audit log per demo run, outside the working directory.
-    let audit_path = std::env::temp_dir()
-        .join(format!("tl-gateway-demo-{}", std::process::id()))
+    let audit_path = private_temp_dir("tl-gateway-demo")
+        .map_err(|e| format!("cannot create the demo's audit directory: {e}"))?
         .join("audit.jsonl");
     let yaml = demo_config(
         listen,

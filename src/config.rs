@@ -574,6 +574,9 @@ struct RawAudit {
     #[serde(rename = "match", default)]
     matchers: Vec<RawAuditMatch>,
     reconcile: Option<bool>,
+    max_denied_per_client: Option<u32>,
+    reserve: Option<ByteSize>,
+    file_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -937,6 +940,24 @@ impl Validator<'_> {
         }
         if let Some(timeout) = raw.enqueue_timeout {
             settings.enqueue_timeout = timeout.0;
+        }
+        if let Some(max) = raw.max_denied_per_client {
+            settings.max_denied_per_client = max;
+        }
+        if let Some(reserve) = raw.reserve {
+            settings.reserve = reserve.0;
+        }
+        if let Some(mode) = raw.file_mode {
+            settings.file_mode = match mode.as_str() {
+                "0600" | "600" => 0o600,
+                "0640" | "640" => 0o640,
+                _ => {
+                    return Err((self.fail)(
+                        &[Seg::Key("audit"), Seg::Key("file_mode")],
+                        format!("{mode:?}: use \"0600\" (owner only) or \"0640\" (and the file's group, for a log shipper)"),
+                    ))
+                }
+            };
         }
         let table = RouteTable::v1_3();
         let mut scope = AuditScope::default();

@@ -4,7 +4,7 @@
 //! Labels are bounded: route ids (or `unknown`), the seven accepted methods (or `other`), configured
 //! client ids, rule ids, limit ids, error codes. Never raw paths or resource ids.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -61,6 +61,20 @@ pub struct Metrics {
     pub audit_fsync: Histogram,
     /// `tl_gateway_audit_unresolved_intents`.
     pub unresolved_intents: IntGauge,
+    /// `tl_gateway_audit_denials_coalesced_total`: denials folded into `denied_summary` records.
+    pub audit_coalesced: IntCounter,
+    /// `tl_gateway_audit_refusals_suppressed_total`: refusal records not written while the audit
+    /// volume was below `audit.reserve`.
+    pub audit_suppressed: IntCounter,
+    /// `tl_gateway_audit_records_dropped_total`: records given up (refusals of a failed batch or a
+    /// full queue; outcomes beyond what a dead disk may hold in memory).
+    pub audit_dropped: IntCounter,
+    /// `tl_gateway_audit_free_bytes`: free bytes on the audit volume.
+    pub audit_free_bytes: IntGauge,
+    /// `tl_gateway_audit_below_reserve`: 1 while the audit volume is below `audit.reserve`.
+    pub audit_below_reserve: IntGauge,
+    /// `tl_gateway_audit_writable`: 0 while the audit log refuses writes (deletes get 503).
+    pub audit_writable: IntGauge,
     /// `tl_gateway_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
     /// `tl_gateway_build_info{version}` = 1.
@@ -79,7 +93,43 @@ pub struct Metrics {
 struct Sources {
     audit: Option<Arc<AuditStats>>,
     reload: Option<Arc<ReloadStats>>,
-    seen: [u64; 4],
+    seen: Seen,
+}
+
+/// The values of the counters read from other modules at the previous scrape.
+#[derive(Debug, Default)]
+struct Seen {
+    audit_records: u64,
+    audit_write_errors: u64,
+    audit_coalesced: u64,
+    audit_suppressed: u64,
+    audit_dropped: u64,
+    reload_success: u64,
+    reload_failure: u64,
+}
+
+/// How much a monotonic source counter grew since it was last seen.
+fn advance(seen: &mut u64, now: &AtomicU64) -> u64 {
+    let now = now.load(Ordering::Relaxed);
+    let delta = now.saturating_sub(*seen);
+    *seen = (*seen).max(now);
+    delta
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -227,6 +277,36 @@ impl Metrics {
             audit_records,
             audit_fsync,
             unresolved_intents,
+            audit_coalesced: counter(
+                &registry,
+                "tl_gateway_audit_denials_coalesced_total",
+                "Denials folded into denied_summary records (beyond audit.max_denied_per_client).",
+            ),
+            audit_suppressed: counter(
+                &registry,
+                "tl_gateway_audit_refusals_suppressed_total",
+                "Refusal records not written while the audit volume was below audit.reserve.",
+            ),
+            audit_dropped: counter(
+                &registry,
+                "tl_gateway_audit_records_dropped_total",
+                "Audit records given up (refusals of a failed batch or full queue; outcomes a dead disk could not take).",
+            ),
+            audit_free_bytes: gauge(
+                &registry,
+                "tl_gateway_audit_free_bytes",
+                "Free bytes on the audit volume.",
+            ),
+            audit_below_reserve: gauge(
+                &registry,
+                "tl_gateway_audit_below_reserve",
+                "1 while the audit volume has less than audit.reserve free.",
+            ),
+            audit_writable: gauge(
+                &registry,
+                "tl_gateway_audit_writable",
+                "0 while the audit log refuses writes (audited requests get 503 audit_unavailable).",
+            ),
             config_reloads: counter_vec(
                 &registry,
                 "tl_gateway_config_reloads_total",
@@ -316,18 +396,31 @@ impl Metrics {
             reload,
             seen,
         } = &mut *sources;
-        let mut advance = |slot: usize, now: u64| {
-            let delta = now.saturating_sub(seen[slot]);
-            seen[slot] = seen[slot].max(now);
-            delta
-        };
         if let Some(audit) = audit {
             self.audit_records
-                .inc_by(advance(0, audit.records.load(Ordering::Relaxed)));
+                .inc_by(advance(&mut seen.audit_records, &audit.records));
             self.audit_write_errors
-                .inc_by(advance(1, audit.write_errors.load(Ordering::Relaxed)));
+                .inc_by(advance(&mut seen.audit_write_errors, &audit.write_errors));
+            self.audit_coalesced
+                .inc_by(advance(&mut seen.audit_coalesced, &audit.coalesced));
+            self.audit_suppressed.inc_by(advance(
+                &mut seen.audit_suppressed,
+                &audit.suppressed_below_reserve,
+            ));
+            self.audit_dropped
+                .inc_by(advance(&mut seen.audit_dropped, &audit.dropped));
             self.unresolved_intents
                 .set(audit.unresolved_intents.load(Ordering::Relaxed) as i64);
+            self.audit_free_bytes.set(
+                audit
+                    .free_bytes
+                    .load(Ordering::Relaxed)
+                    .min(i64::MAX as u64) as i64,
+            );
+            self.audit_below_reserve
+                .set(i64::from(audit.below_reserve.load(Ordering::Relaxed)));
+            self.audit_writable
+                .set(i64::from(!audit.unwritable.load(Ordering::Relaxed)));
             if let Ok(mut samples) = audit.fsync_micros.lock() {
                 for micros in samples.drain(..) {
                     self.audit_fsync.observe(micros as f64 / 1e6);
@@ -335,8 +428,8 @@ impl Metrics {
             }
         }
         if let Some(reload) = reload {
-            let success = advance(2, reload.success.load(Ordering::Relaxed));
-            let failure = advance(3, reload.failure.load(Ordering::Relaxed));
+            let success = advance(&mut seen.reload_success, &reload.success);
+            let failure = advance(&mut seen.reload_failure, &reload.failure);
             self.config_reloads
                 .with_label_values(&["success"])
                 .inc_by(success);

@@ -256,11 +256,13 @@ impl Gateway {
                 for intent in &unresolved {
                     tracing::warn!(
                         request_id = %intent.request_id,
+                        audit_id = intent.audit_id.as_deref().unwrap_or(""),
                         operation = %intent.operation,
                         params = ?intent.params,
                         client = intent.client.as_deref().unwrap_or(""),
                         seq = intent.seq,
-                        "unresolved audit intent: a destructive request was forwarded (or about to be) when the gateway stopped; its outcome is unknown"
+                        why = %intent.why,
+                        "unresolved audit intent: a destructive request was forwarded (or about to be) and whether it took effect is unknown"
                     );
                 }
                 metrics.watch_audit(log.stats());
@@ -478,7 +480,8 @@ async fn reconcile(
         };
         let event = crate::audit::record::Event {
             time: crate::audit::record::rfc3339(std::time::SystemTime::now()),
-            request_id: format!("reconcile-{}", intent.request_id),
+            request_id: intent.request_id.clone(),
+            audit_id: intent.audit_id.clone(),
             phase: Some(crate::audit::record::Phase::Reconciled),
             client: intent.client.clone(),
             method: "DELETE".into(),
@@ -487,7 +490,7 @@ async fn reconcile(
             params: intent.params.clone(),
             status: Some(status),
             error: Some(verdict.into()),
-            resolves: Some(intent.request_id.clone()),
+            resolves: Some(intent.key().to_owned()),
             ..Default::default()
         };
         match log.write_durable(event).await {

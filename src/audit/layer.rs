@@ -64,6 +64,8 @@ pub struct Ticket {
     started: Instant,
     intent_requested: AtomicBool,
     intent_written: AtomicBool,
+    /// Handed to the upstream (after the intent was durable).
+    forwarded: AtomicBool,
     finished: AtomicBool,
     is_delete: bool,
 }
@@ -85,6 +87,8 @@ impl Ticket {
             base: Event {
                 time: String::new(),
                 request_id: id.map(|i| i.as_str().to_owned()).unwrap_or_default(),
+                // The gateway's own pairing id: a client chooses its request id, not this.
+                audit_id: Some(format!("{:032x}", rand::random::<u128>())),
                 phase: None,
                 client: Some(principal.client.as_str().to_owned()),
                 roles: principal
@@ -107,6 +111,7 @@ impl Ticket {
             started: Instant::now(),
             intent_requested: AtomicBool::new(false),
             intent_written: AtomicBool::new(false),
+            forwarded: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             is_delete: op.method == Method::DELETE,
         }
@@ -134,18 +139,22 @@ impl Ticket {
         }
     }
 
-    /// Write the outcome once: final status and, for failures, why.
-    fn finish(&self, status: u16, error: Option<&str>) {
+    /// Write the outcome once: final status, whether the upstream answered (`answered`: the status
+    /// is the upstream's), and for failures why.
+    fn finish(&self, status: u16, error: Option<&str>, answered: bool) {
         if self.finished.swap(true, Ordering::SeqCst) {
             return;
         }
+        let forwarded = self.forwarded.load(Ordering::SeqCst);
         let mut event = self.event(Phase::Outcome);
         event.decision = Some("allow".into());
         event.status = Some(status);
         event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
         event.error = error.map(str::to_owned);
+        event.forwarded = Some(forwarded);
+        event.upstream_status = answered.then_some(status);
         let outcome = match (status, error) {
-            (_, Some("client_disconnected")) => "client_disconnected",
+            (_, Some(e)) if e.starts_with("client_disconnected") => "client_disconnected",
             (200..=299, None) => "success",
             (400..=499, None) => "upstream_rejected",
             _ => "upstream_failed",
@@ -160,8 +169,17 @@ impl Ticket {
             return;
         }
         if let GatewayError::AuditUnavailable(_) = error {
-            // The sink is what failed: counted, and the error is in the gateway's log.
+            // The sink is what failed: counted, and the error is in the gateway's log. The intent
+            // may still reach the file later: say the request was never forwarded.
             self.count("audit_unavailable");
+            if self.intent_requested.load(Ordering::SeqCst) {
+                let mut event = self.event(Phase::Outcome);
+                event.decision = Some("allow".into());
+                event.status = Some(error.status().as_u16());
+                event.error = Some(error.code().to_owned());
+                event.forwarded = Some(false);
+                self.log.write(event);
+            }
             return;
         }
         let mut event = self.event(Phase::Denied);
@@ -177,7 +195,7 @@ impl Ticket {
             _ => {}
         }
         self.count("denied");
-        self.log.write(event);
+        self.log.denied(event);
     }
 }
 
@@ -228,11 +246,12 @@ impl Drop for DropGuard {
     fn drop(&mut self) {
         if let Some(ticket) = self.0.take() {
             if ticket.intent_written.load(Ordering::SeqCst) {
-                ticket.finish(499, Some("client_disconnected"));
+                // Forwarded, no answer seen: whether it took effect is unknown.
+                ticket.finish(499, Some("client_disconnected"), false);
             } else if ticket.intent_requested.load(Ordering::SeqCst) {
                 // The intent may become durable although the request is never forwarded: say so,
                 // or the next start would report it as unresolved.
-                ticket.finish(499, Some("client_disconnected_before_forwarding"));
+                ticket.finish(499, Some("client_disconnected_before_forwarding"), false);
             }
         }
     }
@@ -296,7 +315,10 @@ where
                 Ok(response) => Ok(response),
                 Err(error) => {
                     if intent {
-                        ticket.finish(error.status().as_u16(), Some(error.code()));
+                        if never_sent(&error) {
+                            ticket.forwarded.store(false, Ordering::SeqCst);
+                        }
+                        ticket.finish(error.status().as_u16(), Some(error.code()), false);
                     } else {
                         ticket.denied(&error);
                     }
@@ -305,6 +327,16 @@ where
             }
         })))
     }
+}
+
+/// Errors that prove the request never left the gateway (so the upstream cannot have acted on it).
+fn never_sent(error: &GatewayError) -> bool {
+    matches!(
+        error,
+        GatewayError::UpstreamUnavailable(crate::error::UpstreamFailure::Connect)
+            | GatewayError::UpstreamBusy
+            | GatewayError::UpstreamKeyMissing
+    )
 }
 
 /// Streams the response and writes the outcome when it ends, fails or is dropped.
@@ -324,9 +356,10 @@ impl Body for OutcomeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.ticket.finish(self.status, None),
+            Poll::Ready(None) => self.ticket.finish(self.status, None, true),
             Poll::Ready(Some(Err(_))) => {
-                self.ticket.finish(self.status, Some("upstream_body_error"))
+                self.ticket
+                    .finish(self.status, Some("upstream_body_error"), true)
             }
             _ => {}
         }
@@ -344,10 +377,12 @@ impl Body for OutcomeBody {
 
 impl Drop for OutcomeBody {
     fn drop(&mut self) {
+        // The upstream has answered either way: its status settles the intent.
         if self.inner.is_end_stream() {
-            self.ticket.finish(self.status, None);
+            self.ticket.finish(self.status, None, true);
         } else {
-            self.ticket.finish(self.status, Some("client_disconnected"));
+            self.ticket
+                .finish(self.status, Some("client_disconnected"), true);
         }
     }
 }
@@ -407,6 +442,7 @@ where
             match ticket.log.write_durable(event).await {
                 Ok(_) => {
                     ticket.intent_written.store(true, Ordering::SeqCst);
+                    ticket.forwarded.store(true, Ordering::SeqCst);
                     inner.call(req).await
                 }
                 Err(error) => {

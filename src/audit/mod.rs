@@ -1,22 +1,32 @@
 //! The audit log: hash-chained JSON Lines, written by one group-commit writer, fsync'd before a
-//! destructive request is forwarded (contract: architecture.md §5).
+//! destructive request is forwarded (the audit record contract in docs/architecture.md).
 //!
 //! One writer thread owns the file. Requests hand it events through a bounded queue; the writer
 //! takes everything queued, appends it with one write and one `fdatasync`, then answers every waiter,
-//! so concurrent deletes share flushes instead of queueing behind each other's. If an event cannot
-//! be made durable (write error, full disk, queue full past `enqueue_timeout`), the waiter gets an
-//! error and the request is refused with 503 `audit_unavailable`.
+//! so concurrent deletes share flushes instead of queueing behind each other's.
+//!
+//! Records are of two kinds. Intents, outcomes and reconciliations must never be lost: they go first
+//! in every batch, and an outcome whose batch failed is kept and written once the file accepts
+//! writes again. Refusals (`denied`) are bounded: beyond `max_denied_per_client` per client and
+//! second they are coalesced into one `denied_summary` record per client and second, and while the
+//! audit volume has less than `reserve` bytes free they are not written at all (counted and
+//! logged), so a flood of refused requests cannot take the space a permitted delete needs.
+//!
+//! A request waits at most `enqueue_timeout` in all for its intent to be durable (queue, write and
+//! fsync); otherwise it is refused with 503 `audit_unavailable` and never forwarded.
 
 pub mod layer;
 pub mod record;
 pub mod verify;
 
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,10 +43,17 @@ pub struct AuditSettings {
     pub max_file_size: u64,
     /// Events waiting for the writer, at most.
     pub queue_capacity: usize,
-    /// How long a request waits for a place in a full queue before it is refused.
+    /// How long a request waits in all for its intent to be durable before it is refused.
     pub enqueue_timeout: Duration,
     /// How much of the live file's end is scanned for unresolved intents at start-up.
     pub scan_bytes: u64,
+    /// `denied` records per client and second; more are coalesced into one `denied_summary`.
+    pub max_denied_per_client: u32,
+    /// Free bytes kept on the audit volume for intents and outcomes: below it, refusals are not
+    /// recorded.
+    pub reserve: u64,
+    /// Permission bits of a newly created audit file.
+    pub file_mode: u32,
 }
 
 impl AuditSettings {
@@ -49,6 +66,9 @@ impl AuditSettings {
             queue_capacity: 4096,
             enqueue_timeout: Duration::from_secs(2),
             scan_bytes: 16 * 1024 * 1024,
+            max_denied_per_client: 10,
+            reserve: 64 * 1024 * 1024,
+            file_mode: 0o600,
         }
     }
 }
@@ -56,8 +76,8 @@ impl AuditSettings {
 /// Why an event could not be made durable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
-    /// The queue stayed full for `enqueue_timeout`.
-    #[error("the audit queue is full")]
+    /// The record was not durable within `enqueue_timeout` (queue full, or the disk too slow).
+    #[error("the audit record was not durable within audit.enqueue_timeout")]
     QueueFull,
     /// The writer is gone.
     #[error("the audit writer has stopped")]
@@ -78,15 +98,30 @@ pub struct AuditStats {
     pub batches: AtomicU64,
     /// Unresolved intents found at start-up.
     pub unresolved_intents: AtomicU64,
+    /// Denials folded into `denied_summary` records.
+    pub coalesced: AtomicU64,
+    /// Refusal records not written because the volume was below `reserve`.
+    pub suppressed_below_reserve: AtomicU64,
+    /// Records given up: refusals of a failed batch or of a full queue, and outcomes beyond what a
+    /// dead disk may hold in memory.
+    pub dropped: AtomicU64,
+    /// Free bytes on the audit volume at the last check.
+    pub free_bytes: AtomicU64,
+    /// Whether the volume is below `reserve` now.
+    pub below_reserve: AtomicBool,
+    /// Whether the last write failed (the sink refuses writes).
+    pub unwritable: AtomicBool,
     /// Recent fsync durations in microseconds, drained by the metrics layer.
     pub fsync_micros: Mutex<Vec<u64>>,
 }
 
-/// An intent left without outcome by an earlier run.
+/// An intent left without a resolving outcome by an earlier run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unresolved {
     /// The intent's request id.
     pub request_id: String,
+    /// The gateway's id of the request (absent in records of older versions).
+    pub audit_id: Option<String>,
     /// Its route id.
     pub operation: String,
     /// Its path parameters.
@@ -95,6 +130,15 @@ pub struct Unresolved {
     pub client: Option<String>,
     /// Its sequence number.
     pub seq: u64,
+    /// Why it is open: no outcome at all, or an outcome that does not tell whether it took effect.
+    pub why: String,
+}
+
+impl Unresolved {
+    /// The id a `reconciled` record names in `resolves`.
+    pub fn key(&self) -> &str {
+        self.audit_id.as_deref().unwrap_or(&self.request_id)
+    }
 }
 
 struct Job {
@@ -103,13 +147,15 @@ struct Job {
     reply: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
-/// Handle to the audit log; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
-    settings: Arc<AuditSettings>,
-    health: Arc<Mutex<Option<String>>>,
-    stats: Arc<AuditStats>,
+impl Job {
+    fn is_refusal(&self) -> bool {
+        self.reply.is_none()
+            && self
+                .event
+                .as_ref()
+                .and_then(|e| e.phase)
+                .is_some_and(Phase::is_refusal)
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -120,14 +166,14 @@ impl std::fmt::Debug for Job {
     }
 }
 
-struct Writer {
+/// Handle to the audit log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
     settings: Arc<AuditSettings>,
-    file: File,
-    len: u64,
-    seq: u64,
-    prev_hash: String,
     health: Arc<Mutex<Option<String>>>,
     stats: Arc<AuditStats>,
+    denials: Arc<DenialWindows>,
 }
 
 impl AuditLog {
@@ -137,10 +183,7 @@ impl AuditLog {
             std::fs::create_dir_all(dir)?;
         }
         let (seq, prev_hash, unresolved) = recover(&settings)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&settings.path)?;
+        let file = open_live(&settings)?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let settings = Arc::new(settings);
         let health = Arc::new(Mutex::new(None));
@@ -148,6 +191,7 @@ impl AuditLog {
         stats
             .unresolved_intents
             .store(unresolved.len() as u64, Ordering::Relaxed);
+        let denials = Arc::new(DenialWindows::new(settings.max_denied_per_client));
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let writer = Writer {
             settings: settings.clone(),
@@ -157,60 +201,86 @@ impl AuditLog {
             prev_hash,
             health: health.clone(),
             stats: stats.clone(),
+            denials: denials.clone(),
         };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
         std::thread::Builder::new()
             .name("tl-gateway-audit".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || runtime.block_on(writer.run(rx)))?;
         Ok((
             AuditLog {
                 tx,
                 settings,
                 health,
                 stats,
+                denials,
             },
             unresolved,
         ))
     }
 
-    /// Append `event` and wait until it is durable; returns its sequence number.
+    /// Append `event` and wait until it is durable; returns its sequence number. Waits at most
+    /// `enqueue_timeout` in all.
     pub async fn write_durable(&self, event: Event) -> Result<u64, AuditError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             event: Some(event),
             reply: Some(reply),
         };
-        match self
-            .tx
-            .send_timeout(job, self.settings.enqueue_timeout)
-            .await
-        {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+        let wait = async {
+            self.tx
+                .send(job)
+                .await
+                .map_err(|_| AuditError::WriterStopped)?;
+            answer.await.unwrap_or(Err(AuditError::WriterStopped))
+        };
+        match tokio::time::timeout(self.settings.enqueue_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(AuditError::QueueFull);
+                Err(AuditError::QueueFull)
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(AuditError::WriterStopped),
         }
-        answer.await.unwrap_or(Err(AuditError::WriterStopped))
     }
 
-    /// Append `event` without waiting for it (outcomes and denials).
+    /// Append `event` without waiting for it (outcomes and reconciliations).
     pub fn write(&self, event: Event) {
         let job = Job {
             event: Some(event),
             reply: None,
         };
         if let Err(mpsc::error::TrySendError::Full(job)) = self.tx.try_send(job) {
-            // Never drop a record silently: wait for room off the request path.
+            // Never drop such a record silently: wait for room off the request path.
             let tx = self.tx.clone();
             let timeout = self.settings.enqueue_timeout;
             let stats = self.stats.clone();
             tokio::spawn(async move {
                 if tx.send_timeout(job, timeout).await.is_err() {
                     stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("audit queue full: a record could not be queued");
                 }
             });
+        }
+    }
+
+    /// Record a refusal: written as it is up to `max_denied_per_client` per client and second, then
+    /// coalesced; dropped (counted) if the queue is full.
+    pub fn denied(&self, event: Event) {
+        let (ended, this) = self.denials.admit(event, unix_second());
+        if this.is_none() {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        for event in ended.into_iter().chain(this) {
+            let job = Job {
+                event: Some(event),
+                reply: None,
+            };
+            if self.tx.try_send(job).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -251,81 +321,389 @@ impl AuditLog {
     }
 }
 
+fn unix_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Open the live file for appending, created with `file_mode` (an existing file is brought down to
+/// it, so upgrading tightens an older, world-readable file).
+fn open_live(settings: &AuditSettings) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(settings.file_mode)
+        .open(&settings.path)?;
+    let metadata = file.metadata()?;
+    if metadata.is_file() && metadata.permissions().mode() & 0o777 != settings.file_mode {
+        file.set_permissions(std::fs::Permissions::from_mode(settings.file_mode))?;
+    }
+    Ok(file)
+}
+
+/// Free bytes for unprivileged writers on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Per-client denial windows: which refusals are written as they are, and the summaries of the rest.
+#[derive(Debug)]
+struct DenialWindows {
+    max: u32,
+    windows: Mutex<HashMap<String, DenialWindow>>,
+}
+
+#[derive(Debug)]
+struct DenialWindow {
+    second: u64,
+    written: u32,
+    /// The first record coalesced in this window, the template of its summary.
+    template: Option<Event>,
+    count: u64,
+    rules: BTreeSet<String>,
+    last_request_id: String,
+}
+
+impl DenialWindows {
+    fn new(max: u32) -> Self {
+        DenialWindows {
+            max,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The records to write for this denial now: the summary of this client's previous window if
+    /// it just ended, and the denial itself unless it is coalesced.
+    fn admit(&self, event: Event, second: u64) -> (Option<Event>, Option<Event>) {
+        let Ok(mut windows) = self.windows.lock() else {
+            return (None, Some(event));
+        };
+        let client = event.client.clone().unwrap_or_default();
+        let window = windows.entry(client).or_insert_with(|| DenialWindow {
+            second,
+            written: 0,
+            template: None,
+            count: 0,
+            rules: BTreeSet::new(),
+            last_request_id: String::new(),
+        });
+        let mut ended = None;
+        if window.second != second {
+            ended = window.summary();
+            window.second = second;
+            window.written = 0;
+        }
+        if window.written < self.max {
+            window.written += 1;
+            return (ended, Some(event));
+        }
+        window.count += 1;
+        window.rules.insert(
+            event
+                .rule
+                .clone()
+                .or(event.error.clone())
+                .unwrap_or_default(),
+        );
+        window.last_request_id = event.request_id.clone();
+        if window.template.is_none() {
+            window.template = Some(event);
+        }
+        (ended, None)
+    }
+
+    /// Summaries of every window that ended before `second` (clients that went quiet).
+    fn expired(&self, second: u64) -> Vec<Event> {
+        let Ok(mut windows) = self.windows.lock() else {
+            return Vec::new();
+        };
+        let mut summaries = Vec::new();
+        windows.retain(|_, window| {
+            if window.second >= second {
+                return true;
+            }
+            summaries.extend(window.summary());
+            false
+        });
+        summaries
+    }
+}
+
+impl DenialWindow {
+    /// The `denied_summary` for what this window coalesced, if anything; resets it.
+    fn summary(&mut self) -> Option<Event> {
+        let mut summary = self.template.take()?;
+        summary.time = rfc3339(SystemTime::now());
+        summary.phase = Some(Phase::DeniedSummary);
+        summary.first_request_id = Some(std::mem::take(&mut summary.request_id));
+        summary.last_request_id = Some(std::mem::take(&mut self.last_request_id));
+        summary.count = Some(std::mem::take(&mut self.count));
+        summary.rules = Some(std::mem::take(&mut self.rules).into_iter().collect());
+        summary.audit_id = None;
+        summary.rule = None;
+        summary.error = None;
+        summary.status = None;
+        summary.duration_ms = None;
+        summary.force = None;
+        summary.params.clear();
+        Some(summary)
+    }
+}
+
+struct Writer {
+    settings: Arc<AuditSettings>,
+    file: File,
+    len: u64,
+    seq: u64,
+    prev_hash: String,
+    health: Arc<Mutex<Option<String>>>,
+    stats: Arc<AuditStats>,
+    denials: Arc<DenialWindows>,
+}
+
+/// What the writer holds between batches.
+#[derive(Default)]
+struct Pending {
+    /// Intents, outcomes, reconciliations, flushes: first in every batch, never dropped lightly.
+    critical: VecDeque<Job>,
+    /// Refusals: after the critical ones, dropped when the volume is low or a batch fails.
+    refusals: VecDeque<Job>,
+    /// After a failed batch, outcomes wait until this instant before the next try (unless a
+    /// request is waiting for an intent, which is tried at once).
+    retry_at: Option<tokio::time::Instant>,
+    retry_delay: Duration,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.critical.is_empty() && self.refusals.is_empty()
+    }
+
+    fn has_waiter(&self) -> bool {
+        self.critical.iter().any(|j| j.reply.is_some())
+    }
+
+    fn due(&self, now: tokio::time::Instant) -> bool {
+        !self.is_empty() && (self.has_waiter() || self.retry_at.is_none_or(|at| now >= at))
+    }
+}
+
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        const MAX_BATCH: usize = 1024;
-        // Records nobody waits for (outcomes, denials) from a failed batch: retried first next time,
-        // so a full disk that recovers loses none of them (bounded, so a dead disk cannot eat memory).
-        const MAX_CARRIED: usize = 100_000;
-        let mut carried: Vec<Job> = Vec::new();
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut buffer = Vec::with_capacity(256 * 1024);
-        while let Some(first) = rx.blocking_recv() {
-            batch.append(&mut carried);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+    const MAX_BATCH: usize = 1024;
+    /// Outcomes kept in memory while the disk refuses writes (beyond: dropped, counted, logged).
+    const MAX_CARRIED: usize = 100_000;
+    /// Refusals waiting for the writer, at most.
+    const MAX_REFUSALS: usize = 16_384;
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut pending = Pending::default();
+        // Summaries of windows that ended are written within a quarter second of the next tick.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        loop {
+            if !pending.due(tokio::time::Instant::now()) {
+                if !open && pending.is_empty() {
+                    return;
                 }
-            }
-            buffer.clear();
-            let (mut seq, mut prev) = (self.seq, self.prev_hash.clone());
-            let mut seqs = Vec::with_capacity(batch.len());
-            for job in &batch {
-                let Some(event) = &job.event else {
-                    seqs.push(seq);
-                    continue;
-                };
-                seq += 1;
-                let (line, hash) = chain(event, seq, &prev);
-                buffer.extend_from_slice(&line);
-                prev = hash;
-                seqs.push(seq);
-            }
-            let records = batch.iter().filter(|j| j.event.is_some()).count() as u64;
-            let result = self.append(&buffer);
-            match &result {
-                Ok(()) => {
-                    self.seq = seq;
-                    self.prev_hash = prev;
-                    self.len += buffer.len() as u64;
-                    self.stats.records.fetch_add(records, Ordering::Relaxed);
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut health) = self.health.lock() {
-                        if health.take().is_some() {
-                            tracing::info!("audit log is writable again");
+                let retry = pending.retry_at;
+                tokio::select! {
+                    job = rx.recv(), if open => match job {
+                        Some(job) => self.accept(&mut pending, job),
+                        None => open = false,
+                    },
+                    _ = tick.tick() => {
+                        for summary in self.denials.expired(unix_second()) {
+                            self.accept(&mut pending, Job { event: Some(summary), reply: None });
+                        }
+                        if !open && pending.retry_at.is_some() {
+                            // Shutting down with a disk that refuses writes: give up the rest.
+                            return;
                         }
                     }
-                }
-                Err(error) => {
-                    self.stats
-                        .write_errors
-                        .fetch_add(records, Ordering::Relaxed);
-                    tracing::error!(file = %self.settings.path.display(), %error, records, "audit write failed");
-                    if let Ok(mut health) = self.health.lock() {
-                        *health = Some(format!(
-                            "cannot write {}: {error}",
-                            self.settings.path.display()
-                        ));
-                    }
-                    // Keep the file a whole number of records.
-                    let _ = self.file.set_len(self.len);
+                    () = sleep_until(retry), if retry.is_some() => {}
                 }
             }
-            for (job, seq) in batch.drain(..).zip(seqs) {
+            while let Ok(job) = rx.try_recv() {
+                self.accept(&mut pending, job);
+                if pending.critical.len() >= Self::MAX_BATCH {
+                    break;
+                }
+            }
+            if pending.due(tokio::time::Instant::now()) {
+                self.write_batch(&mut pending);
+            }
+        }
+    }
+
+    fn accept(&self, pending: &mut Pending, job: Job) {
+        if job.is_refusal() {
+            if pending.refusals.len() >= Self::MAX_REFUSALS {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                pending.refusals.push_back(job);
+            }
+        } else {
+            pending.critical.push_back(job);
+        }
+    }
+
+    /// Whether the volume has room for refusals; logs when that changes.
+    fn refusals_allowed(&self) -> bool {
+        let Some(free) = free_bytes(&self.settings.path) else {
+            return true;
+        };
+        self.stats.free_bytes.store(free, Ordering::Relaxed);
+        let below = free < self.settings.reserve;
+        if self.stats.below_reserve.swap(below, Ordering::Relaxed) != below {
+            if below {
+                tracing::warn!(file = %self.settings.path.display(), free, reserve = self.settings.reserve, "audit volume below audit.reserve: refusals are no longer recorded, intents and outcomes still are");
+            } else {
+                tracing::info!(file = %self.settings.path.display(), free, "audit volume above audit.reserve again: refusals are recorded again");
+            }
+        }
+        !below
+    }
+
+    fn write_batch(&mut self, pending: &mut Pending) {
+        let mut batch: Vec<Job> = Vec::with_capacity(Self::MAX_BATCH);
+        while batch.len() < Self::MAX_BATCH {
+            match pending.critical.pop_front() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        if !pending.refusals.is_empty() {
+            if self.refusals_allowed() {
+                while batch.len() < Self::MAX_BATCH {
+                    match pending.refusals.pop_front() {
+                        Some(job) => batch.push(job),
+                        None => break,
+                    }
+                }
+            } else {
+                let suppressed = pending.refusals.len() as u64;
+                pending.refusals.clear();
+                self.stats
+                    .suppressed_below_reserve
+                    .fetch_add(suppressed, Ordering::Relaxed);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let mut buffer = Vec::with_capacity(256 * batch.len());
+        let (mut seq, mut prev) = (self.seq, self.prev_hash.clone());
+        let mut outcome: Vec<Result<u64, AuditError>> = Vec::with_capacity(batch.len());
+        for job in &batch {
+            let Some(event) = &job.event else {
+                outcome.push(Ok(seq));
+                continue;
+            };
+            match chain(event, seq + 1, &prev) {
+                Ok((line, hash)) => {
+                    seq += 1;
+                    buffer.extend_from_slice(&line);
+                    prev = hash;
+                    outcome.push(Ok(seq));
+                }
+                // Fail closed for this record alone: never an empty or partial line.
+                Err(error) => {
+                    tracing::error!(%error, "audit record refused");
+                    outcome.push(Err(AuditError::Io(error)));
+                }
+            }
+        }
+        let records = seq - self.seq;
+        let result = if buffer.is_empty() {
+            Ok(())
+        } else {
+            self.append(&buffer)
+        };
+        match &result {
+            Ok(()) => {
+                self.seq = seq;
+                self.prev_hash = prev;
+                self.len += buffer.len() as u64;
+                self.stats.records.fetch_add(records, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                pending.retry_at = None;
+                pending.retry_delay = Duration::ZERO;
+                self.stats.unwritable.store(false, Ordering::Relaxed);
+                if let Ok(mut health) = self.health.lock() {
+                    if health.take().is_some() {
+                        tracing::info!("audit log is writable again");
+                    }
+                }
+            }
+            Err(error) => {
+                self.stats
+                    .write_errors
+                    .fetch_add(records, Ordering::Relaxed);
+                tracing::error!(file = %self.settings.path.display(), %error, records, "audit write failed");
+                self.stats.unwritable.store(true, Ordering::Relaxed);
+                if let Ok(mut health) = self.health.lock() {
+                    *health = Some(format!(
+                        "cannot write {}: {error}",
+                        self.settings.path.display()
+                    ));
+                }
+                // Keep the file a whole number of records.
+                let _ = self.file.set_len(self.len);
+                pending.retry_delay = (pending.retry_delay * 2)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                pending.retry_at = Some(tokio::time::Instant::now() + pending.retry_delay);
+            }
+        }
+        let mut carried = Vec::new();
+        for (job, written) in batch.into_iter().zip(outcome) {
+            let answer = match (&result, written) {
+                (Ok(()), written) => written,
+                (Err(error), _) => Err(AuditError::Io(error.clone())),
+            };
+            match job.reply {
+                Some(reply) => {
+                    let _ = reply.send(answer);
+                }
+                None if answer.is_ok() => {}
+                None if job.is_refusal() => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                // An outcome whose batch failed: written first once the file accepts writes.
+                None => carried.push(job),
+            }
+        }
+        for job in carried.into_iter().rev() {
+            pending.critical.push_front(job);
+        }
+        if pending.critical.len() > Self::MAX_CARRIED {
+            let excess = pending.critical.len() - Self::MAX_CARRIED;
+            let kept = pending.critical.split_off(excess);
+            let lost = std::mem::replace(&mut pending.critical, kept);
+            for job in lost {
                 match job.reply {
                     Some(reply) => {
-                        let _ = reply.send(result.clone().map(|()| seq).map_err(AuditError::Io));
+                        let _ = reply.send(Err(AuditError::QueueFull));
                     }
-                    None if result.is_err() && carried.len() < MAX_CARRIED => carried.push(job),
-                    None => {}
+                    None => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            if result.is_ok() && self.len >= self.settings.max_file_size {
-                if let Err(error) = self.rotate() {
-                    tracing::error!(%error, "audit log rotation failed; continuing in the same file");
-                }
+            tracing::error!(
+                lost = excess,
+                "the audit log has refused writes for so long that outcome records were given up"
+            );
+        }
+        if result.is_ok() && self.len >= self.settings.max_file_size {
+            if let Err(error) = self.rotate() {
+                tracing::error!(%error, "audit log rotation failed; continuing in the same file");
             }
         }
     }
@@ -354,13 +732,17 @@ impl Writer {
             .unwrap_or_default();
         let rotated = self.settings.path.with_file_name(format!("{name}.{stamp}"));
         std::fs::rename(&self.settings.path, &rotated)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.settings.path)?;
+        self.file = open_live(&self.settings)?;
         self.len = 0;
         tracing::info!(rotated = %rotated.display(), seq = self.seq, "audit log rotated; the chain continues in a new file");
         Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -441,30 +823,55 @@ fn recover(settings: &AuditSettings) -> std::io::Result<(u64, String, Vec<Unreso
     Ok((seq, prev, unresolved(&lines)))
 }
 
-/// Intents with no later outcome, denial or reconciliation for the same request id.
+/// Intents with no later record that settles them: an outcome telling the upstream's answer (or
+/// that the request was never forwarded), or a reconciliation. Records are paired by the gateway's
+/// `audit_id`; lines of older versions without one pair by request id.
+///
+/// An outcome of a forwarded request whose answer is unknown (the client disconnected, the upstream
+/// timed out or broke the exchange) does not settle it: the delete may have happened.
 pub fn unresolved(lines: &[Line]) -> Vec<Unresolved> {
     let mut open: Vec<Unresolved> = Vec::new();
+    let key_of = |event: &Event| {
+        event
+            .audit_id
+            .clone()
+            .unwrap_or_else(|| event.request_id.clone())
+    };
     for line in lines {
-        match line.event.phase {
+        let event = &line.event;
+        match event.phase {
             Some(Phase::Intent) => open.push(Unresolved {
-                request_id: line.event.request_id.clone(),
-                operation: line.event.operation.clone(),
-                params: line.event.params.clone(),
-                client: line.event.client.clone(),
+                request_id: event.request_id.clone(),
+                audit_id: event.audit_id.clone(),
+                operation: event.operation.clone(),
+                params: event.params.clone(),
+                client: event.client.clone(),
                 seq: line.seq,
+                why: "no outcome was recorded".into(),
             }),
-            Some(Phase::Outcome) | Some(Phase::Denied) => {
-                open.retain(|u| u.request_id != line.event.request_id)
+            Some(Phase::Outcome) => {
+                let key = key_of(event);
+                let settled = event.forwarded == Some(false)
+                    || event.upstream_status.is_some()
+                    || event.forwarded.is_none();
+                if settled {
+                    open.retain(|u| u.key() != key);
+                } else if let Some(open) = open.iter_mut().find(|u| u.key() == key) {
+                    open.why = format!(
+                        "it was forwarded, but its outcome is unknown ({})",
+                        event.error.as_deref().unwrap_or("no answer")
+                    );
+                }
+            }
+            Some(Phase::Denied) => {
+                let key = key_of(event);
+                open.retain(|u| u.key() != key)
             }
             Some(Phase::Reconciled) => {
-                let resolves = line
-                    .event
-                    .resolves
-                    .as_deref()
-                    .unwrap_or(&line.event.request_id);
-                open.retain(|u| u.request_id != resolves)
+                let resolves = event.resolves.clone().unwrap_or_else(|| key_of(event));
+                open.retain(|u| u.key() != resolves)
             }
-            None => {}
+            Some(Phase::DeniedSummary) | None => {}
         }
     }
     open

@@ -25,6 +25,16 @@ pub enum Phase {
     Denied,
     /// An intent left without outcome by a crash, resolved at start-up.
     Reconciled,
+    /// Denials of one client beyond `audit.max_denied_per_client` in one second, coalesced.
+    DeniedSummary,
+}
+
+impl Phase {
+    /// Records nobody may lose (intents, outcomes, reconciliations) as opposed to refusals, which
+    /// are bounded per client and give way first when the audit volume runs low.
+    pub fn is_refusal(self) -> bool {
+        matches!(self, Phase::Denied | Phase::DeniedSummary)
+    }
 }
 
 /// One indexed asset that referenced a force-deleted asset.
@@ -64,8 +74,12 @@ pub struct References {
 pub struct Event {
     /// RFC 3339 UTC time of the event.
     pub time: String,
-    /// The request id.
+    /// The request id (the client's own `x-request-id` if it sent a plain one).
     pub request_id: String,
+    /// The gateway's own id for this request's records: intents, outcomes and reconciliations are
+    /// paired by it, never by the client-chosen request id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub audit_id: Option<String>,
     /// Phase.
     pub phase: Option<Phase>,
     /// Client id (absent for unauthenticated requests).
@@ -103,9 +117,27 @@ pub struct Event {
     /// What a forced asset delete was about to unlink.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub references: Option<References>,
-    /// For `reconciled`: the request id of the intent it resolves.
+    /// For `reconciled`: the `audit_id` (older records: the request id) of the intent it resolves.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resolves: Option<String>,
+    /// On outcomes: whether the request was handed to the upstream at all.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub forwarded: Option<bool>,
+    /// On outcomes: the upstream's own status, when it answered (absent: its answer is unknown).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub upstream_status: Option<u16>,
+    /// On `denied_summary`: how many denials it stands for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub count: Option<u64>,
+    /// On `denied_summary`: the rules (or limits, or error codes) that refused them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rules: Option<Vec<String>>,
+    /// On `denied_summary`: the first and last request ids it stands for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_request_id: Option<String>,
+    /// See `first_request_id`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_request_id: Option<String>,
 }
 
 /// A record as written: the event, its sequence number and chain links.
@@ -132,21 +164,24 @@ pub struct Line {
 }
 
 /// Serialise `event` as line number `seq` chained to `prev_hash`; returns the line (with `\n`) and
-/// its hash.
-pub fn chain(event: &Event, seq: u64, prev_hash: &str) -> (Vec<u8>, String) {
+/// its hash. Fails rather than ever writing an empty or partial record.
+pub fn chain(event: &Event, seq: u64, prev_hash: &str) -> Result<(Vec<u8>, String), String> {
     let mut bytes = serde_json::to_vec(&Chained {
         seq,
         event,
         prev_hash,
     })
-    .unwrap_or_default();
+    .map_err(|e| format!("an audit record could not be serialised: {e}"))?;
+    if bytes.last() != Some(&b'}') {
+        return Err("an audit record did not serialise to a JSON object".into());
+    }
     let hash = hex(&Sha256::digest(&bytes));
     // Replace the closing brace with the hash member.
     bytes.pop();
     bytes.extend_from_slice(b",\"hash\":\"");
     bytes.extend_from_slice(hash.as_bytes());
     bytes.extend_from_slice(b"\"}\n");
-    (bytes, hash)
+    Ok((bytes, hash))
 }
 
 /// Check one line's own hash; returns the parsed line.
@@ -173,8 +208,15 @@ pub fn check_line(text: &str) -> Result<Line, String> {
     serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-30T16:05:34.123Z`.
@@ -229,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_chained_line_verifies_and_round_trips() {
-        let (line, hash) = chain(&event(Phase::Intent), 7, GENESIS);
+        let (line, hash) = chain(&event(Phase::Intent), 7, GENESIS).unwrap();
         let text = String::from_utf8(line).unwrap();
         assert!(text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")));
         assert!(text.starts_with("{\"seq\":7,\"time\":"));
@@ -242,7 +284,7 @@ mod tests {
 
     #[test]
     fn any_edit_breaks_the_hash() {
-        let (line, _) = chain(&event(Phase::Intent), 1, GENESIS);
+        let (line, _) = chain(&event(Phase::Intent), 1, GENESIS).unwrap();
         let text = String::from_utf8(line).unwrap();
         for (from, to) in [
             ("alice", "mallo"),

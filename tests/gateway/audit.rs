@@ -320,7 +320,7 @@ async fn denials_and_deletions_are_audited_and_counted_without_any_key() {
 
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unwritable_audit_device_refuses_deletes_but_serves_reads() {
+async fn an_unwritable_audit_device_refuses_deletes_but_serves_reads_and_readyz_says_degraded() {
     let dir = tempfile::tempdir().unwrap();
     let audit_path = dir.path().join("audit.jsonl");
     std::os::unix::fs::symlink("/dev/full", &audit_path).unwrap();
@@ -348,13 +348,20 @@ async fn an_unwritable_audit_device_refuses_deletes_but_serves_reads() {
     );
     assert_eq!(upstream.requests().len(), 1);
 
+    // Degraded, not unready: the replica keeps serving what does not need the audit log.
     let readyz = get(&format!("http://{}/readyz", gateway.admin), None).await;
-    assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body_json(readyz).await["checks"]["audit"]
-        .as_str()
-        .unwrap()
-        .contains("cannot write"));
+    assert_eq!(readyz.status(), StatusCode::OK);
+    let readyz = body_json(readyz).await;
+    assert_eq!(readyz["degraded"], true, "{readyz}");
+    assert!(
+        readyz["checks"]["audit"]
+            .as_str()
+            .unwrap()
+            .starts_with("degraded: cannot write"),
+        "{readyz}"
+    );
     let text = metrics(&gateway).await;
+    assert_eq!(counter_value(&text, "tl_gateway_audit_writable"), Some(0.0));
     assert_eq!(
         counter_value(&text, "tl_gateway_audit_write_errors_total"),
         Some(1.0)
@@ -370,7 +377,8 @@ async fn an_unwritable_audit_device_refuses_deletes_but_serves_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_during_an_in_flight_delete_is_reported_at_the_next_start() {
+async fn a_kill_during_an_in_flight_delete_is_reported_at_the_next_start_even_with_a_reused_request_id(
+) {
     let dir = tempfile::tempdir().unwrap();
     let audit_path: PathBuf = dir.path().join("audit.jsonl");
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -392,8 +400,14 @@ async fn a_kill_during_an_in_flight_delete_is_reported_at_the_next_start() {
         "http://{}/v1.3/assets/6298d673f1090f1100476d4c",
         gateway.addr
     );
+    // The client chooses its request ids: it reuses one for the hanging delete and a denied one.
+    let denied_url = format!(
+        "http://{}/v1.3/assets/6298d673f1090f1100476d4d?force=true",
+        gateway.addr
+    );
     let in_flight = tokio::spawn(async move {
         let req = request(Method::DELETE, &url, Some(ALICE_KEY))
+            .header("x-request-id", "reused-id-1")
             .body(body::empty())
             .unwrap();
         let client: hyper_util::client::legacy::Client<_, tl_gateway::body::GatewayBody> =
@@ -404,6 +418,18 @@ async fn a_kill_during_an_in_flight_delete_is_reported_at_the_next_start() {
     tokio::time::timeout(Duration::from_secs(10), arrived.recv())
         .await
         .unwrap();
+    let denied = send(
+        Proto::Http1,
+        request(Method::DELETE, &denied_url, Some(BOB_KEY))
+            .header("x-request-id", "reused-id-1")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let before_kill = wait_for_records(&audit_path, 2).await;
+    assert_eq!(before_kill[1]["phase"], "denied", "{before_kill:#?}");
+    assert_eq!(before_kill[1]["request_id"], "reused-id-1");
     gateway.signal("KILL");
     let _ = tokio::task::spawn_blocking(move || gateway.wait())
         .await
@@ -422,7 +448,14 @@ async fn a_kill_during_an_in_flight_delete_is_reported_at_the_next_start() {
     let found = records(&audit_path);
     let last = found.last().unwrap();
     assert_eq!(last["phase"], "reconciled", "{found:#?}");
-    assert_eq!(last["resolves"], found[0]["request_id"]);
+    assert_eq!(found[0]["phase"], "intent");
+    assert_eq!(found[0]["request_id"], "reused-id-1");
+    // Paired by the gateway's own id, which the denied record of the same request id does not share.
+    assert!(found[0]["audit_id"]
+        .as_str()
+        .is_some_and(|id| id.len() == 32));
+    assert_ne!(found[1]["audit_id"], found[0]["audit_id"]);
+    assert_eq!(last["resolves"], found[0]["audit_id"]);
     assert!(last["error"].as_str().unwrap().contains("still exists"));
     let text = String::from_utf8(
         body_bytes(get(&format!("http://{}/metrics", restarted.admin), None).await)

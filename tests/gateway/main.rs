@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod forwarding;
 mod frameworks;
+mod hardening;
 mod keys;
 mod process;
 mod properties;

@@ -37,6 +37,17 @@ impl GatewayProcess {
         rust_log: &str,
         extra: &str,
     ) -> GatewayProcess {
+        GatewayProcess::serve_limited(dir, upstream, rust_log, extra, None)
+    }
+
+    /// As `serve_in`, with the soft descriptor limit set to `nofile` (default: the hard limit).
+    pub fn serve_limited(
+        dir: &std::path::Path,
+        upstream: &str,
+        rust_log: &str,
+        extra: &str,
+        nofile: Option<u64>,
+    ) -> GatewayProcess {
         let key_file = dir.join("upstream-key");
         std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
         let config = dir.join("gateway.yaml");
@@ -50,9 +61,12 @@ impl GatewayProcess {
         )
         .unwrap();
         // Through a shell so the soft descriptor limit can be raised to the hard one.
+        let limit = nofile.map_or_else(|| "$(ulimit -Hn)".to_owned(), |n| n.to_string());
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" serve --config "$1""#)
+            .arg(format!(
+                r#"ulimit -n "{limit}" 2>/dev/null; exec "$0" serve --config "$1""#
+            ))
             .arg(binary())
             .arg(&config)
             .env("RUST_LOG", rust_log)
@@ -103,6 +117,11 @@ impl GatewayProcess {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
     }
 
     /// Wait (bounded) until the output contains `needle`.
@@ -375,6 +394,23 @@ async fn demo_prints_working_keys_and_curl_lines() {
         .output()
         .unwrap();
     assert!(verified.status.success(), "{verified:?}");
+    // Its directory is private and unpredictable (no pre-created symlink can catch it), its file
+    // readable by the owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::path::Path::new(audit).parent().unwrap();
+        let meta = std::fs::symlink_metadata(dir).unwrap();
+        assert!(meta.is_dir() && !meta.file_type().is_symlink());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{dir:?}");
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let random = name.strip_prefix("tl-gateway-demo-").unwrap();
+        assert!(
+            random.len() >= 16 && !random.contains(&child.id().to_string()),
+            "{name}"
+        );
+        let file = std::fs::metadata(audit).unwrap();
+        assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    }
 
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
