@@ -573,6 +573,26 @@ impl Writer {
 
     fn write_batch(&mut self, pending: &mut Pending) {
         let mut batch: Vec<Job> = Vec::with_capacity(Self::MAX_BATCH);
+        // Requests waiting for their intent go first, wherever they are queued: outcomes carried
+        // from failed batches must never keep an intent out of the next try.
+        let mut rest = VecDeque::with_capacity(pending.critical.len());
+        for job in pending.critical.drain(..) {
+            if job.reply.is_some() && batch.len() < Self::MAX_BATCH {
+                batch.push(job);
+            } else {
+                rest.push_back(job);
+            }
+        }
+        pending.critical = rest;
+        // While backing off after a failure, only the waiters are tried: a small write may fit
+        // where the carried backlog does not.
+        let backing_off = pending
+            .retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at);
+        if backing_off {
+            self.write_jobs(pending, batch);
+            return;
+        }
         while batch.len() < Self::MAX_BATCH {
             match pending.critical.pop_front() {
                 Some(job) => batch.push(job),
@@ -595,6 +615,11 @@ impl Writer {
                     .fetch_add(suppressed, Ordering::Relaxed);
             }
         }
+        self.write_jobs(pending, batch);
+    }
+
+    /// Chain, append and sync `batch`, then answer its waiters; a failure keeps its outcomes.
+    fn write_jobs(&mut self, pending: &mut Pending, batch: Vec<Job>) {
         if batch.is_empty() {
             return;
         }

@@ -208,3 +208,170 @@ async fn an_unwritable_device_fails_durable_writes_and_readiness() {
     assert!(log.readiness().unwrap_err().contains("cannot write"));
     assert_eq!(log.stats().write_errors.load(Ordering::Relaxed), 1);
 }
+
+fn line(seq: u64, event: Event) -> Line {
+    Line {
+        seq,
+        event,
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
+
+#[test]
+fn intents_are_settled_by_their_audit_id_and_only_by_an_outcome_that_tells_what_happened() {
+    let with_id = |request_id: &str, id: &str, phase: Phase| Event {
+        audit_id: Some(id.into()),
+        ..event(request_id, phase)
+    };
+    let answered = Event {
+        forwarded: Some(true),
+        upstream_status: Some(200),
+        ..with_id("same", "a1", Phase::Outcome)
+    };
+    let never_sent = Event {
+        forwarded: Some(false),
+        error: Some("audit_unavailable".into()),
+        ..with_id("same", "a2", Phase::Outcome)
+    };
+    let unknown = Event {
+        forwarded: Some(true),
+        error: Some("client_disconnected".into()),
+        ..with_id("same", "a3", Phase::Outcome)
+    };
+    let lines = vec![
+        line(1, with_id("same", "a1", Phase::Intent)),
+        line(2, with_id("same", "a2", Phase::Intent)),
+        line(3, with_id("same", "a3", Phase::Intent)),
+        line(4, with_id("same", "a4", Phase::Intent)),
+        // A denial with the same (client-chosen) request id settles nothing.
+        line(5, with_id("same", "d1", Phase::Denied)),
+        line(6, answered),
+        line(7, never_sent),
+        line(8, unknown),
+    ];
+    let open = unresolved(&lines);
+    let ids: Vec<&str> = open.iter().map(Unresolved::key).collect();
+    assert_eq!(ids, ["a3", "a4"]);
+    assert!(
+        open[0].why.contains("client_disconnected"),
+        "{}",
+        open[0].why
+    );
+    assert_eq!(open[1].why, "no outcome was recorded");
+
+    // A reconciliation settles by the id it names.
+    let mut reconciled = with_id("same", "a3", Phase::Reconciled);
+    reconciled.resolves = Some("a3".into());
+    let mut lines = lines;
+    lines.push(line(9, reconciled));
+    let ids: Vec<String> = unresolved(&lines)
+        .iter()
+        .map(|u| u.key().to_owned())
+        .collect();
+    assert_eq!(ids, ["a4"]);
+}
+
+#[test]
+fn records_of_older_versions_still_pair_by_request_id() {
+    let lines = vec![
+        line(1, event("r1", Phase::Intent)),
+        line(2, event("r2", Phase::Intent)),
+        line(3, event("r1", Phase::Outcome)),
+    ];
+    let open = unresolved(&lines);
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].request_id, "r2");
+}
+
+#[test]
+fn denials_beyond_the_limit_are_coalesced_into_one_summary_per_client_and_second() {
+    let windows = DenialWindows::new(3);
+    let denial = |client: &str, i: usize, rule: &str| Event {
+        client: Some(client.into()),
+        rule: Some(rule.into()),
+        ..event(&format!("{client}-{i}"), Phase::Denied)
+    };
+    let mut written = 0;
+    for i in 0..10 {
+        let (ended, this) = windows.admit(
+            denial("bob", i, if i % 2 == 0 { "r-even" } else { "r-odd" }),
+            100,
+        );
+        assert!(ended.is_none());
+        written += usize::from(this.is_some());
+    }
+    // Another client has its own allowance.
+    assert!(windows.admit(denial("carol", 0, "r"), 100).1.is_some());
+    assert_eq!(written, 3);
+    // The next second: bob's old window is summarised as his next denial arrives.
+    let (ended, this) = windows.admit(denial("bob", 10, "r-even"), 101);
+    assert!(this.is_some(), "a new second, a new allowance");
+    let summary = ended.expect("the previous window's summary");
+    assert_eq!(summary.phase, Some(Phase::DeniedSummary));
+    assert_eq!(summary.count, Some(7));
+    assert_eq!(summary.first_request_id.as_deref(), Some("bob-3"));
+    assert_eq!(summary.last_request_id.as_deref(), Some("bob-9"));
+    assert_eq!(
+        summary.rules,
+        Some(vec!["r-even".to_owned(), "r-odd".to_owned()])
+    );
+    // Quiet clients' windows are summarised by the writer's tick; carol coalesced nothing.
+    for i in 11..20 {
+        windows.admit(denial("bob", i, "r-even"), 101);
+    }
+    let summaries = windows.expired(102);
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(
+        summaries[0].count,
+        Some(7),
+        "10 in second 101, 3 of them written"
+    );
+    assert!(windows.expired(103).is_empty());
+}
+
+#[tokio::test]
+async fn refusals_are_not_written_below_the_reserve_but_intents_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.reserve = u64::MAX;
+    let (log, _) = AuditLog::open(settings).unwrap();
+    log.denied(event("d1", Phase::Denied));
+    assert_eq!(
+        log.write_durable(event("i1", Phase::Intent)).await.unwrap(),
+        1
+    );
+    log.flush().await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"phase\":\"intent\""));
+    assert_eq!(
+        log.stats().suppressed_below_reserve.load(Ordering::Relaxed),
+        1
+    );
+    assert!(log.stats().below_reserve.load(Ordering::Relaxed));
+}
+
+#[tokio::test]
+async fn an_unwritable_file_answers_a_waiting_intent_at_once_and_keeps_outcomes_for_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+    let mut settings = AuditSettings::new(path);
+    settings.reserve = 0;
+    let (log, _) = AuditLog::open(settings).unwrap();
+    for i in 0..2_000 {
+        log.denied(event(&format!("d{i}"), Phase::Denied));
+        log.write(event(&format!("o{i}"), Phase::Outcome));
+    }
+    let started = std::time::Instant::now();
+    let result = log.write_durable(event("i1", Phase::Intent)).await;
+    assert!(matches!(result, Err(AuditError::Io(_))), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(log.readiness().is_err());
+    assert!(log.stats().unwritable.load(Ordering::Relaxed));
+}
