@@ -577,6 +577,7 @@ struct RawAudit {
     max_denied_per_client: Option<u32>,
     reserve: Option<ByteSize>,
     file_mode: Option<String>,
+    max_rotated_files: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -947,6 +948,7 @@ impl Validator<'_> {
         if let Some(reserve) = raw.reserve {
             settings.reserve = reserve.0;
         }
+        settings.max_rotated_files = raw.max_rotated_files;
         if let Some(mode) = raw.file_mode {
             settings.file_mode = match mode.as_str() {
                 "0600" | "600" => 0o600,

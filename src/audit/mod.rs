@@ -54,6 +54,8 @@ pub struct AuditSettings {
     pub reserve: u64,
     /// Permission bits of a newly created audit file.
     pub file_mode: u32,
+    /// Rotated files kept beside the live one (the oldest beyond are removed; `None`: all kept).
+    pub max_rotated_files: Option<usize>,
 }
 
 impl AuditSettings {
@@ -69,6 +71,7 @@ impl AuditSettings {
             max_denied_per_client: 10,
             reserve: 64 * 1024 * 1024,
             file_mode: 0o600,
+            max_rotated_files: None,
         }
     }
 }
@@ -760,6 +763,20 @@ impl Writer {
         self.file = open_live(&self.settings)?;
         self.len = 0;
         tracing::info!(rotated = %rotated.display(), seq = self.seq, "audit log rotated; the chain continues in a new file");
+        if let Some(keep) = self.settings.max_rotated_files {
+            let rotated = rotated_files(&self.settings.path);
+            let excess = rotated.len().saturating_sub(keep);
+            for old in &rotated[..excess] {
+                match std::fs::remove_file(old) {
+                    Ok(()) => {
+                        tracing::info!(removed = %old.display(), "oldest rotated audit file removed (audit.max_rotated_files)")
+                    }
+                    Err(error) => {
+                        tracing::warn!(file = %old.display(), %error, "could not remove an old rotated audit file")
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -375,3 +375,27 @@ async fn an_unwritable_file_answers_a_waiting_intent_at_once_and_keeps_outcomes_
     assert!(log.readiness().is_err());
     assert!(log.stats().unwritable.load(Ordering::Relaxed));
 }
+
+#[tokio::test]
+async fn rotation_keeps_at_most_max_rotated_files_and_the_rest_verifies_as_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.max_file_size = 600;
+    s.max_rotated_files = Some(2);
+    let (log, _) = AuditLog::open(s.clone()).unwrap();
+    for i in 0..12 {
+        log.write_durable(event(&format!("r{i}"), Phase::Intent))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(log);
+    assert_eq!(rotated_files(&s.path).len(), 2);
+    let files = chain_files(&s.path);
+    assert!(
+        verify(&files, false).is_err(),
+        "the oldest records are gone"
+    );
+    let window = verify(&files, true).unwrap();
+    assert_eq!(window.seq_range.map(|(_, last)| last), Some(12));
+}
