@@ -12,6 +12,12 @@
 # (gateway and nginx), and peak RSS during 16 concurrent 1 GiB uploads.
 #
 # Usage: scripts/bench-proxy.sh [SECONDS_PER_RUN] [ROUNDS]     (defaults 10 and 3)
+#
+# BASELINE=DIR adds a fifth target, "baseline": another checkout's release build
+# (DIR/target/release/tl-gateway, build it first) running that checkout's example configuration,
+# interleaved with the others in the GET and DELETE workloads and the half-load run, so a change is
+# measured against its parent in one run (e.g. git worktree add /tmp/base HEAD~3 && (cd /tmp/base &&
+# cargo build --release) && BASELINE=/tmp/base scripts/bench-proxy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -88,10 +94,10 @@ wait_http "http://127.0.0.1:$up/"
 # The gateway runs config/gateway.example.yaml (its clients, policy, rate limits, guards, audit scope)
 # with only the addresses, the key file and the audit log changed: "audit" sets the log's path, "" drops
 # the audit section.
-start_gateway() { # $1 name, $2 upstream url, $3 audit|"" → sets port_$1, pid_$1
-  local port admin
+start_gateway() { # $1 name, $2 upstream url, $3 audit|"", [$4 binary, $5 example config] → sets port_$1, pid_$1
+  local port admin binary=${4:-$bin} example=${5:-config/gateway.example.yaml}
   port=$(free_port); admin=$(free_port)
-  python3 - config/gateway.example.yaml "$port" "$admin" "$2" "$work/key" "$3" "$work/$1-audit.jsonl" > "$work/$1.yaml" <<'PY'
+  python3 - "$example" "$port" "$admin" "$2" "$work/key" "$3" "$work/$1-audit.jsonl" > "$work/$1.yaml" <<'PY'
 import re, sys
 example, port, admin, upstream, key, audit, audit_path = sys.argv[1:]
 text = open(example).read()
@@ -109,7 +115,7 @@ else:
     sub(r"^audit:\n(?:(?:[ #].*)?\n)*", "")
 print(text, end="")
 PY
-  RUST_LOG=warn "$bin" serve --config "$work/$1.yaml" 2> "$work/$1.log" &
+  RUST_LOG=warn "$binary" serve --config "$work/$1.yaml" 2> "$work/$1.log" &
   local pid=$!; pids+=("$pid")
   wait_http "http://127.0.0.1:$admin/healthz"
   printf -v "port_$1" '%s' "$port"; printf -v "pid_$1" '%s' "$pid"
@@ -117,6 +123,12 @@ PY
 start_gateway gw "http://127.0.0.1:$up" ""
 start_gateway gwa "http://127.0.0.1:$up" audit
 idle_rss=$(kib "$pid_gw" VmRSS)
+baseline=()
+if [ -n "${BASELINE:-}" ]; then
+  [ -x "$BASELINE/target/release/tl-gateway" ] || { echo "BASELINE=$BASELINE: build it first (cargo build --release there)" >&2; exit 2; }
+  start_gateway base "http://127.0.0.1:$up" "" "$BASELINE/target/release/tl-gateway" "$BASELINE/config/gateway.example.yaml"
+  baseline=(baseline)
+fi
 
 cat > "$work/report.lua" <<'LUA'
 done = function(summary, latency, requests)
@@ -170,6 +182,7 @@ bench() { # workload script connections path targets...
         nginx) url="http://127.0.0.1:$nx$path"; procs=$(pgrep -P "$(cat "$work/nginx.pid")") ;;
         gateway) url="http://127.0.0.1:$port_gw$path"; procs=$pid_gw ;;
         gateway+audit) url="http://127.0.0.1:$port_gwa$path"; procs=$pid_gwa ;;
+        baseline) url="http://127.0.0.1:$port_base$path"; procs=$pid_base ;;
       esac
       # shellcheck disable=SC2086 # one pid per word
       results["$workload|$target|$round"]=$(run "$target" "$url" "$script" "$conns" $procs)
@@ -189,18 +202,22 @@ summarise() { # workload targets...
 }
 
 echo "tl-gateway proxy benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, ${secs}s per run, median of $rounds interleaved rounds"
-bench get "$work/report.lua" 64 "/v1.3/assets?page=1" direct nginx gateway
+bench get "$work/report.lua" 64 "/v1.3/assets?page=1" direct nginx gateway "${baseline[@]}"
 bench upload "$work/upload.lua" 16 "/v1.3/assets" direct nginx gateway
-bench delete "$work/delete.lua" 64 "" direct nginx gateway gateway+audit
-summarise get direct nginx gateway
+bench delete "$work/delete.lua" 64 "" direct nginx gateway gateway+audit "${baseline[@]}"
+summarise get direct nginx gateway "${baseline[@]}"
 summarise upload direct nginx gateway
-summarise delete direct nginx gateway gateway+audit
+summarise delete direct nginx gateway gateway+audit "${baseline[@]}"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 read -r g_rps g_p50 g_p99 _ _ g_user g_sys <<<"$m_get_gateway"; read -r n_rps _ _ _ _ n_user n_sys <<<"$m_get_nginx"; read -r d_rps d_p50 d_p99 _ _ _ _ <<<"$m_get_direct"
 echo
 echo "small GETs: gateway/nginx throughput ratio $(ratio "$g_rps" "$n_rps"); added latency over direct p50 $(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN{printf "%.3f", a-b}') ms, p99 $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN{printf "%.3f", a-b}') ms (at full load)"
 echo "CPU per small GET: gateway user $g_user + sys $g_sys µs, nginx user $n_user + sys $n_sys µs (gateway/nginx $(awk -v a="$g_user" -v b="$g_sys" -v c="$n_user" -v d="$n_sys" 'BEGIN{printf "%.2f", (a+b)/(c+d)}'))"
+if [ -n "${BASELINE:-}" ]; then
+  read -r b_rps _ _ _ _ b_user b_sys <<<"$m_get_baseline"
+  echo "against the baseline ($BASELINE): small GETs gateway/baseline throughput $(ratio "$g_rps" "$b_rps"), baseline/nginx $(ratio "$b_rps" "$n_rps"); CPU per GET gateway $(awk -v a="$g_user" -v b="$g_sys" 'BEGIN{print a+b}') µs, baseline $(awk -v a="$b_user" -v b="$b_sys" 'BEGIN{print a+b}') µs"
+fi
 
 # Half of the gateway's maximum GET rate, paced with wrk's delay() hook: each connection waits a
 # random whole number of milliseconds (mean D) between requests, so arrivals are spread rather than
@@ -209,11 +226,12 @@ half=$(awk -v r="$g_rps" 'BEGIN {printf "%d", r / 2}')
 conns=64
 mean_ms=$(awk -v c=$conns -v r="$half" 'BEGIN {d = c * 1000 / r - 0.4; if (d < 0.5) d = 0.5; printf "%.2f", d}')
 { echo "delay = function() return math.floor(math.random() * 2 * $mean_ms + 0.5) end"; cat "$work/report.lua"; } > "$work/paced.lua"
-for target in direct nginx gateway; do
+for target in direct nginx gateway "${baseline[@]}"; do
   case $target in
     direct) url="http://127.0.0.1:$up/v1.3/assets?page=1" ;;
     nginx) url="http://127.0.0.1:$nx/v1.3/assets?page=1" ;;
     gateway) url="http://127.0.0.1:$port_gw/v1.3/assets?page=1" ;;
+    baseline) url="http://127.0.0.1:$port_base/v1.3/assets?page=1" ;;
   esac
   read -r rps _ p99 _ _ <<<"$(run "$target" "$url" "$work/paced.lua" $conns)"
   printf -v "half_$target" '%s %s' "$rps" "$p99"
@@ -222,6 +240,10 @@ read -r hd_rps hd_p99 <<<"$half_direct"; read -r hn_rps hn_p99 <<<"$half_nginx";
 added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
 echo "half load (target $half req/s, $conns connections, mean ${mean_ms} ms between requests): direct $hd_rps req/s p99 $hd_p99 ms;" \
   "nginx $hn_rps req/s p99 $hn_p99 ms (added $(added "$hn_p99" "$hd_p99") ms); gateway $hg_rps req/s p99 $hg_p99 ms: added p99 $(added "$hg_p99" "$hd_p99") ms"
+if [ -n "${BASELINE:-}" ]; then
+  read -r hb_rps hb_p99 <<<"$half_baseline"
+  echo "half load, baseline: $hb_rps req/s p99 $hb_p99 ms: added p99 $(added "$hb_p99" "$hd_p99") ms"
+fi
 read -r ga_rps _ _ _ _ <<<"$m_delete_gateway_audit"
 echo "audited DELETEs (fsync on, 64 connections): $ga_rps req/s"
 
@@ -264,6 +286,7 @@ after = rss()
 print(f"{name}: after a burst of {n} concurrent requests on them {after // 1024} MiB: {(after - before) / n:.1f} KiB per connection")
 PY
 python3 "$work/idle.py" tl-gateway "$port_gw" 10000 "$pid_gw"
+if [ -n "${BASELINE:-}" ]; then python3 "$work/idle.py" baseline "$port_base" 10000 "$pid_base"; fi
 # shellcheck disable=SC2046 # one pid per word
 python3 "$work/idle.py" nginx "$nx" 10000 $(pgrep -P "$(cat "$work/nginx.pid")")
 

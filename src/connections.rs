@@ -26,11 +26,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::{IntCounterVec, IntGaugeVec};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 /// Caps and deadlines of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +125,9 @@ pub struct Activity {
     /// Milliseconds after `accepted` at which the last request ended.
     last_end_ms: AtomicU64,
     evicted: AtomicBool,
-    evict: Notify,
+    /// The listener is shutting down: close gracefully.
+    draining: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Activity {
@@ -135,7 +138,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
-            evict: Notify::new(),
+            draining: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -158,7 +162,7 @@ impl Activity {
         if self.evicted.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.evict.notify_one();
+        self.waker.wake();
         true
     }
 
@@ -328,6 +332,16 @@ impl Admission {
         chosen.is_some_and(|a| a.evict())
     }
 
+    /// Ask every live connection to shut down gracefully (HTTP/1: close once idle; HTTP/2: GOAWAY).
+    pub fn drain(&self) {
+        if let Ok(live) = self.live.lock() {
+            for activity in live.iter().filter_map(Weak::upgrade) {
+                activity.draining.store(true, Ordering::Release);
+                activity.waker.wake();
+            }
+        }
+    }
+
     /// Wait until every admitted connection has ended, at most `grace`; `false` on timeout.
     pub async fn drained(&self, grace: Duration) -> bool {
         let all = u32::try_from(self.limits.max.max(1)).unwrap_or(u32::MAX);
@@ -342,55 +356,93 @@ impl Admission {
     }
 }
 
-/// Drive `connection` until it ends, enforcing the ticket's deadlines and eviction, and shutting it
-/// down gracefully (with `graceful`: hyper's `graceful_shutdown`) once `drain` resolves. Returns the
-/// connection's result, or `None` if the watchdog closed it.
-pub async fn watch<C, D>(
-    connection: C,
-    ticket: &Ticket,
-    drain: D,
-    graceful: impl Fn(Pin<&mut C>),
-) -> Option<C::Output>
+pin_project_lite::pin_project! {
+    /// A connection driven under its ticket's deadlines and eviction, shut down gracefully (with
+    /// `graceful`, hyper's `graceful_shutdown`) once its listener drains ([`Admission::drain`]).
+    /// Resolves to the connection's result, or `None` if the watchdog closed it (dropping it closes
+    /// the socket).
+    ///
+    /// A hand-written future rather than an `async fn`: the connection is by far the largest part of
+    /// an idle connection's state, and an `async fn` taking it by value (then pinning it) kept it in
+    /// the task twice over.
+    pub struct Watched<C, G> {
+        #[pin]
+        connection: C,
+        #[pin]
+        timer: Sleep,
+        ticket: Ticket,
+        graceful: G,
+        drained: bool,
+        hard_deadline: Option<Instant>,
+    }
+}
+
+/// Watch `connection` (see [`Watched`]).
+pub fn watch<C, G>(connection: C, ticket: Ticket, graceful: G) -> Watched<C, G>
 where
     C: Future,
-    D: Future<Output = ()>,
+    G: Fn(Pin<&mut C>),
 {
-    let limits = ticket.admission.limits.clone();
-    let activity = ticket.activity.clone();
-    tokio::pin!(connection);
-    tokio::pin!(drain);
-    let mut draining = false;
-    let mut hard_deadline: Option<Instant> = None;
-    let (first, _) = activity.deadline(&limits);
-    let timer = tokio::time::sleep_until(first);
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => return Some(result),
-            () = &mut drain, if !draining => {
-                draining = true;
-                graceful(connection.as_mut());
+    let (first, _) = ticket.activity.deadline(&ticket.admission.limits);
+    Watched {
+        connection,
+        timer: tokio::time::sleep_until(first),
+        ticket,
+        graceful,
+        drained: false,
+        hard_deadline: None,
+    }
+}
+
+impl<C, G> Future for Watched<C, G>
+where
+    C: Future,
+    G: Fn(Pin<&mut C>),
+{
+    type Output = Option<C::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let activity = &this.ticket.activity;
+        activity.waker.register(cx.waker());
+        loop {
+            if activity.evicted.load(Ordering::Acquire) {
+                return Poll::Ready(None);
             }
-            () = activity.evict.notified() => return None,
-            () = &mut timer => {
-                let now = Instant::now();
-                if hard_deadline.is_some_and(|d| now >= d) {
-                    return None;
+            if !*this.drained && activity.draining.load(Ordering::Acquire) {
+                *this.drained = true;
+                (this.graceful)(this.connection.as_mut());
+                continue;
+            }
+            if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if this.hard_deadline.is_some_and(|d| now >= d) {
+                return Poll::Ready(None);
+            }
+            let limits = &this.ticket.admission.limits;
+            let (due, reason) = activity.deadline(limits);
+            match reason {
+                Some(CloseReason::FirstRequestTimeout) if now >= due => {
+                    this.ticket
+                        .admission
+                        .closed(CloseReason::FirstRequestTimeout);
+                    return Poll::Ready(None);
                 }
-                let (due, reason) = activity.deadline(&limits);
-                match reason {
-                    Some(CloseReason::FirstRequestTimeout) if now >= due => {
-                        ticket.admission.closed(CloseReason::FirstRequestTimeout);
-                        return None;
-                    }
-                    Some(reason) if now >= due && hard_deadline.is_none() => {
-                        ticket.admission.closed(reason);
-                        graceful(connection.as_mut());
-                        let hard = now + limits.close_grace;
-                        hard_deadline = Some(hard);
-                        timer.as_mut().reset(hard);
-                    }
-                    _ => timer.as_mut().reset(hard_deadline.map_or(due, |d| d.min(due))),
+                Some(reason) if now >= due && this.hard_deadline.is_none() => {
+                    this.ticket.admission.closed(reason);
+                    let hard = now + limits.close_grace;
+                    *this.hard_deadline = Some(hard);
+                    this.timer.as_mut().reset(hard);
+                    (this.graceful)(this.connection.as_mut());
+                }
+                _ => {
+                    let next = this.hard_deadline.map_or(due, |d| d.min(due));
+                    this.timer.as_mut().reset(next);
                 }
             }
         }

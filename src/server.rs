@@ -609,7 +609,6 @@ where
         .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(settings.max_header_size.min(u64::from(u32::MAX)) as u32);
     let builder = Arc::new(builder);
-    let (drain_tx, drain_rx) = watch::channel(false);
     let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
@@ -649,20 +648,18 @@ where
             ticket.activity().clone(),
         );
         let builder = builder.clone();
-        let drain = wait_for(drain_rx.clone());
         let serve = move |stream: TcpStream| async move {
             let connection = builder
                 .serve_connection(TokioIo::new(FragmentWatch::new(stream, fragments)), service)
                 .into_owned();
             let graceful = |c: std::pin::Pin<&mut _>| auto::Connection::graceful_shutdown(c);
-            match connections::watch(connection, &ticket, drain, graceful).await {
+            match connections::watch(connection, ticket, graceful).await {
                 Some(Err(error)) => {
                     tracing::debug!(%peer, error = %error, "connection ended with an error")
                 }
                 Some(Ok(())) => {}
                 None => tracing::debug!(%peer, "connection closed by the gateway"),
             }
-            drop(ticket);
         };
         match workers {
             None => drop(tokio::spawn(serve(stream))),
@@ -683,7 +680,7 @@ where
         }
     }
     drop(listener);
-    let _ = drain_tx.send(true);
+    settings.admission.drain();
     if settings.admission.drained(settings.shutdown_grace).await {
         tracing::info!(listener = settings.name, "all connections drained");
     } else {
