@@ -15,9 +15,9 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method, Version};
 use tl_gateway::audit::record::{chain, Event, Phase, GENESIS};
+use tl_gateway::auth::ClientSettings;
 use tl_gateway::auth::{ClientKeys, Principal};
 use tl_gateway::classify::Classifier;
-use tl_gateway::config::ClientConfig;
 use tl_gateway::config::Config;
 use tl_gateway::ratelimit::{LimiterRegistry, RateLimits};
 use tl_gateway::routes::RouteTable;
@@ -128,8 +128,8 @@ fn bench_classify(c: &mut Criterion) {
 fn bench_authenticate(c: &mut Criterion) {
     let mut group = c.benchmark_group("authenticate");
     for n in [2usize, 50, 500] {
-        let clients: Vec<ClientConfig> = (0..n)
-            .map(|i| ClientConfig {
+        let clients: Vec<ClientSettings> = (0..n)
+            .map(|i| ClientSettings {
                 id: format!("client-{i}").parse().unwrap(),
                 roles: vec!["member".parse().unwrap()],
                 key_sha256: sha256(&format!("tlgw_key_{i}")),

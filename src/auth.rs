@@ -5,16 +5,27 @@
 //! the timing.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{self, Either, Ready};
 use http::{header, HeaderMap, Request};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
-use tower::{Layer, Service};
 
-use crate::config::{ClientConfig, ClientId, Role};
 use crate::error::GatewayError;
+use crate::gate::{Admit, GateLayer};
+use crate::ids::{ClientId, Role};
+
+/// A team member as configured (`clients[]`): the authentication layer's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// Stable client id (used in logs, audit and metric labels).
+    pub id: ClientId,
+    /// Roles the policy refers to.
+    pub roles: Vec<Role>,
+    /// SHA-256 of the client's raw personal key.
+    pub key_sha256: [u8; 32],
+    /// Requests in flight at most for this client (overrides `server.max_in_flight_per_client`).
+    pub max_in_flight: Option<usize>,
+}
 
 /// The authenticated caller, as a typed request extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +63,7 @@ impl Default for ClientKeys {
 
 impl ClientKeys {
     /// Build from the validated configuration.
-    pub fn new(clients: &[ClientConfig]) -> Self {
+    pub fn new(clients: &[ClientSettings]) -> Self {
         let mut buckets = vec![Vec::new(); 256];
         for (i, client) in clients.iter().enumerate() {
             buckets[usize::from(client.key_sha256[0])].push(i as u32);
@@ -92,10 +103,7 @@ impl ClientKeys {
 
 /// Lowercase hex SHA-256 of a raw key, as written in `clients[].key_sha256`.
 pub fn key_digest_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::units::hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// The personal key a request presents: exactly one, in `x-api-key` or `Authorization: Bearer`.
@@ -134,63 +142,31 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// Layer that authenticates every request and inserts its [`Principal`].
+/// The authentication layer: every request must present a configured client's key; its
+/// [`Principal`] is inserted for the layers below.
 #[derive(Clone, Debug)]
-pub struct AuthLayer {
+pub struct Authenticate {
     keys: Arc<ClientKeys>,
 }
 
-impl AuthLayer {
-    /// Authenticate against these clients.
-    pub fn new(keys: Arc<ClientKeys>) -> Self {
-        AuthLayer { keys }
+impl Authenticate {
+    /// The layer authenticating against these clients.
+    pub fn layer(keys: Arc<ClientKeys>) -> GateLayer<Authenticate> {
+        GateLayer::new(Authenticate { keys })
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Authenticate<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authenticate {
-            inner,
-            keys: self.keys.clone(),
-        }
-    }
-}
-
-/// Service produced by [`AuthLayer`].
-#[derive(Clone, Debug)]
-pub struct Authenticate<S> {
-    inner: S,
-    keys: Arc<ClientKeys>,
-}
-
-impl<S, B> Service<Request<B>> for Authenticate<S>
-where
-    S: Service<Request<B>, Error = GatewayError>,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let principal = presented_key(req.headers()).and_then(|key| {
-            self.keys
-                .authenticate(key)
-                .cloned()
-                .ok_or(GatewayError::InvalidCredentials)
-        });
-        match principal {
-            Ok(principal) => {
-                tracing::Span::current().record("client", principal.client.as_str());
-                req.extensions_mut().insert(principal);
-                Either::Left(self.inner.call(req))
-            }
-            Err(error) => Either::Right(future::ready(Err(error))),
-        }
+impl<B> Admit<B> for Authenticate {
+    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        let key = presented_key(req.headers())?;
+        let principal = self
+            .keys
+            .authenticate(key)
+            .cloned()
+            .ok_or(GatewayError::InvalidCredentials)?;
+        tracing::Span::current().record("client", principal.client.as_str());
+        req.extensions_mut().insert(principal);
+        Ok(())
     }
 }
 
@@ -200,7 +176,7 @@ mod tests {
     use http::HeaderValue;
 
     fn keys() -> ClientKeys {
-        let client = |id: &str, role: &str, key: &str| ClientConfig {
+        let client = |id: &str, role: &str, key: &str| ClientSettings {
             id: id.parse().unwrap(),
             roles: vec![role.parse().unwrap()],
             key_sha256: Sha256::digest(key.as_bytes()).into(),
@@ -248,8 +224,8 @@ mod tests {
 
     #[test]
     fn every_one_of_many_clients_is_found_and_no_stranger() {
-        let clients: Vec<ClientConfig> = (0..300)
-            .map(|i| ClientConfig {
+        let clients: Vec<ClientSettings> = (0..300)
+            .map(|i| ClientSettings {
                 id: format!("c{i}").parse().unwrap(),
                 roles: vec![],
                 key_sha256: Sha256::digest(format!("key-{i}").as_bytes()).into(),

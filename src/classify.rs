@@ -17,15 +17,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{self, Either, Ready};
 use http::{HeaderMap, Method, Request, Uri, Version};
-use tower::{Layer, Service};
 
 use crate::error::GatewayError;
+use crate::ext::RouteLabel;
 use crate::fragment::FragmentInTarget;
-use crate::metrics::RouteLabel;
+use crate::gate::{Admit, GateLayer};
 use crate::routes::{BodyKind, Lookup, ParamKind, Route, RouteTable};
 
 /// Headers some frameworks honour to change the method; always refused.
@@ -143,6 +141,20 @@ impl Operation {
         self.route.map_or("unknown", |r| r.id.as_str())
     }
 
+    /// The API version segment of the path (`v1.3`).
+    pub fn version(&self) -> &str {
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// Whether this is the route `id`.
+    pub fn is(&self, id: crate::routes::RouteId) -> bool {
+        self.route.is_some_and(|r| r.id == id)
+    }
+
     /// A path parameter by name.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
@@ -248,7 +260,7 @@ impl Classifier {
             .api_versions
             .iter()
             .any(|v| v == version_segment);
-        let lookup = if known_version && *version_segment == "v1.3" {
+        let lookup = if known_version && *version_segment == RouteTable::VERSION {
             self.table.lookup(&method, rest)
         } else {
             Lookup::NotFound
@@ -265,7 +277,7 @@ impl Classifier {
                 return Err(ambiguous("a path parameter that is not a plain id"))
             }
             Lookup::NotFound => {
-                let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+                let safe = crate::routes::is_safe(&method);
                 let forward = known_version
                     && match self.settings.unknown_routes {
                         UnknownRoutes::ForwardSafe => safe,
@@ -364,8 +376,7 @@ impl Classifier {
                 if case_variant {
                     return Err(ambiguous("a case variant of a known query parameter name"));
                 }
-                let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-                if route.is_some() && !safe {
+                if route.is_some() && !crate::routes::is_safe(method) {
                     return Err(ambiguous("a query parameter this route does not take"));
                 }
             }
@@ -458,17 +469,7 @@ fn plain_value(value: &str) -> Result<&str, GatewayError> {
 }
 
 fn classify_method(method: &Method) -> Result<Method, GatewayError> {
-    // Matched exactly: hyper accepts `delete` or `DELETEX` as extension methods.
-    const ALLOWED: [Method; 7] = [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-    ];
-    if ALLOWED.contains(method) {
+    if crate::routes::is_accepted(method) {
         Ok(method.clone())
     } else {
         Err(GatewayError::MethodNotAllowed {
@@ -512,74 +513,39 @@ fn split_path(path: &str) -> Result<Vec<&str>, GatewayError> {
     Ok(segments)
 }
 
-/// Layer that classifies every request and inserts its [`Operation`].
+/// The classification layer: every request becomes its canonical [`Operation`], or is refused.
 #[derive(Clone, Debug)]
-pub struct ClassifyLayer {
+pub struct Classify {
     classifier: Arc<Classifier>,
 }
 
-impl ClassifyLayer {
-    /// Classify with this classifier.
-    pub fn new(classifier: Arc<Classifier>) -> Self {
-        ClassifyLayer { classifier }
+impl Classify {
+    /// The layer classifying with `classifier`.
+    pub fn layer(classifier: Arc<Classifier>) -> GateLayer<Classify> {
+        GateLayer::new(Classify { classifier })
     }
 }
 
-impl<S> Layer<S> for ClassifyLayer {
-    type Service = Classify<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Classify {
-            inner,
-            classifier: self.classifier.clone(),
-        }
-    }
-}
-
-/// Service produced by [`ClassifyLayer`].
-#[derive(Clone, Debug)]
-pub struct Classify<S> {
-    inner: S,
-    classifier: Arc<Classifier>,
-}
-
-impl<S, B> Service<Request<B>> for Classify<S>
-where
-    S: Service<Request<B>, Error = GatewayError>,
-    B: http_body::Body,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl<B: http_body::Body> Admit<B> for Classify {
+    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
         if req.extensions().get::<FragmentInTarget>().is_some() {
             // The parser dropped it; the wire had it (see `fragment`).
-            return Either::Right(future::ready(Err(ambiguous(
-                "a #fragment in the request target",
-            ))));
+            return Err(ambiguous("a #fragment in the request target"));
         }
         let has_body = !req.body().is_end_stream();
-        match self.classifier.classify(
+        let operation = self.classifier.classify(
             req.method(),
             req.version(),
             req.uri(),
             req.headers(),
             has_body,
-        ) {
-            Ok(operation) => {
-                tracing::Span::current().record("operation", operation.route_id());
-                if let Some(label) = req.extensions().get::<RouteLabel>() {
-                    let _ = label.0.set(operation.route_id());
-                }
-                req.extensions_mut().insert(operation);
-                Either::Left(self.inner.call(req))
-            }
-            Err(error) => Either::Right(future::ready(Err(error))),
+        )?;
+        tracing::Span::current().record("operation", operation.route_id());
+        if let Some(label) = req.extensions().get::<RouteLabel>() {
+            let _ = label.0.set(operation.route_id());
         }
+        req.extensions_mut().insert(operation);
+        Ok(())
     }
 }
 

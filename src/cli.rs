@@ -12,9 +12,11 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::audit;
 use crate::auth::key_digest_hex;
 use crate::classify::Classifier;
-use crate::config::{ClientId, Config, KeySource, Role};
+use crate::config::Config;
+use crate::credentials::KeySource;
 use crate::credentials::UpstreamKey;
 use crate::emulator::Emulator;
+use crate::ids::{ClientId, Role};
 use crate::policy::explain;
 use crate::server::{shutdown_signal, Gateway};
 use crate::telemetry;
@@ -228,7 +230,7 @@ fn explain_command(config: &Path, client: &str, method: &str, target: &str) -> E
         Ok(config) => config,
         Err(error) => return fail(error.to_string()),
     };
-    let principal = match explain::principal_for(&config, client) {
+    let principal = match explain::principal_for(&config.clients, client) {
         Ok(p) => p,
         Err(error) => return fail(error.to_string()),
     };
@@ -317,7 +319,7 @@ fn test_command(config: &Path, cases: &Path) -> ExitCode {
         Err(error) => return fail(error.to_string()),
     };
     let classifier = Classifier::new(config.classify.clone());
-    match explain::run_cases(&classifier, &config.compiled_policy, &config, cases) {
+    match explain::run_cases(&classifier, &config.compiled_policy, &config.clients, cases) {
         Ok((report, _, 0)) => {
             print!("{report}");
             ExitCode::SUCCESS

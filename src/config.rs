@@ -1,29 +1,36 @@
-//! Configuration: one YAML file → a validated, typed [`Config`] (contract: architecture.md §3).
+//! Configuration: one YAML file → a validated, typed [`Config`] (the configuration contract in
+//! docs/architecture.md).
 //!
-//! Parsing happens in two steps. Serde reads the file into `Raw*` types that reject unknown keys and
+//! This module only assembles. Serde reads the file into `Raw*` types that reject unknown keys and
 //! check single values (durations, digests, ids) as they are read, so those errors carry serde's line
-//! and column. Cross-field checks then build the typed `Config`; their errors name the key path and the
-//! line found by [`locate`].
+//! and column. The validator then checks what spans sections (client ids that rules name, duplicate
+//! ids) and hands each section to the layer that owns it: the settings types and their compile
+//! steps live with the layers (`policy`, `ratelimit`, `matcher`, `audit`, `classify`, `guards`,
+//! `auth`, `credentials`, `forward`, `telemetry`). Errors name the key path and the line found by
+//! [`locate`]. Only the composition root (`stack`), the server, the reloader and the CLI import this
+//! module (`scripts/check-structure` checks it).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
 use http::Method;
 use serde::Deserialize;
 
-use crate::audit::layer::AuditScope;
-use crate::audit::AuditSettings;
+use crate::audit::{AuditScope, AuditSettings, ScopeMatch};
+use crate::auth::ClientSettings;
 use crate::classify::{ClassifySettings, UnknownRoutes};
+use crate::credentials::KeySource;
+use crate::forward::UpstreamOrigin;
 use crate::guards::{ForceDeleteSettings, OnError};
-use crate::policy::{compile_rule, CompiledRule, Policy};
-use crate::ratelimit::{LimitConfig, Per, Rate};
-use crate::routes::RouteTable;
+use crate::ids::{ClientId, Role, RuleId};
+use crate::matcher::{MatchSettings, QueryValue};
+use crate::policy::{Effect, Policy, PolicySettings, RuleMode, RuleSettings};
+use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
+use crate::telemetry::LogFormat;
+use crate::units::{parse_hex, BodyRate, ByteSize, ConfigDuration, Rate};
 
 /// A configuration error naming the file, the line (when known) and the key.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +54,9 @@ pub struct Config {
     /// Where requests go and with which key.
     pub upstream: UpstreamConfig,
     /// Team members and their key digests.
-    pub clients: Vec<ClientConfig>,
+    pub clients: Vec<ClientSettings>,
     /// Access policy as written.
-    pub policy: PolicyConfig,
+    pub policy: PolicySettings,
     /// The policy compiled against the route table.
     pub compiled_policy: Arc<Policy>,
     /// How requests are classified.
@@ -60,8 +67,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The reference guard before forced asset deletes.
     pub force_delete: ForceDeleteSettings,
-    /// Rate limits with their compiled matchers.
-    pub rate_limits: Vec<(LimitConfig, CompiledRule)>,
+    /// Rate limits, compiled (their definitions identify their state across reloads).
+    pub rate_limits: Vec<LimitDefinition>,
     /// Listener limits and timeouts.
     pub server: ServerConfig,
     /// Log output.
@@ -69,7 +76,7 @@ pub struct Config {
 }
 
 /// The fixed upstream origin and how to authenticate to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Scheme, host and port: the only place a connection can go.
     pub origin: UpstreamOrigin,
@@ -92,146 +99,8 @@ pub struct UpstreamConfig {
 /// Default for `upstream.max_idle_connections` (per serving worker).
 pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 128;
 
-/// `scheme://host[:port]` of the upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamOrigin {
-    /// `http` or `https`.
-    pub scheme: Scheme,
-    /// Host and optional port.
-    pub authority: Authority,
-}
-
-impl fmt::Display for UpstreamOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl FromStr for UpstreamOrigin {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("{s:?} needs a scheme (https:// or http://)"))?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!(
-                "{s:?}: only http and https upstreams are supported"
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{s:?} needs a host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{s:?}: credentials in the URL are not allowed"));
-        }
-        let path = uri.path();
-        if !(path.is_empty() || path == "/") || uri.query().is_some() {
-            return Err(format!(
-                "{s:?}: give only scheme://host[:port]; request paths such as /v1.3/... are appended as classified"
-            ));
-        }
-        Ok(UpstreamOrigin { scheme, authority })
-    }
-}
-
-/// Where the upstream key is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// A file, re-read when it changes (key rotation without restart).
-    File(PathBuf),
-    /// An environment variable, read once at start.
-    Env(String),
-}
-
-/// A team member.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// Stable client id (used in logs, audit and metric labels).
-    pub id: ClientId,
-    /// Roles the policy refers to.
-    pub roles: Vec<Role>,
-    /// SHA-256 of the client's raw personal key.
-    pub key_sha256: [u8; 32],
-    /// Requests in flight at most for this client (overrides `server.max_in_flight_per_client`).
-    pub max_in_flight: Option<usize>,
-}
-
-/// Access policy as configured (compiled and enforced by the policy module).
-#[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    /// Effect for requests that no rule matches.
-    pub default: Effect,
-    /// The rules; order does not matter.
-    pub rules: Vec<RuleConfig>,
-}
-
-/// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    /// Let the request through.
-    Allow,
-    /// Refuse the request.
-    Deny,
-}
-
-/// Whether a rule blocks or only records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleMode {
-    /// Deny requests the rule refuses.
-    #[default]
-    Enforce,
-    /// Record and count what the rule would deny, but let it through.
-    DryRun,
-}
-
-/// One policy rule.
-#[derive(Debug, Clone)]
-pub struct RuleConfig {
-    /// Unique rule id.
-    pub id: RuleId,
-    /// What the rule applies to.
-    pub matcher: MatchConfig,
-    /// Roles the rule admits.
-    pub allow_roles: Vec<Role>,
-    /// Clients the rule admits.
-    pub allow_clients: Vec<ClientId>,
-    /// Shown to a refused client.
-    pub message: Option<String>,
-    /// Enforce or dry run.
-    pub mode: RuleMode,
-}
-
-/// Match conditions of a rule; every given field must match.
-#[derive(Debug, Clone, Default)]
-pub struct MatchConfig {
-    /// Exact HTTP method.
-    pub method: Option<Method>,
-    /// Route template, e.g. `/v1.3/assets/{asset_id}`.
-    pub path: Option<String>,
-    /// Route id, e.g. `assets.delete`.
-    pub operation: Option<String>,
-    /// Query predicates: parameter name → expected value.
-    pub query: BTreeMap<String, QueryValue>,
-    /// Only these clients.
-    pub clients: Vec<ClientId>,
-}
-
-/// Expected value of a query predicate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueryValue {
-    /// A boolean, read the way the most permissive framework would.
-    Bool(bool),
-    /// An exact string.
-    Text(String),
-}
-
 /// Audit log settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
     /// Writer settings.
     pub settings: AuditSettings,
@@ -241,8 +110,8 @@ pub struct AuditConfig {
     pub reconcile: bool,
 }
 
-/// Listener limits and timeouts.
-#[derive(Debug, Clone)]
+/// Listener limits and timeouts (compared by value: a change needs a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Open client connections at most; further connections wait in the accept backlog.
     pub max_connections: usize,
@@ -272,165 +141,11 @@ pub struct ServerConfig {
     pub min_body_rate: Option<BodyRate>,
 }
 
-/// A minimum body rate: bytes per second, averaged over a window of time spent waiting for data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyRate {
-    /// Bytes per second at least.
-    pub bytes_per_second: u64,
-    /// Averaged over this much waiting time.
-    pub window: Duration,
-}
-
-impl FromStr for BodyRate {
-    type Err = String;
-    /// `1KiB/s` (window 30s) or `1KiB/s over 30s`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid body rate {s:?}: write a size per second, e.g. 1KiB/s or 1KiB/s over 30s"
-            )
-        };
-        let (rate, window) = match s.split_once(" over ") {
-            Some((rate, window)) => (rate.trim(), parse_duration(window.trim())?),
-            None => (s.trim(), Duration::from_secs(30)),
-        };
-        let size = rate.strip_suffix("/s").ok_or_else(bad)?;
-        let bytes = ByteSize::try_from(serde_yaml::Value::String(size.to_owned()))
-            .map_err(|_| bad())?
-            .0;
-        if bytes == 0 || window.is_zero() {
-            return Err(bad());
-        }
-        Ok(BodyRate {
-            bytes_per_second: bytes,
-            window,
-        })
-    }
-}
-
 /// Log output settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoggingConfig {
     /// Line format.
     pub format: LogFormat,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable text.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-macro_rules! id_newtype {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-        #[serde(try_from = "String")]
-        pub struct $name(std::sync::Arc<str>);
-
-        impl $name {
-            /// The id as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = String;
-            fn try_from(value: String) -> Result<Self, String> {
-                if is_plain_id(&value) {
-                    Ok($name(value.into()))
-                } else {
-                    Err(format!(
-                        concat!("invalid ", $what, " {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -"),
-                        value
-                    ))
-                }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                Self::try_from(s.to_owned())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-id_newtype!(
-    /// A configured client id.
-    ClientId,
-    "client id"
-);
-id_newtype!(
-    /// A role name.
-    Role,
-    "role"
-);
-id_newtype!(
-    /// A policy rule id.
-    RuleId,
-    "rule id"
-);
-
-impl RuleId {
-    /// The pseudo-rule named when `policy.default: deny` decides.
-    pub fn default_rule() -> RuleId {
-        RuleId(Arc::from("policy.default"))
-    }
-}
-
-fn is_plain_id(value: &str) -> bool {
-    (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// A duration written as `250ms`, `30s`, `5m`, `1h` or `1d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct ConfigDuration(pub Duration);
-
-impl TryFrom<String> for ConfigDuration {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        parse_duration(&value).map(ConfigDuration)
-    }
-}
-
-/// Parse `250ms`, `30s`, `5m`, `1h`, `1d`.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "invalid duration {value:?}: write a whole number and a unit, e.g. 250ms, 30s, 5m, 1h"
-        )
-    };
-    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        "d" => number.checked_mul(86_400_000),
-        _ => None,
-    }
-    .ok_or_else(bad)?;
-    Ok(Duration::from_millis(millis))
 }
 
 /// A lowercase hex SHA-256 digest.
@@ -441,22 +156,9 @@ pub struct KeyDigest(pub [u8; 32]);
 impl TryFrom<String> for KeyDigest {
     type Error = String;
     fn try_from(value: String) -> Result<Self, String> {
-        let bad = || {
+        parse_hex::<32>(&value).map(KeyDigest).ok_or_else(|| {
             format!("invalid key_sha256 {value:?}: expected 64 lowercase hex digits (tl-gateway keygen prints one)")
-        };
-        if value.len() != 64
-            || !value
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in value.as_bytes().chunks(2).enumerate() {
-            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(text, 16).map_err(|_| bad())?;
-        }
-        Ok(KeyDigest(out))
+        })
     }
 }
 
@@ -605,40 +307,6 @@ struct RawForceDelete {
     on_error: OnError,
 }
 
-/// A size written as `1048576`, `512KiB`, `100MiB` or `2GiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "serde_yaml::Value")]
-pub struct ByteSize(pub u64);
-
-impl TryFrom<serde_yaml::Value> for ByteSize {
-    type Error = String;
-    fn try_from(value: serde_yaml::Value) -> Result<Self, String> {
-        let text = match &value {
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::String(s) => s.clone(),
-            _ => return Err("a size must be a number of bytes or a string like 100MiB".into()),
-        };
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {text:?}"))?;
-        let factor = match unit {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            _ => return Err(format!("invalid size {text:?}: use B, KiB, MiB or GiB")),
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {text:?} is too large"))
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -728,7 +396,7 @@ impl Validator<'_> {
                 format!("rule {:?}: {}", first.rule.as_str(), first.message),
             )
         })?;
-        let warnings = findings
+        let mut warnings: Vec<String> = findings
             .iter()
             .map(|p| {
                 format!(
@@ -758,7 +426,7 @@ impl Validator<'_> {
             rule_bool_keys: compiled_policy.rule_bool_keys().clone(),
         };
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
-        let rate_limits = self.rate_limits(raw.rate_limits, &known_clients)?;
+        let rate_limits = self.rate_limits(raw.rate_limits, &known_clients, &mut warnings)?;
         let force_delete = raw.guards.and_then(|g| g.force_delete).map_or_else(
             ForceDeleteSettings::default,
             |f| {
@@ -961,33 +629,33 @@ impl Validator<'_> {
                 }
             };
         }
-        let table = RouteTable::v1_3();
-        let mut scope = AuditScope::default();
-        for (i, m) in raw.matchers.iter().enumerate() {
+        let mut matchers = Vec::with_capacity(raw.matchers.len());
+        for (i, m) in raw.matchers.into_iter().enumerate() {
             let at = [Seg::Key("audit"), Seg::Key("match"), Seg::Index(i)];
-            let method = m
-                .method
-                .as_deref()
-                .map(|name| Method::from_bytes(name.to_ascii_uppercase().as_bytes()));
-            let method = match method {
+            let method = match m.method.as_deref().map(|name| self.method(name, &at)) {
+                Some(Err(error)) => return Err(error),
                 Some(Ok(method)) => Some(method),
-                Some(Err(_)) => return Err((self.fail)(&at, "unknown method".into())),
                 None => None,
             };
-            let routes: Vec<_> = match (&m.operation, &m.path) {
-                (Some(op), _) => table.by_id(op).into_iter().collect(),
-                (None, Some(path)) => table.by_template(path, method.as_ref()),
-                (None, None) => table
-                    .routes()
-                    .iter()
-                    .filter(|r| method.as_ref().is_some_and(|m| *m == r.method))
-                    .collect(),
-            };
-            if routes.is_empty() {
-                return Err((self.fail)(&at, "matches no TwelveLabs v1.3 route".into()));
-            }
-            scope.extra.extend(routes.into_iter().map(|r| r.id));
+            matchers.push((
+                i,
+                ScopeMatch {
+                    method,
+                    path: m.path,
+                    operation: m.operation,
+                },
+            ));
         }
+        let scope = AuditScope::compile(matchers.iter().map(|(_, m)| m)).map_err(|(i, e)| {
+            (self.fail)(
+                &[
+                    Seg::Key("audit"),
+                    Seg::Key("match"),
+                    Seg::Index(matchers[i].0),
+                ],
+                e,
+            )
+        })?;
         Ok(AuditConfig {
             settings,
             scope,
@@ -999,7 +667,8 @@ impl Validator<'_> {
         &self,
         raw: Vec<RawLimit>,
         known_clients: &HashSet<ClientId>,
-    ) -> Result<Vec<(LimitConfig, CompiledRule)>, ConfigError> {
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<LimitDefinition>, ConfigError> {
         let mut ids = HashSet::new();
         let mut limits = Vec::with_capacity(raw.len());
         for (i, limit) in raw.into_iter().enumerate() {
@@ -1022,36 +691,32 @@ impl Validator<'_> {
                     ));
                 }
             }
-            let matcher = self.matcher(limit.matcher, &at("match")[..2])?;
-            let rule = RuleConfig {
-                id: limit.id.clone(),
-                matcher,
-                allow_roles: Vec::new(),
-                allow_clients: Vec::new(),
-                message: None,
-                mode: RuleMode::Enforce,
+            let settings = LimitSettings {
+                id: limit.id,
+                matcher: self.matcher(limit.matcher, &at("match")[..2])?,
+                roles: limit.roles,
+                clients: limit.clients,
+                per: limit.per,
+                rate,
+                burst: limit.burst.unwrap_or(1).max(1),
             };
-            let mut ignored = Vec::new();
-            let compiled =
-                compile_rule(RouteTable::v1_3(), i, &rule, &mut ignored).map_err(|e| {
-                    (self.fail)(&at("match"), format!("limit {:?}: {e}", limit.id.as_str()))
-                })?;
-            limits.push((
-                LimitConfig {
-                    id: limit.id,
-                    roles: limit.roles,
-                    clients: limit.clients,
-                    per: limit.per,
-                    rate,
-                    burst: limit.burst.unwrap_or(1).max(1),
-                },
-                compiled,
-            ));
+            let (definition, found) = LimitDefinition::compile(&settings).map_err(|e| {
+                (self.fail)(
+                    &at("match"),
+                    format!("limit {:?}: {e}", settings.id.as_str()),
+                )
+            })?;
+            warnings.extend(
+                found
+                    .into_iter()
+                    .map(|w| format!("rate_limits[{i}] ({}): {w}", settings.id)),
+            );
+            limits.push(definition);
         }
         Ok(limits)
     }
 
-    fn clients(&self, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>, ConfigError> {
+    fn clients(&self, raw: Vec<RawClient>) -> Result<Vec<ClientSettings>, ConfigError> {
         let mut ids = HashSet::new();
         let mut digests = HashSet::new();
         let mut clients = Vec::with_capacity(raw.len());
@@ -1068,7 +733,7 @@ impl Validator<'_> {
                     "the same key digest is configured for two clients".into(),
                 ));
             }
-            clients.push(ClientConfig {
+            clients.push(ClientSettings {
                 id: client.id,
                 roles: client.roles,
                 key_sha256: client.key_sha256.0,
@@ -1082,12 +747,9 @@ impl Validator<'_> {
         &self,
         raw: Option<RawPolicy>,
         known_clients: &HashSet<ClientId>,
-    ) -> Result<PolicyConfig, ConfigError> {
+    ) -> Result<PolicySettings, ConfigError> {
         let Some(raw) = raw else {
-            return Ok(PolicyConfig {
-                default: Effect::Allow,
-                rules: Vec::new(),
-            });
+            return Ok(PolicySettings::default());
         };
         let mut ids = HashSet::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
@@ -1129,7 +791,7 @@ impl Validator<'_> {
                 }
             }
             let matcher = self.matcher(rule.matcher, &at("match"))?;
-            rules.push(RuleConfig {
+            rules.push(RuleSettings {
                 id: rule.id,
                 matcher,
                 allow_roles: rule.allow_roles.unwrap_or_default(),
@@ -1138,13 +800,21 @@ impl Validator<'_> {
                 mode: rule.mode,
             });
         }
-        Ok(PolicyConfig {
+        Ok(PolicySettings {
             default: raw.default.unwrap_or(Effect::Allow),
             rules,
         })
     }
 
-    fn matcher(&self, raw: RawMatch, at: &[Seg]) -> Result<MatchConfig, ConfigError> {
+    /// A method name as configured (any case): one the gateway accepts.
+    fn method(&self, name: &str, at: &[Seg]) -> Result<Method, ConfigError> {
+        Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .ok()
+            .filter(crate::routes::is_accepted)
+            .ok_or_else(|| (self.fail)(at, format!("unknown method {name:?}")))
+    }
+
+    fn matcher(&self, raw: RawMatch, at: &[Seg]) -> Result<MatchSettings, ConfigError> {
         let key = |k: &'static str| {
             let mut path = at.to_vec();
             path.push(Seg::Key(k));
@@ -1152,16 +822,7 @@ impl Validator<'_> {
         };
         let method = match raw.method {
             None => None,
-            Some(m) => {
-                let upper = m.to_ascii_uppercase();
-                if !matches!(
-                    upper.as_str(),
-                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
-                ) {
-                    return Err((self.fail)(&key("method"), format!("unknown method {m:?}")));
-                }
-                Method::from_bytes(upper.as_bytes()).ok()
-            }
+            Some(m) => Some(self.method(&m, &key("method"))?),
         };
         if let Some(path) = &raw.path {
             if !path.starts_with('/') {
@@ -1186,7 +847,7 @@ impl Validator<'_> {
             };
             query.insert(name, value);
         }
-        Ok(MatchConfig {
+        Ok(MatchSettings {
             method,
             path: raw.path,
             operation: raw.operation,

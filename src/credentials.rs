@@ -15,7 +15,6 @@ use futures_util::future::{self, Either, Ready};
 use http::{HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
-use crate::config::KeySource;
 use crate::error::GatewayError;
 use crate::headers;
 
@@ -24,6 +23,15 @@ pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// How often the key file is re-read.
 pub const KEY_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Where the upstream key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file, re-read when it changes (key rotation without restart).
+    File(PathBuf),
+    /// An environment variable, read once at start.
+    Env(String),
+}
 
 /// Why the upstream key could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -5,18 +5,20 @@
 //! surface it. Messages never echo request headers or secrets.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::body::{self, GatewayBody};
-use crate::config::RuleId;
-use crate::metrics::{ErrorCode, Metrics};
+use crate::ext::ErrorCode;
+use crate::ids::{ClientId, RuleId};
+use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::request_id::RequestId;
+use crate::units::Rate;
 
 /// Why the gateway refused or failed a request.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +80,13 @@ pub enum GatewayError {
         /// Whole seconds until a request would be admitted.
         retry_after: u64,
         /// The limit's rate.
-        rate: crate::ratelimit::Rate,
+        rate: Rate,
         /// The limit's burst.
         burst: u32,
     },
     /// The audit intent could not be made durable; the request was not forwarded.
     #[error("the audit log cannot record this request, so it was not forwarded ({0})")]
-    AuditUnavailable(crate::audit::AuditError),
+    AuditUnavailable(String),
     /// The reference lookup before a forced delete failed and `on_error` is deny.
     #[error("the reference lookup before this forced delete failed (status {0}); refusing it (guards.force_delete.on_error: deny)")]
     GuardLookupFailed(u16),
@@ -92,7 +94,7 @@ pub enum GatewayError {
     #[error("client '{client}' already has {cap} requests in flight (its cap: clients[].max_in_flight or server.max_in_flight_per_client); retry when one finishes")]
     ClientInFlight {
         /// The client.
-        client: crate::config::ClientId,
+        client: ClientId,
         /// Its cap.
         cap: usize,
     },
@@ -249,6 +251,27 @@ pub fn error_response(
     response
 }
 
+impl GatewayError {
+    /// The upstream-error kind this error counts as, if any.
+    pub fn upstream_error_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            GatewayError::UpstreamUnavailable(UpstreamFailure::Connect) => {
+                Some(UpstreamErrorKind::Connect)
+            }
+            GatewayError::UpstreamUnavailable(UpstreamFailure::Exchange) => {
+                Some(UpstreamErrorKind::Exchange)
+            }
+            GatewayError::UpstreamTimeout(_) => Some(UpstreamErrorKind::Timeout),
+            // The exchange failed because of the client's body: its own kind, so the
+            // upstream-error alert does not fire for client mistakes.
+            GatewayError::RequestBodyInvalid(_)
+            | GatewayError::RequestBodyTimeout(_)
+            | GatewayError::ClientDisconnected => Some(UpstreamErrorKind::ClientBody),
+            _ => None,
+        }
+    }
+}
+
 /// The rescue layer: the one place a [`GatewayError`] becomes a response.
 #[derive(Clone, Debug)]
 pub struct RescueLayer {
@@ -268,72 +291,127 @@ impl<S> Layer<S> for RescueLayer {
         Rescue {
             inner,
             metrics: self.metrics.clone(),
+            not_ready: None,
         }
     }
 }
 
 /// Service produced by [`RescueLayer`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Rescue<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    /// An error the inner service reported from `poll_ready`: the next request gets it as its
+    /// answer rather than it being dropped.
+    not_ready: Option<GatewayError>,
+}
+
+impl<S: Clone> Clone for Rescue<S> {
+    fn clone(&self) -> Self {
+        Rescue {
+            inner: self.inner.clone(),
+            metrics: self.metrics.clone(),
+            not_ready: None,
+        }
+    }
 }
 
 impl<S> Service<Request<GatewayBody>> for Rescue<S>
 where
-    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>, Error = GatewayError>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>, Error = GatewayError>,
 {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Inner services of this stack are always ready; an error here would be a bug, not a request.
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         match self.inner.poll_ready(cx) {
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(error)) => {
+                // Never swallowed: the request this readiness was for is answered with it.
+                self.not_ready = Some(error);
+                Poll::Ready(Ok(()))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
-        let metrics = self.metrics.clone();
-        // A combinator rather than an async block: rustc cannot prove an async block over the
-        // generic `S::Future` Send for every lifetime of the boxed error type.
-        Box::pin(self.inner.call(req).map(move |result| {
-            Ok(result.unwrap_or_else(|error| {
-                let status = error.status();
-                if status.is_server_error() {
-                    tracing::warn!(code = error.code(), status = status.as_u16(), %error, "request failed");
-                } else {
-                    tracing::info!(code = error.code(), status = status.as_u16(), %error, "request refused");
-                }
-                match &error {
-                    GatewayError::UpstreamUnavailable(kind) => {
-                        metrics.upstream_errors.with_label_values(&[kind.as_str()]).inc()
-                    }
-                    GatewayError::UpstreamTimeout(_) => {
-                        metrics.upstream_errors.with_label_values(&["timeout"]).inc()
-                    }
-                    // The exchange failed because of the client's body: its own kind, so the
-                    // upstream-error alert does not fire for client mistakes.
-                    GatewayError::RequestBodyInvalid(_)
-                    | GatewayError::RequestBodyTimeout(_)
-                    | GatewayError::ClientDisconnected => {
-                        metrics.upstream_errors.with_label_values(&["client_body"]).inc()
-                    }
-                    _ => {}
-                }
-                let code = error.code();
-                let mut response = error.into_response(request_id.as_ref());
-                response.extensions_mut().insert(ErrorCode(code));
-                response
-            }))
-        }))
+        let state = match self.not_ready.take() {
+            Some(error) => RescueState::Failed { error: Some(error) },
+            None => RescueState::Called {
+                inner: self.inner.call(req),
+            },
+        };
+        RescueFuture {
+            state,
+            request_id,
+            metrics: self.metrics.clone(),
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Rescue`].
+    pub struct RescueFuture<F> {
+        #[pin]
+        state: RescueState<F>,
+        request_id: Option<RequestId>,
+        metrics: Arc<Metrics>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = RescueStateProj]
+    enum RescueState<F> {
+        Called { #[pin] inner: F },
+        Failed { error: Option<GatewayError> },
+    }
+}
+
+impl<F> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<GatewayBody>, GatewayError>>,
+{
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.state.project() {
+            RescueStateProj::Called { inner } => std::task::ready!(inner.poll(cx)),
+            RescueStateProj::Failed { error } => Err(error
+                .take()
+                .unwrap_or(GatewayError::Internal("a rescue future was polled twice"))),
+        };
+        Poll::Ready(Ok(result.unwrap_or_else(|error| {
+            rescue(error, this.request_id.as_ref(), this.metrics)
+        })))
+    }
+}
+
+/// Turn an error into its response: logged, counted, TwelveLabs-shaped.
+fn rescue(
+    error: GatewayError,
+    request_id: Option<&RequestId>,
+    metrics: &Metrics,
+) -> Response<GatewayBody> {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::warn!(code = error.code(), status = status.as_u16(), %error, "request failed");
+    } else {
+        tracing::info!(code = error.code(), status = status.as_u16(), %error, "request refused");
+    }
+    if let Some(kind) = error.upstream_error_kind() {
+        metrics.upstream_error(kind);
+    }
+    let code = error.code();
+    let mut response = error.into_response(request_id);
+    response.extensions_mut().insert(ErrorCode(code));
+    response
 }
 
 #[cfg(test)]
@@ -352,6 +430,30 @@ mod tests {
         assert_eq!(json["code"], "unauthorized");
         assert_eq!(json["message"], "invalid API key");
         assert_eq!(json["request_id"], "req-1");
+    }
+
+    #[tokio::test]
+    async fn a_readiness_error_below_the_rescue_layer_answers_the_request() {
+        use tower::ServiceExt;
+        #[derive(Clone)]
+        struct Broken;
+        impl Service<Request<GatewayBody>> for Broken {
+            type Response = Response<GatewayBody>;
+            type Error = GatewayError;
+            type Future = futures_util::future::Ready<Result<Response<GatewayBody>, GatewayError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+                Poll::Ready(Err(GatewayError::Overloaded))
+            }
+            fn call(&mut self, _: Request<GatewayBody>) -> Self::Future {
+                panic!("called although not ready")
+            }
+        }
+        let service = RescueLayer::new(Metrics::new()).layer(Broken);
+        let response = service.oneshot(Request::new(body::empty())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["code"], "overloaded");
     }
 
     #[test]

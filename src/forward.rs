@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,10 +20,54 @@ use tower::Service;
 
 use crate::body::{self, GatewayBody};
 use crate::classify::Operation;
-use crate::config::UpstreamOrigin;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
 use crate::overload::{ClientBodyError, IdleTimeout};
+
+/// `scheme://host[:port]` of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamOrigin {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and optional port.
+    pub authority: Authority,
+}
+
+impl std::fmt::Display for UpstreamOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl std::str::FromStr for UpstreamOrigin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} needs a scheme (https:// or http://)"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(format!(
+                "{s:?}: only http and https upstreams are supported"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} needs a host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{s:?}: credentials in the URL are not allowed"));
+        }
+        let path = uri.path();
+        if !(path.is_empty() || path == "/") || uri.query().is_some() {
+            return Err(format!(
+                "{s:?}: give only scheme://host[:port]; request paths such as /v1.3/... are appended as classified"
+            ));
+        }
+        Ok(UpstreamOrigin { scheme, authority })
+    }
+}
 
 /// Upstream settings the forwarder needs (and nothing else from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,22 +88,6 @@ pub struct UpstreamSettings {
     pub pool_shards: usize,
     /// Idle connections each pool keeps (a burst's extra connections are closed afterwards).
     pub max_idle_per_pool: usize,
-}
-
-impl UpstreamSettings {
-    /// The forwarder's part of the configuration.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        UpstreamSettings {
-            origin: config.upstream.origin.clone(),
-            connect_timeout: config.upstream.connect_timeout,
-            request_timeout: config.upstream.request_timeout,
-            body_idle_timeout: config.server.body_idle_timeout,
-            max_concurrency: config.upstream.max_concurrency,
-            queue_timeout: config.upstream.queue_timeout,
-            pool_shards: crate::workers::count(config.server.worker_threads) + 1,
-            max_idle_per_pool: config.upstream.max_idle_connections,
-        }
-    }
 }
 
 /// Why the forwarder could not be built.

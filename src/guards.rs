@@ -8,20 +8,50 @@
 //! a failed lookup follows `on_error` (deny by default).
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{BoxFuture, Either};
 use http::{Request, StatusCode};
-use serde::Deserialize;
-use tower::{Layer, Service};
+use serde::{Deserialize, Serialize};
 
-use crate::audit::record::{EntityRef, IndexedAssetRef, References};
 use crate::classify::Operation;
-use crate::config::RuleId;
 use crate::credentials::UpstreamKey;
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
+use crate::gate::{AdmitAsync, AsyncGateLayer};
+use crate::ids::RuleId;
 use crate::metrics::Metrics;
+use crate::routes::ids::ASSETS_DELETE;
+
+/// One indexed asset that referenced a force-deleted asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedAssetRef {
+    /// Indexed asset id.
+    pub id: String,
+    /// Its index.
+    pub index_id: String,
+    /// The index's name, when the upstream gave it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub index_name: Option<String>,
+}
+
+/// One entity linked to a force-deleted asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityRef {
+    /// Entity id.
+    pub id: String,
+    /// Its entity collection.
+    pub collection_id: String,
+}
+
+/// What a forced asset delete was about to unlink (written into the intent record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct References {
+    /// Indexed assets referencing the asset.
+    pub indexed_assets: Vec<IndexedAssetRef>,
+    /// Entities linked to the asset.
+    pub entities: Vec<EntityRef>,
+    /// False when `max_pages` stopped the listing early.
+    pub complete: bool,
+}
 
 /// What to do when the lookup fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -133,14 +163,18 @@ impl ForceDeleteGuard {
         }
     }
 
-    /// List what deleting `asset_id` would unlink.
-    pub async fn references(&self, asset_id: &str) -> Result<References, GatewayError> {
+    /// List what deleting `asset_id` (an asset of API `version`) would unlink.
+    pub async fn references(
+        &self,
+        version: &str,
+        asset_id: &str,
+    ) -> Result<References, GatewayError> {
         let mut references = References {
             complete: true,
             ..References::default()
         };
         let (items, complete) = self
-            .list::<IndexedAssetItem>(asset_id, "indexed-assets")
+            .list::<IndexedAssetItem>(version, asset_id, "indexed-assets")
             .await?;
         references.complete &= complete;
         references.indexed_assets = items
@@ -156,7 +190,9 @@ impl ForceDeleteGuard {
                 index_name: item.index.and_then(|i| i.name),
             })
             .collect();
-        let (items, complete) = self.list::<EntityItem>(asset_id, "entities").await?;
+        let (items, complete) = self
+            .list::<EntityItem>(version, asset_id, "entities")
+            .await?;
         references.complete &= complete;
         references.entities = items
             .into_iter()
@@ -170,6 +206,7 @@ impl ForceDeleteGuard {
 
     async fn list<T: serde::de::DeserializeOwned>(
         &self,
+        version: &str,
         asset_id: &str,
         what: &str,
     ) -> Result<(Vec<T>, bool), GatewayError> {
@@ -177,7 +214,7 @@ impl ForceDeleteGuard {
         let mut items = Vec::new();
         for page in 1..=self.settings.max_pages {
             let target = format!(
-                "/v1.3/assets/{asset_id}/{what}?page={page}&page_limit={}",
+                "/{version}/assets/{asset_id}/{what}?page={page}&page_limit={}",
                 self.settings.page_limit
             );
             let (status, bytes) = self
@@ -207,119 +244,94 @@ impl ForceDeleteGuard {
     }
 }
 
-/// Layer running the guard in front of permitted forced asset deletes.
+/// The guard as a layer in front of permitted forced asset deletes (other requests pass unboxed).
 #[derive(Clone, Debug)]
-pub struct GuardLayer {
-    guard: Option<ForceDeleteGuard>,
+pub struct GuardForcedDeletes {
+    guard: ForceDeleteGuard,
 }
 
-impl GuardLayer {
-    /// Guard with this (or, with `None`, pass everything through).
-    pub fn new(guard: Option<ForceDeleteGuard>) -> Self {
-        GuardLayer {
-            guard: guard.filter(|g| g.settings.enabled),
-        }
+impl GuardForcedDeletes {
+    /// The layer guarding with `guard` (none, or disabled: everything passes).
+    pub fn layer(guard: Option<ForceDeleteGuard>) -> Option<AsyncGateLayer<GuardForcedDeletes>> {
+        guard
+            .filter(|g| g.settings.enabled)
+            .map(|guard| AsyncGateLayer::new(GuardForcedDeletes { guard }))
     }
 }
 
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Guard {
-            inner,
-            guard: self.guard.clone(),
-        }
-    }
+/// A forced delete of an asset: its API version and asset id.
+fn forced_asset_delete(op: &Operation) -> Option<(&str, &str)> {
+    (op.is(ASSETS_DELETE) && op.query.bool("force") == Some(true))
+        .then(|| op.param("asset_id").map(|id| (op.version(), id)))
+        .flatten()
 }
 
-/// Service produced by [`GuardLayer`].
-#[derive(Clone, Debug)]
-pub struct Guard<S> {
-    inner: S,
-    guard: Option<ForceDeleteGuard>,
-}
-
-impl<S, B> Service<Request<B>> for Guard<S>
-where
-    S: Service<Request<B>, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    /// Requests the guard does not concern pass through without a box of their own.
-    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
+impl<B: Send + 'static> AdmitAsync<B> for GuardForcedDeletes {
+    fn concerns(&self, req: &Request<B>) -> bool {
+        req.extensions()
+            .get::<Operation>()
+            .and_then(forced_asset_delete)
+            .is_some()
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let target = match &self.guard {
-            None => None,
-            Some(_) => req.extensions().get::<Operation>().and_then(|op| {
-                (op.route_id() == "assets.delete" && op.query.bool("force") == Some(true))
-                    .then(|| op.param("asset_id").map(str::to_owned))
-                    .flatten()
-            }),
+    async fn admit(self, mut req: Request<B>) -> Result<Request<B>, GatewayError> {
+        let Some((version, asset_id)) = req
+            .extensions()
+            .get::<Operation>()
+            .and_then(forced_asset_delete)
+            .map(|(v, a)| (v.to_owned(), a.to_owned()))
+        else {
+            return Ok(req);
         };
-        let (Some(asset_id), Some(guard)) = (target, &self.guard) else {
-            return Either::Left(self.inner.call(req));
-        };
-        let guard = guard.clone();
-        let mut inner = self.inner.clone();
-        std::mem::swap(&mut self.inner, &mut inner);
-        Either::Right(Box::pin(async move {
-            let lookup = match guard.references(&asset_id).await {
-                Ok(references) => {
-                    guard.metrics.guard_lookups.with_label_values(&["ok"]).inc();
-                    if let Some(max) = guard.settings.max_indexed_assets {
-                        if !references.complete {
-                            // max_pages stopped the listing: the limit cannot be shown to hold.
-                            return Err(GatewayError::PolicyDenied {
-                                rule: MAX_INDEXED_ASSETS_RULE.parse().unwrap_or_else(|_| RuleId::default_rule()),
-                                message: Some(Arc::from(format!(
-                                    "the references could not all be listed within guards.force_delete.max_pages, so the limit of {max} indexed assets cannot be checked"
-                                ))),
-                            });
-                        }
-                        if references.indexed_assets.len() > max {
-                            return Err(GatewayError::PolicyDenied {
-                                rule: MAX_INDEXED_ASSETS_RULE.parse().unwrap_or_else(|_| RuleId::default_rule()),
-                                message: Some(Arc::from(format!(
-                                    "this forced delete would unlink {} indexed assets; the limit is {max}",
-                                    references.indexed_assets.len()
-                                ))),
-                            });
-                        }
+        let guard = self.guard;
+        let lookup = match guard.references(&version, &asset_id).await {
+            Ok(references) => {
+                guard.metrics.guard_lookups.with_label_values(&["ok"]).inc();
+                if let Some(max) = guard.settings.max_indexed_assets {
+                    if !references.complete {
+                        // max_pages stopped the listing: the limit cannot be shown to hold.
+                        return Err(GatewayError::PolicyDenied {
+                            rule: RuleId::builtin(MAX_INDEXED_ASSETS_RULE),
+                            message: Some(Arc::from(format!(
+                                "the references could not all be listed within guards.force_delete.max_pages, so the limit of {max} indexed assets cannot be checked"
+                            ))),
+                        });
                     }
-                    Lookup {
-                        references,
-                        failed: None,
+                    if references.indexed_assets.len() > max {
+                        return Err(GatewayError::PolicyDenied {
+                            rule: RuleId::builtin(MAX_INDEXED_ASSETS_RULE),
+                            message: Some(Arc::from(format!(
+                                "this forced delete would unlink {} indexed assets; the limit is {max}",
+                                references.indexed_assets.len()
+                            ))),
+                        });
                     }
                 }
-                Err(error) => {
-                    guard
-                        .metrics
-                        .guard_lookups
-                        .with_label_values(&["failed"])
-                        .inc();
-                    tracing::warn!(%error, asset_id, "reference lookup before a forced delete failed");
-                    match guard.settings.on_error {
-                        OnError::Deny => {
-                            return Err(GatewayError::GuardLookupFailed(error.status().as_u16()))
-                        }
-                        OnError::Allow => Lookup {
-                            references: References::default(),
-                            failed: Some(error.code().to_owned()),
-                        },
-                    }
+                Lookup {
+                    references,
+                    failed: None,
                 }
-            };
-            req.extensions_mut().insert(lookup);
-            inner.call(req).await
-        }))
+            }
+            Err(error) => {
+                guard
+                    .metrics
+                    .guard_lookups
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(%error, asset_id, "reference lookup before a forced delete failed");
+                match guard.settings.on_error {
+                    OnError::Deny => {
+                        return Err(GatewayError::GuardLookupFailed(error.status().as_u16()))
+                    }
+                    OnError::Allow => Lookup {
+                        references: References::default(),
+                        failed: Some(error.code().to_owned()),
+                    },
+                }
+            }
+        };
+        req.extensions_mut().insert(lookup);
+        Ok(req)
     }
 }
 

@@ -1,16 +1,18 @@
 //! Prometheus metrics: an owned `Registry` (never the global default), the metric handles, the
-//! request-metrics layer and the `/metrics` text (contract: architecture.md §6).
+//! request-metrics layer and the `/metrics` text (the metrics contract in docs/architecture.md).
 //!
-//! Labels are bounded: route ids (or `unknown`), the seven accepted methods (or `other`), configured
-//! client ids, rule ids, limit ids, error codes. Never raw paths or resource ids.
+//! Labels are bounded: route ids (or `unknown`), the accepted methods (or `other`), configured
+//! client ids, rule ids, limit ids, error codes, listener names. Never raw paths or resource ids.
+//! Modules that count something get the handles they need and update them where it happens (the
+//! audit writer its [`AuditMetrics`], the reloader `config_reloads`): nothing is copied at scrape
+//! time, and this module imports none of them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -18,16 +20,67 @@ use prometheus::{
 };
 use tower::{Layer, Service};
 
-use crate::audit::AuditStats;
-use crate::reload::ReloadStats;
+use crate::ext::{ErrorCode, RouteLabel};
 
-/// The route id of a request, filled in by the classifier for layers outside it.
-#[derive(Clone, Debug, Default)]
-pub struct RouteLabel(pub Arc<OnceLock<&'static str>>);
+/// Kinds of failed exchanges with the upstream (`tl_gateway_upstream_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// TCP connect or TLS handshake failed.
+    Connect,
+    /// The exchange failed after connecting (reset, malformed response).
+    Exchange,
+    /// No response headers within `upstream.request_timeout`.
+    Timeout,
+    /// The client's own request body broke the exchange (not an upstream fault).
+    ClientBody,
+}
 
-/// The error code of a response the gateway made itself (set by the rescue layer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
+impl UpstreamErrorKind {
+    /// Every kind.
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Exchange,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::ClientBody,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Exchange => "exchange",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::ClientBody => "client_body",
+        }
+    }
+}
+
+/// The audit log's metrics, updated by the writer and the audit layers where things happen.
+#[derive(Debug, Clone)]
+pub struct AuditMetrics {
+    /// `tl_gateway_audit_records_total`.
+    pub records: IntCounter,
+    /// `tl_gateway_audit_write_errors_total`.
+    pub write_errors: IntCounter,
+    /// `tl_gateway_audit_fsync_duration_seconds`.
+    pub fsync: Histogram,
+    /// `tl_gateway_audit_unresolved_intents`.
+    pub unresolved_intents: IntGauge,
+    /// `tl_gateway_audit_denials_coalesced_total`: denials folded into `denied_summary` records.
+    pub coalesced: IntCounter,
+    /// `tl_gateway_audit_refusals_suppressed_total`: refusal records not written while the audit
+    /// volume was below `audit.reserve`.
+    pub suppressed: IntCounter,
+    /// `tl_gateway_audit_records_dropped_total`: records given up (refusals of a failed batch or a
+    /// full queue; outcomes beyond what a dead disk may hold in memory).
+    pub dropped: IntCounter,
+    /// `tl_gateway_audit_free_bytes`: free bytes on the audit volume.
+    pub free_bytes: IntGauge,
+    /// `tl_gateway_audit_below_reserve`: 1 while the audit volume is below `audit.reserve`.
+    pub below_reserve: IntGauge,
+    /// `tl_gateway_audit_writable`: 0 while the audit log refuses writes (deletes get 503).
+    pub writable: IntGauge,
+}
 
 /// Every metric the gateway exports.
 #[derive(Debug)]
@@ -45,7 +98,7 @@ pub struct Metrics {
     pub dry_run_denials: IntCounterVec,
     /// `tl_gateway_client_denials_total{client,reason}`: refusals per client (probing shows here).
     pub client_denials: IntCounterVec,
-    /// `tl_gateway_rejections_total{reason}`: requests refused before policy, by error code.
+    /// `tl_gateway_rejections_total{reason}`: requests refused by the gateway itself, by error code.
     pub rejections: IntCounterVec,
     /// `tl_gateway_rate_limited_total{limit}`.
     pub rate_limited: IntCounterVec,
@@ -53,28 +106,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `tl_gateway_guard_lookups_total{result}`.
     pub guard_lookups: IntCounterVec,
-    /// `tl_gateway_audit_write_errors_total`.
-    pub audit_write_errors: IntCounter,
-    /// `tl_gateway_audit_records_total`.
-    pub audit_records: IntCounter,
-    /// `tl_gateway_audit_fsync_duration_seconds`.
-    pub audit_fsync: Histogram,
-    /// `tl_gateway_audit_unresolved_intents`.
-    pub unresolved_intents: IntGauge,
-    /// `tl_gateway_audit_denials_coalesced_total`: denials folded into `denied_summary` records.
-    pub audit_coalesced: IntCounter,
-    /// `tl_gateway_audit_refusals_suppressed_total`: refusal records not written while the audit
-    /// volume was below `audit.reserve`.
-    pub audit_suppressed: IntCounter,
-    /// `tl_gateway_audit_records_dropped_total`: records given up (refusals of a failed batch or a
-    /// full queue; outcomes beyond what a dead disk may hold in memory).
-    pub audit_dropped: IntCounter,
-    /// `tl_gateway_audit_free_bytes`: free bytes on the audit volume.
-    pub audit_free_bytes: IntGauge,
-    /// `tl_gateway_audit_below_reserve`: 1 while the audit volume is below `audit.reserve`.
-    pub audit_below_reserve: IntGauge,
-    /// `tl_gateway_audit_writable`: 0 while the audit log refuses writes (deletes get 503).
-    pub audit_writable: IntGauge,
+    /// The audit log's metrics.
+    pub audit: AuditMetrics,
     /// `tl_gateway_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
     /// `tl_gateway_build_info{version}` = 1.
@@ -86,249 +119,188 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// `tl_gateway_accept_errors_total{listener}`: failed accepts (e.g. out of file descriptors).
     pub accept_errors: IntCounterVec,
-    sources: Mutex<Sources>,
 }
 
-#[derive(Debug, Default)]
-struct Sources {
-    audit: Option<Arc<AuditStats>>,
-    reload: Option<Arc<ReloadStats>>,
-    seen: Seen,
-}
+/// Registers metrics in one registry.
+struct Registrar<'a>(&'a Registry);
 
-/// The values of the counters read from other modules at the previous scrape.
-#[derive(Debug, Default)]
-struct Seen {
-    audit_records: u64,
-    audit_write_errors: u64,
-    audit_coalesced: u64,
-    audit_suppressed: u64,
-    audit_dropped: u64,
-    reload_success: u64,
-    reload_failure: u64,
-}
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("unique metric name");
+        metric
+    }
 
-/// How much a monotonic source counter grew since it was last seen.
-fn advance(seen: &mut u64, now: &AtomicU64) -> u64 {
-    let now = now.load(Ordering::Relaxed);
-    let delta = now.saturating_sub(*seen);
-    *seen = (*seen).max(now);
-    delta
-}
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric definition"))
+    }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
-}
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+        )
+    }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
-}
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric definition"))
+    }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric =
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+        )
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        self.register(
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric definition"),
+        )
+    }
 }
 
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
-        let requests = counter_vec(
-            &registry,
-            "tl_gateway_requests_total",
-            "Requests by route id, method and status class.",
-            &["operation", "method", "status_class"],
-        );
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tl_gateway_request_duration_seconds",
-                "Time from request to response headers, by route id.",
+        let r = Registrar(&registry);
+        let request_duration = r.register(
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tl_gateway_request_duration_seconds",
+                    "Time from request to response headers, by route id.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+                &["operation"],
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["operation"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(request_duration.clone()))
-            .expect("unique metric name");
-        let audit_fsync = Histogram::with_opts(
-            HistogramOpts::new(
+            .expect("valid metric definition"),
+        );
+        let audit = AuditMetrics {
+            records: r.counter("tl_gateway_audit_records_total", "Audit records written."),
+            write_errors: r.counter(
+                "tl_gateway_audit_write_errors_total",
+                "Audit records that could not be written.",
+            ),
+            fsync: r.histogram(
                 "tl_gateway_audit_fsync_duration_seconds",
                 "Duration of each audit fdatasync.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(audit_fsync.clone()))
-            .expect("unique metric name");
-        let audit_write_errors = IntCounter::new(
-            "tl_gateway_audit_write_errors_total",
-            "Audit records that could not be written.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(audit_write_errors.clone()))
-            .expect("unique metric name");
-        let audit_records =
-            IntCounter::new("tl_gateway_audit_records_total", "Audit records written.")
-                .expect("valid metric definition");
-        registry
-            .register(Box::new(audit_records.clone()))
-            .expect("unique metric name");
-        let unresolved_intents = IntGauge::new(
-            "tl_gateway_audit_unresolved_intents",
-            "Intents without an outcome found in the audit log at start-up (a crash mid-request).",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(unresolved_intents.clone()))
-            .expect("unique metric name");
-        let build_info = IntGaugeVec::new(
-            Opts::new("tl_gateway_build_info", "Build information."),
-            &["version"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique metric name");
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ],
+            ),
+            unresolved_intents: r.gauge(
+                "tl_gateway_audit_unresolved_intents",
+                "Intents without a settling record found in the audit log at start-up (a crash mid-request, or an answer never seen).",
+            ),
+            coalesced: r.counter(
+                "tl_gateway_audit_denials_coalesced_total",
+                "Denials folded into denied_summary records (beyond audit.max_denied_per_client).",
+            ),
+            suppressed: r.counter(
+                "tl_gateway_audit_refusals_suppressed_total",
+                "Refusal records not written while the audit volume was below audit.reserve.",
+            ),
+            dropped: r.counter(
+                "tl_gateway_audit_records_dropped_total",
+                "Audit records given up (refusals of a failed batch or full queue; outcomes a dead disk could not take).",
+            ),
+            free_bytes: r.gauge(
+                "tl_gateway_audit_free_bytes",
+                "Free bytes on the audit volume.",
+            ),
+            below_reserve: r.gauge(
+                "tl_gateway_audit_below_reserve",
+                "1 while the audit volume has less than audit.reserve free.",
+            ),
+            writable: r.gauge(
+                "tl_gateway_audit_writable",
+                "0 while the audit log refuses writes (audited requests get 503 audit_unavailable).",
+            ),
+        };
+        audit.writable.set(1);
+        let build_info = r.gauge_vec("tl_gateway_build_info", "Build information.", &["version"]);
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let open_connections = IntGaugeVec::new(
-            Opts::new(
-                "tl_gateway_open_connections",
-                "Open connections by listener.",
-            ),
-            &["listener"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(open_connections.clone()))
-            .expect("unique metric name");
+        let config_reloads = r.counter_vec(
+            "tl_gateway_config_reloads_total",
+            "Configuration reloads by result.",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Arc::new(Metrics {
-            requests,
+            requests: r.counter_vec(
+                "tl_gateway_requests_total",
+                "Requests by route id, method and status class.",
+                &["operation", "method", "status_class"],
+            ),
             request_duration,
-            deletions: counter_vec(
-                &registry,
+            deletions: r.counter_vec(
                 "tl_gateway_deletions_total",
                 "Destructive calls by route id, client, force and outcome.",
                 &["operation", "client", "force", "outcome"],
             ),
-            policy_denials: counter_vec(
-                &registry,
+            policy_denials: r.counter_vec(
                 "tl_gateway_policy_denials_total",
                 "Requests denied by policy, by rule.",
                 &["rule"],
             ),
-            dry_run_denials: counter_vec(
-                &registry,
+            dry_run_denials: r.counter_vec(
                 "tl_gateway_policy_dry_run_denials_total",
                 "Requests a dry-run rule would have denied, by rule.",
                 &["rule"],
             ),
-            client_denials: counter_vec(
-                &registry,
+            client_denials: r.counter_vec(
                 "tl_gateway_client_denials_total",
                 "Refusals of authenticated requests by client and reason.",
                 &["client", "reason"],
             ),
-            rejections: counter_vec(
-                &registry,
+            rejections: r.counter_vec(
                 "tl_gateway_rejections_total",
                 "Requests the gateway refused itself, by error code.",
                 &["reason"],
             ),
-            rate_limited: counter_vec(
-                &registry,
+            rate_limited: r.counter_vec(
                 "tl_gateway_rate_limited_total",
                 "Requests refused by a rate limit.",
                 &["limit"],
             ),
-            upstream_errors: counter_vec(
-                &registry,
+            upstream_errors: r.counter_vec(
                 "tl_gateway_upstream_errors_total",
                 "Failed exchanges with the upstream, by kind.",
                 &["kind"],
             ),
-            guard_lookups: counter_vec(
-                &registry,
+            guard_lookups: r.counter_vec(
                 "tl_gateway_guard_lookups_total",
                 "Reference lookups before forced asset deletes, by result.",
                 &["result"],
             ),
-            audit_write_errors,
-            audit_records,
-            audit_fsync,
-            unresolved_intents,
-            audit_coalesced: counter(
-                &registry,
-                "tl_gateway_audit_denials_coalesced_total",
-                "Denials folded into denied_summary records (beyond audit.max_denied_per_client).",
-            ),
-            audit_suppressed: counter(
-                &registry,
-                "tl_gateway_audit_refusals_suppressed_total",
-                "Refusal records not written while the audit volume was below audit.reserve.",
-            ),
-            audit_dropped: counter(
-                &registry,
-                "tl_gateway_audit_records_dropped_total",
-                "Audit records given up (refusals of a failed batch or full queue; outcomes a dead disk could not take).",
-            ),
-            audit_free_bytes: gauge(
-                &registry,
-                "tl_gateway_audit_free_bytes",
-                "Free bytes on the audit volume.",
-            ),
-            audit_below_reserve: gauge(
-                &registry,
-                "tl_gateway_audit_below_reserve",
-                "1 while the audit volume has less than audit.reserve free.",
-            ),
-            audit_writable: gauge(
-                &registry,
-                "tl_gateway_audit_writable",
-                "0 while the audit log refuses writes (audited requests get 503 audit_unavailable).",
-            ),
-            config_reloads: counter_vec(
-                &registry,
-                "tl_gateway_config_reloads_total",
-                "Configuration reloads by result.",
-                &["result"],
-            ),
+            audit,
+            config_reloads,
             build_info,
-            connections_closed: counter_vec(
-                &registry,
+            connections_closed: r.counter_vec(
                 "tl_gateway_connections_closed_total",
                 "Connections the gateway closed or refused itself, by listener and reason.",
                 &["listener", "reason"],
             ),
-            open_connections,
-            accept_errors: counter_vec(
-                &registry,
+            open_connections: r.gauge_vec(
+                "tl_gateway_open_connections",
+                "Open connections by listener.",
+                &["listener"],
+            ),
+            accept_errors: r.counter_vec(
                 "tl_gateway_accept_errors_total",
                 "Failed accepts by listener (e.g. out of file descriptors).",
                 &["listener"],
             ),
             registry,
-            sources: Mutex::new(Sources::default()),
         })
     }
 
@@ -346,8 +318,8 @@ impl Metrics {
         for limit in limits {
             self.rate_limited.with_label_values(&[limit]);
         }
-        for kind in ["connect", "exchange", "timeout", "client_body"] {
-            self.upstream_errors.with_label_values(&[kind]);
+        for kind in UpstreamErrorKind::ALL {
+            self.upstream_errors.with_label_values(&[kind.as_str()]);
         }
         for result in ["ok", "failed"] {
             self.guard_lookups.with_label_values(&[result]);
@@ -362,85 +334,22 @@ impl Metrics {
         }
     }
 
-    /// Read audit counters from this sink at each scrape.
-    pub fn watch_audit(&self, stats: Arc<AuditStats>) {
-        if let Ok(mut sources) = self.sources.lock() {
-            sources.audit = Some(stats);
-        }
-    }
-
-    /// Read reload counters at each scrape.
-    pub fn watch_reloads(&self, stats: Arc<ReloadStats>) {
-        if let Ok(mut sources) = self.sources.lock() {
-            sources.reload = Some(stats);
-        }
-        for result in ["success", "failure"] {
-            self.config_reloads.with_label_values(&[result]);
-        }
+    /// Count a failed exchange with the upstream.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.sync();
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
-
-    fn sync(&self) {
-        let Ok(mut sources) = self.sources.lock() else {
-            return;
-        };
-        let Sources {
-            audit,
-            reload,
-            seen,
-        } = &mut *sources;
-        if let Some(audit) = audit {
-            self.audit_records
-                .inc_by(advance(&mut seen.audit_records, &audit.records));
-            self.audit_write_errors
-                .inc_by(advance(&mut seen.audit_write_errors, &audit.write_errors));
-            self.audit_coalesced
-                .inc_by(advance(&mut seen.audit_coalesced, &audit.coalesced));
-            self.audit_suppressed.inc_by(advance(
-                &mut seen.audit_suppressed,
-                &audit.suppressed_below_reserve,
-            ));
-            self.audit_dropped
-                .inc_by(advance(&mut seen.audit_dropped, &audit.dropped));
-            self.unresolved_intents
-                .set(audit.unresolved_intents.load(Ordering::Relaxed) as i64);
-            self.audit_free_bytes.set(
-                audit
-                    .free_bytes
-                    .load(Ordering::Relaxed)
-                    .min(i64::MAX as u64) as i64,
-            );
-            self.audit_below_reserve
-                .set(i64::from(audit.below_reserve.load(Ordering::Relaxed)));
-            self.audit_writable
-                .set(i64::from(!audit.unwritable.load(Ordering::Relaxed)));
-            if let Ok(mut samples) = audit.fsync_micros.lock() {
-                for micros in samples.drain(..) {
-                    self.audit_fsync.observe(micros as f64 / 1e6);
-                }
-            }
-        }
-        if let Some(reload) = reload {
-            let success = advance(&mut seen.reload_success, &reload.success);
-            let failure = advance(&mut seen.reload_failure, &reload.failure);
-            self.config_reloads
-                .with_label_values(&["success"])
-                .inc_by(success);
-            self.config_reloads
-                .with_label_values(&["failure"])
-                .inc_by(failure);
-        }
-    }
 }
 
-/// The method as a bounded label.
+/// The method as a bounded label: one of the accepted methods, or `other`.
 pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
@@ -451,6 +360,17 @@ pub fn method_label(method: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
+    }
+}
+
+/// The status class label of a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 
@@ -487,48 +407,65 @@ pub struct RecordMetrics<S> {
 impl<S, B, ResB> Service<Request<B>> for RecordMetrics<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResB: Send + 'static,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<ResB>, S::Error>>;
+    type Future = MetricsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let started = Instant::now();
         let label = RouteLabel::default();
         req.extensions_mut().insert(label.clone());
-        let method = method_label(req.method());
-        let metrics = self.metrics.clone();
-        Box::pin(self.inner.call(req).map(move |result| {
-            if let Ok(response) = &result {
-                let operation = label.0.get().copied().unwrap_or("unknown");
-                let class = match response.status().as_u16() {
-                    100..=199 => "1xx",
-                    200..=299 => "2xx",
-                    300..=399 => "3xx",
-                    400..=499 => "4xx",
-                    _ => "5xx",
-                };
-                metrics
-                    .requests
-                    .with_label_values(&[operation, method, class])
-                    .inc();
-                metrics
-                    .request_duration
-                    .with_label_values(&[operation])
-                    .observe(started.elapsed().as_secs_f64());
-                if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
-                    metrics.rejections.with_label_values(&[code]).inc();
-                }
+        MetricsFuture {
+            method: method_label(req.method()),
+            inner: self.inner.call(req),
+            started: Instant::now(),
+            label,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`RecordMetrics`]: counts the response when its headers are there.
+    pub struct MetricsFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        method: &'static str,
+        label: RouteLabel,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl<F, ResB, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let operation = this.label.0.get().copied().unwrap_or("unknown");
+            let class = status_class(response.status().as_u16());
+            this.metrics
+                .requests
+                .with_label_values(&[operation, this.method, class])
+                .inc();
+            this.metrics
+                .request_duration
+                .with_label_values(&[operation])
+                .observe(this.started.elapsed().as_secs_f64());
+            if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+                this.metrics.rejections.with_label_values(&[code]).inc();
             }
-            result
-        }))
+        }
+        Poll::Ready(result)
     }
 }
 

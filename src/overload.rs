@@ -7,91 +7,78 @@
 //! [`ClientBodyError`]; the forwarder recognises it in the upstream client's error and answers 400
 //! `request_body_invalid` or 408 `request_body_timeout` instead of blaming the upstream.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{self, Either, Map, Ready};
-use futures_util::FutureExt;
-use std::collections::HashMap;
-use std::sync::Mutex;
-
+use futures_util::future::{self, Either, Ready};
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use crate::auth::Principal;
+use crate::auth::{ClientSettings, Principal};
 use crate::body::BoxError;
-use crate::config::{BodyRate, ClientConfig, ClientId};
 use crate::error::GatewayError;
+use crate::ids::ClientId;
+use crate::units::BodyRate;
 
-/// Layer refusing requests beyond `max_in_flight` at once (held until response headers).
-#[derive(Clone, Debug)]
-pub struct InFlightLimitLayer {
-    permits: Arc<Semaphore>,
+/// The global in-flight limit: tower's concurrency limit (on the semaphore every stack built from
+/// one start-up shares) with load shedding, so a request beyond `server.max_in_flight` is refused at
+/// once with 503 `overloaded` instead of queueing; the permit is held until response headers.
+/// Neither tower layer allocates on the admitted path.
+pub type InFlightLimitLayer = tower::layer::util::Stack<
+    tower::limit::GlobalConcurrencyLimitLayer,
+    tower::layer::util::Stack<
+        tower::load_shed::LoadShedLayer,
+        tower::util::MapErrLayer<fn(tower::BoxError) -> GatewayError>,
+    >,
+>;
+
+/// The in-flight limit on `permits` (see [`InFlightLimitLayer`]).
+pub fn in_flight_limit(permits: Arc<Semaphore>) -> InFlightLimitLayer {
+    use tower::layer::util::Stack;
+    Stack::new(
+        tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(permits),
+        Stack::new(
+            tower::load_shed::LoadShedLayer::new(),
+            tower::util::MapErrLayer::new(shed_error as fn(tower::BoxError) -> GatewayError),
+        ),
+    )
 }
 
-impl InFlightLimitLayer {
-    /// At most `max_in_flight` requests at once; the rest get 503 `overloaded` immediately.
-    pub fn new(max_in_flight: usize) -> Self {
-        InFlightLimitLayer {
-            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
-        }
+/// Errors out of the load shedder: its own refusal, or the stack's error passed through.
+fn shed_error(error: tower::BoxError) -> GatewayError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return GatewayError::Overloaded;
+    }
+    match error.downcast::<GatewayError>() {
+        Ok(error) => *error,
+        Err(_) => GatewayError::Internal("an unexpected error type below the in-flight limit"),
     }
 }
 
-impl<S> Layer<S> for InFlightLimitLayer {
-    type Service = InFlightLimit<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        InFlightLimit {
-            inner,
-            permits: self.permits.clone(),
-        }
+pin_project_lite::pin_project! {
+    /// A response future holding a semaphore permit until the response (headers) is there.
+    pub struct Held<F> {
+        #[pin]
+        inner: F,
+        permit: Option<OwnedSemaphorePermit>,
     }
 }
 
-/// Service produced by [`InFlightLimitLayer`].
-#[derive(Clone, Debug)]
-pub struct InFlightLimit<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-}
-
-type Release<T> = Box<dyn FnOnce(T) -> T + Send>;
-
-impl<S, B> Service<Request<B>> for InFlightLimit<S>
-where
-    S: Service<Request<B>, Error = GatewayError>,
-    S::Response: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    #[allow(clippy::type_complexity)]
-    type Future = Either<
-        Map<S::Future, Release<Result<S::Response, GatewayError>>>,
-        Ready<Result<S::Response, GatewayError>>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let release: Release<Result<S::Response, GatewayError>> = Box::new(move |result| {
-                    drop::<OwnedSemaphorePermit>(permit);
-                    result
-                });
-                Either::Left(self.inner.call(req).map(release))
-            }
-            Err(_) => Either::Right(future::ready(Err(GatewayError::Overloaded))),
-        }
+impl<F: Future> Future for Held<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        this.permit.take();
+        Poll::Ready(output)
     }
 }
 
@@ -384,20 +371,10 @@ impl ClientSlots {
     /// The caps for these clients.
     pub fn build(
         &self,
-        clients: &[ClientConfig],
+        clients: &[ClientSettings],
     ) -> Arc<HashMap<ClientId, (usize, Arc<Semaphore>)>> {
-        let Ok(mut kept) = self.slots.lock() else {
-            // Fail closed: with the registry unusable, every client gets a fresh cap.
-            return Arc::new(
-                clients
-                    .iter()
-                    .map(|c| {
-                        let cap = c.max_in_flight.unwrap_or(self.default);
-                        (c.id.clone(), (cap, Arc::new(Semaphore::new(cap))))
-                    })
-                    .collect(),
-            );
-        };
+        // A poisoned registry still holds the counts: keep them (fail closed, never uncapped).
+        let mut kept = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::with_capacity(clients.len());
         for client in clients {
             let cap = client.max_in_flight.unwrap_or(self.default);
@@ -445,15 +422,10 @@ pub struct ClientInFlight<S> {
 impl<S, B> Service<Request<B>> for ClientInFlight<S>
 where
     S: Service<Request<B>, Error = GatewayError>,
-    S::Response: Send + 'static,
 {
     type Response = S::Response;
     type Error = GatewayError;
-    #[allow(clippy::type_complexity)]
-    type Future = Either<
-        Map<S::Future, Release<Result<S::Response, GatewayError>>>,
-        Ready<Result<S::Response, GatewayError>>,
-    >;
+    type Future = Either<Held<S::Future>, Ready<Result<S::Response, GatewayError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -471,13 +443,10 @@ where
             ))));
         };
         match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let release: Release<Result<S::Response, GatewayError>> = Box::new(move |result| {
-                    drop::<OwnedSemaphorePermit>(permit);
-                    result
-                });
-                Either::Left(self.inner.call(req).map(release))
-            }
+            Ok(permit) => Either::Left(Held {
+                inner: self.inner.call(req),
+                permit: Some(permit),
+            }),
             Err(_) => Either::Right(future::ready(Err(GatewayError::ClientInFlight {
                 client: principal.client.clone(),
                 cap: *cap,

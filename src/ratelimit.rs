@@ -8,25 +8,25 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::future::{self, Either, Ready};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::Request;
-use tower::{Layer, Service};
 
 use crate::auth::Principal;
 use crate::classify::Operation;
-use crate::config::{ClientId, Role, RuleId};
 use crate::error::GatewayError;
+use crate::gate::{Admit, GateLayer};
+use crate::ids::{ClientId, Role, RuleId};
+use crate::matcher::{self, CompiledMatch, MatchSettings};
 use crate::metrics::Metrics;
-use crate::policy::CompiledRule;
+use crate::routes::RouteTable;
+use crate::units::Rate;
 
 /// What a limit counts separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Per {
     /// One bucket per client.
@@ -37,52 +37,13 @@ pub enum Per {
     Global,
 }
 
-/// `N/second`, `N/minute`, `N/hour` or `N/day`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Requests per period.
-    pub count: u32,
-    /// The period.
-    pub period: Duration,
-}
-
-impl std::str::FromStr for Rate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid rate {s:?}: write N/second, N/minute, N/hour or N/day");
-        let (count, unit) = s.split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let period = match unit.trim() {
-            "second" | "s" => Duration::from_secs(1),
-            "minute" | "m" => Duration::from_secs(60),
-            "hour" | "h" => Duration::from_secs(3600),
-            "day" | "d" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        if count == 0 {
-            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
-        }
-        Ok(Rate { count, period })
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.period.as_secs() {
-            1 => "second",
-            60 => "minute",
-            3600 => "hour",
-            _ => "day",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-/// One configured limit.
+/// One `rate_limits[]` entry as configured: the rate-limit layer's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitConfig {
+pub struct LimitSettings {
     /// Limit id (metric label, audit `rule`, 429 message).
     pub id: RuleId,
+    /// Which requests it counts.
+    pub matcher: MatchSettings,
     /// Only for these roles (empty: everyone).
     pub roles: Vec<Role>,
     /// Only for these clients (empty: everyone).
@@ -95,22 +56,83 @@ pub struct LimitConfig {
     pub burst: u32,
 }
 
+/// A compiled limit: everything that defines it, compared by value. Its state (the buckets) is
+/// kept across reloads under this key, so a limit keeps its state wherever it moves in the file and
+/// starts afresh when anything in its definition changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LimitDefinition {
+    /// Limit id.
+    pub id: RuleId,
+    /// Which requests it counts.
+    pub matcher: CompiledMatch,
+    /// Only for these roles.
+    pub roles: Vec<Role>,
+    /// Only for these clients.
+    pub clients: Vec<ClientId>,
+    /// What is counted separately.
+    pub per: Per,
+    /// The sustained rate.
+    pub rate: Rate,
+    /// Burst.
+    pub burst: u32,
+}
+
+impl LimitDefinition {
+    /// Compile a configured limit; `Err` names what is wrong with its matcher.
+    pub fn compile(settings: &LimitSettings) -> Result<(LimitDefinition, Vec<String>), String> {
+        let (matcher, warnings) = matcher::compile(RouteTable::v1_3(), &settings.matcher)?;
+        Ok((
+            LimitDefinition {
+                id: settings.id.clone(),
+                matcher,
+                roles: settings.roles.clone(),
+                clients: settings.clients.clone(),
+                per: settings.per,
+                rate: settings.rate,
+                burst: settings.burst.max(1),
+            },
+            warnings,
+        ))
+    }
+
+    /// Whether this limit counts `op` by `principal`.
+    pub fn applies(&self, op: &Operation, principal: &Principal) -> bool {
+        (self.roles.is_empty() || self.roles.iter().any(|r| principal.has_role(r)))
+            && (self.clients.is_empty() || self.clients.contains(&principal.client))
+            && self.matcher.matches(op, principal)
+    }
+
+    /// The bucket `principal` counts in.
+    pub fn bucket(&self, principal: &Principal) -> String {
+        match self.per {
+            Per::Client => principal.client.as_str().to_owned(),
+            Per::Role => self
+                .roles
+                .iter()
+                .find(|r| principal.has_role(r))
+                .or_else(|| principal.roles.first())
+                .map_or_else(String::new, |r| r.as_str().to_owned()),
+            Per::Global => String::new(),
+        }
+    }
+}
+
 struct Limit {
-    config: LimitConfig,
-    matcher: CompiledRule,
+    definition: LimitDefinition,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
 }
 
 impl std::fmt::Debug for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limit")
-            .field("config", &self.config)
+            .field("definition", &self.definition)
             .finish()
     }
 }
 
-/// Limiters kept across reloads, by the full definition of their limit.
-pub type LimiterRegistry = Arc<Mutex<HashMap<String, Arc<DefaultKeyedRateLimiter<String>>>>>;
+/// Limiters kept across reloads, by the definition of their limit.
+pub type LimiterRegistry =
+    Arc<Mutex<HashMap<LimitDefinition, Arc<DefaultKeyedRateLimiter<String>>>>>;
 
 /// The compiled limits.
 #[derive(Debug, Default)]
@@ -133,30 +155,24 @@ pub struct Exceeded {
 
 impl RateLimits {
     /// Build limiters, reusing those in `registry` whose definition is unchanged.
-    pub fn build(
-        limits: Vec<(LimitConfig, CompiledRule)>,
-        registry: &LimiterRegistry,
-    ) -> RateLimits {
-        let Ok(mut kept) = registry.lock() else {
-            return RateLimits::default();
-        };
-        let mut next = HashMap::new();
+    pub fn build(limits: Vec<LimitDefinition>, registry: &LimiterRegistry) -> RateLimits {
+        // A poisoned registry still holds the limiters: keep enforcing them (fail closed).
+        let mut kept = registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = HashMap::with_capacity(limits.len());
         let limits = limits
             .into_iter()
-            .map(|(config, matcher)| {
-                let signature = format!("{config:?}|{matcher:?}");
-                let limiter = kept.get(&signature).cloned().unwrap_or_else(|| {
-                    let period = config.rate.period / config.rate.count;
-                    let burst = NonZeroU32::new(config.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+            .map(|definition| {
+                let limiter = kept.get(&definition).cloned().unwrap_or_else(|| {
+                    let period = definition.rate.period / definition.rate.count;
+                    let burst = NonZeroU32::new(definition.burst.max(1)).unwrap_or(NonZeroU32::MIN);
                     let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
                         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                         .allow_burst(burst);
                     Arc::new(RateLimiter::keyed(quota))
                 });
-                next.insert(signature, limiter.clone());
+                next.insert(definition.clone(), limiter.clone());
                 Limit {
-                    config,
-                    matcher,
+                    definition,
                     limiter,
                 }
             })
@@ -168,34 +184,18 @@ impl RateLimits {
     /// Check every matching limit; the first refusal wins.
     pub fn check(&self, op: &Operation, principal: &Principal) -> Result<(), Exceeded> {
         for limit in &self.limits {
-            let c = &limit.config;
-            if !c.roles.is_empty() && !c.roles.iter().any(|r| principal.has_role(r)) {
+            let d = &limit.definition;
+            if !d.applies(op, principal) {
                 continue;
             }
-            if !c.clients.is_empty() && !c.clients.contains(&principal.client) {
-                continue;
-            }
-            if !limit.matcher.matches(op, principal) {
-                continue;
-            }
-            let key = match c.per {
-                Per::Client => principal.client.as_str().to_owned(),
-                Per::Role => c
-                    .roles
-                    .iter()
-                    .find(|r| principal.has_role(r))
-                    .or_else(|| principal.roles.first())
-                    .map_or_else(String::new, |r| r.as_str().to_owned()),
-                Per::Global => String::new(),
-            };
-            if let Err(not_until) = limit.limiter.check_key(&key) {
+            if let Err(not_until) = limit.limiter.check_key(&d.bucket(principal)) {
                 return Err(Exceeded {
-                    limit: c.id.clone(),
+                    limit: d.id.clone(),
                     // The limiter's own clock: making one (quanta calibrates against the TSC, a
                     // CPUID each time) cost more than the rest of a request (BENCHMARKS.md).
                     wait: not_until.wait_time_from(limit.limiter.clock().now()),
-                    rate: c.rate,
-                    burst: c.burst,
+                    rate: d.rate,
+                    burst: d.burst,
                 });
             }
         }
@@ -208,108 +208,102 @@ impl RateLimits {
     }
 }
 
-/// Layer enforcing the limits.
+/// The rate-limit layer: 429 `too_many_requests` with `Retry-After` over a limit.
 #[derive(Clone, Debug)]
-pub struct RateLimitLayer {
+pub struct Limited {
     limits: Arc<RateLimits>,
     metrics: Arc<Metrics>,
 }
 
-impl RateLimitLayer {
-    /// Enforce `limits`, counting refusals in `metrics`.
-    pub fn new(limits: Arc<RateLimits>, metrics: Arc<Metrics>) -> Self {
-        RateLimitLayer { limits, metrics }
+impl Limited {
+    /// The layer enforcing `limits`, counting refusals in `metrics`.
+    pub fn layer(limits: Arc<RateLimits>, metrics: Arc<Metrics>) -> GateLayer<Limited> {
+        GateLayer::new(Limited { limits, metrics })
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = Limited<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Limited {
-            inner,
-            limits: self.limits.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// Service produced by [`RateLimitLayer`].
-#[derive(Clone, Debug)]
-pub struct Limited<S> {
-    inner: S,
-    limits: Arc<RateLimits>,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B> Service<Request<B>> for Limited<S>
-where
-    S: Service<Request<B>, Error = GatewayError>,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+impl<B> Admit<B> for Limited {
+    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
         if self.limits.is_empty() {
-            return Either::Left(self.inner.call(req));
+            return Ok(());
         }
         let (Some(op), Some(principal)) = (
             req.extensions().get::<Operation>(),
             req.extensions().get::<Principal>(),
         ) else {
-            return Either::Right(future::ready(Err(GatewayError::Internal(
+            return Err(GatewayError::Internal(
                 "rate limits could not be evaluated: request not classified or not authenticated",
-            ))));
+            ));
         };
-        match self.limits.check(op, principal) {
-            Ok(()) => Either::Left(self.inner.call(req)),
-            Err(exceeded) => {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[exceeded.limit.as_str()])
-                    .inc();
-                self.metrics
-                    .client_denials
-                    .with_label_values(&[principal.client.as_str(), "rate_limit"])
-                    .inc();
-                let retry_after =
-                    exceeded.wait.as_secs() + u64::from(exceeded.wait.subsec_nanos() > 0);
-                Either::Right(future::ready(Err(GatewayError::TooManyRequests {
-                    limit: exceeded.limit,
-                    retry_after: retry_after.max(1),
-                    rate: exceeded.rate,
-                    burst: exceeded.burst,
-                })))
-            }
-        }
+        let Err(exceeded) = self.limits.check(op, principal) else {
+            return Ok(());
+        };
+        self.metrics
+            .rate_limited
+            .with_label_values(&[exceeded.limit.as_str()])
+            .inc();
+        self.metrics
+            .client_denials
+            .with_label_values(&[principal.client.as_str(), "rate_limit"])
+            .inc();
+        let retry_after = exceeded.wait.as_secs() + u64::from(exceeded.wait.subsec_nanos() > 0);
+        Err(GatewayError::TooManyRequests {
+            limit: exceeded.limit,
+            retry_after: retry_after.max(1),
+            rate: exceeded.rate,
+            burst: exceeded.burst,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
+
+    fn limit(id: &str, rate: &str) -> LimitDefinition {
+        let settings = LimitSettings {
+            id: id.parse().unwrap(),
+            matcher: MatchSettings {
+                method: Some(Method::DELETE),
+                ..MatchSettings::default()
+            },
+            roles: vec![],
+            clients: vec![],
+            per: Per::Client,
+            rate: rate.parse().unwrap(),
+            burst: 1,
+        };
+        LimitDefinition::compile(&settings).unwrap().0
+    }
 
     #[test]
-    fn rates_parse_and_print() {
-        let rate: Rate = "30/minute".parse().unwrap();
-        assert_eq!(
-            rate,
-            Rate {
-                count: 30,
-                period: Duration::from_secs(60)
-            }
+    fn state_follows_the_definition_not_the_position() {
+        let registry = LimiterRegistry::default();
+        let first = RateLimits::build(vec![limit("a", "1/day")], &registry);
+        let kept = first.limits[0].limiter.clone();
+        // Another limit inserted above it: `a` keeps its limiter.
+        let second = RateLimits::build(vec![limit("b", "1/day"), limit("a", "1/day")], &registry);
+        assert!(Arc::ptr_eq(&second.limits[1].limiter, &kept));
+        // A changed rate starts afresh.
+        let third = RateLimits::build(vec![limit("b", "1/day"), limit("a", "2/day")], &registry);
+        assert!(!Arc::ptr_eq(&third.limits[1].limiter, &kept));
+    }
+
+    #[test]
+    fn a_poisoned_registry_still_builds_every_limit() {
+        let registry = LimiterRegistry::default();
+        let poisoner = registry.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.lock().unwrap();
+            panic!("poison the registry");
+        })
+        .join();
+        assert!(registry.is_poisoned());
+        let limits = RateLimits::build(vec![limit("a", "1/day")], &registry);
+        assert!(
+            !limits.is_empty(),
+            "a poisoned registry must not mean no limits"
         );
-        assert_eq!(rate.to_string(), "30/minute");
-        assert_eq!(
-            "100/day".parse::<Rate>().unwrap().period,
-            Duration::from_secs(86_400)
-        );
-        for bad in ["30", "0/minute", "x/minute", "3/fortnight", "-1/second"] {
-            assert!(bad.parse::<Rate>().is_err(), "{bad}");
-        }
     }
 }

@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::forward::{Forwarder, UpstreamSettings};
-use crate::server::{build_stack, GatewayService, Shared, StackParts};
+use crate::forward::Forwarder;
+use crate::stack::{build_stack, upstream_settings, GatewayService, Shared, StackParts};
 
 /// How often the configuration file is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(1);
@@ -24,7 +24,7 @@ pub const CONFIG_POLL: Duration = Duration::from_secs(1);
 /// How long a changed file must stay unchanged before it is applied (editors write in steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Reload outcomes, for the metrics layer.
+/// Reload outcomes (also counted in `tl_gateway_config_reloads_total`).
 #[derive(Debug, Default)]
 pub struct ReloadStats {
     /// Reloads applied.
@@ -94,10 +94,20 @@ impl Reloader {
         match &result {
             Ok(()) => {
                 self.stats.success.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 tracing::info!(file = %self.path.display(), rules = state.config.policy.rules.len(), clients = state.config.clients.len(), "configuration reloaded");
             }
             Err(error) => {
                 self.stats.failure.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 tracing::error!(error = %error, "configuration reload refused; keeping the last good configuration");
             }
         }
@@ -114,10 +124,7 @@ impl Reloader {
                 "upstream.api_key_*",
                 old.upstream.key_source != config.upstream.key_source,
             ),
-            (
-                "server",
-                format!("{:?}", old.server) != format!("{:?}", config.server),
-            ),
+            ("server", old.server != config.server),
             ("logging", old.logging != config.logging),
         ];
         for (key, changed) in restart_only {
@@ -128,14 +135,16 @@ impl Reloader {
                 );
             }
         }
-        let settings = UpstreamSettings::from_config(&config);
+        let settings = upstream_settings(&config);
         let forwarder = if *state.forwarder.settings() == settings {
             // Same upstream: keep the warm connection pool.
             state.forwarder.clone()
         } else {
             Forwarder::new(settings).map_err(|e| e.to_string())?
         };
-        let audit_settings = |c: &Config| c.audit.as_ref().map(|a| a.settings.clone());
+        fn audit_settings(c: &Config) -> Option<&crate::audit::AuditSettings> {
+            c.audit.as_ref().map(|a| &a.settings)
+        }
         if audit_settings(old) != audit_settings(&config) {
             tracing::warn!(
                 key = "audit",

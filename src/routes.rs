@@ -13,6 +13,39 @@ use http::Method;
 use ParamKind::{Bool, Integer, List, Number, Text};
 
 /// Stable route id, e.g. "assets.delete".
+/// The methods the gateway accepts at all, matched exactly (hyper also accepts `delete` or
+/// `DELETEX` as extension methods; those, TRACE and CONNECT are refused).
+pub const ACCEPTED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// Whether `method` is one of the [`ACCEPTED_METHODS`], exactly.
+pub fn is_accepted(method: &Method) -> bool {
+    ACCEPTED_METHODS.contains(method)
+}
+
+/// Safe methods (read-only by definition): forwarded on unknown routes under `forward_safe`, never
+/// audited on unknown routes, never with a body for GET and HEAD.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Route ids the gateway's own code refers to (the rest appear only in the table and in
+/// configuration).
+pub mod ids {
+    use super::RouteId;
+    /// `DELETE /assets/{asset_id}` (the one route with `force`).
+    pub const ASSETS_DELETE: RouteId = RouteId("assets.delete");
+    /// `GET /assets/{asset_id}`.
+    pub const ASSETS_RETRIEVE: RouteId = RouteId("assets.retrieve");
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteId(pub &'static str);
 
@@ -146,6 +179,9 @@ struct Node {
 }
 
 impl RouteTable {
+    /// The API version (first path segment) this table describes.
+    pub const VERSION: &'static str = "v1.3";
+
     /// The TwelveLabs v1.3 table (built once, e.g. in a std::sync::OnceLock).
     pub fn v1_3() -> &'static RouteTable {
         static TABLE: OnceLock<RouteTable> = OnceLock::new();

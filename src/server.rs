@@ -1,7 +1,8 @@
-//! Listeners and the request stack: `build_stack`, the connection loop (cap, header-read timeout,
-//! HTTP/1.1 + h2c) and graceful drain on shutdown.
+//! Listeners, the accept loop and shutdown: [`Gateway`] binds the client and admin listeners, hands
+//! every accepted connection to a serving worker under the listener's admission (`connections`),
+//! swaps in the stack the reloader builds, and drains on SIGTERM. The stack itself is composed in
+//! `stack`.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,196 +10,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{header, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower::ServiceExt;
 
 use crate::admin::{self, Readiness};
-use crate::audit::layer::{AuditLayer, AuditScope, IntentLayer};
+use crate::audit::reconcile::reconcile;
 use crate::audit::AuditLog;
-use crate::auth::{AuthLayer, ClientKeys};
 use crate::body::{self, GatewayBody};
-use crate::classify::{Classifier, ClassifyLayer};
-use crate::config::BodyRate;
 use crate::config::{Config, ServerConfig};
 use crate::connections::{
     self, AcceptBackoff, Admission, ConnectionLimits, ConnectionMetrics, Tracked,
 };
-use crate::credentials::{CredentialsLayer, UpstreamKey, KEY_FILE_POLL, X_API_KEY};
-use crate::error::RescueLayer;
-use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
+use crate::credentials::{UpstreamKey, KEY_FILE_POLL};
+use crate::ext::ClientAddr;
+use crate::forward::{ForwardSetupError, Forwarder};
 use crate::fragment::{FragmentInTarget, FragmentWatch, FragmentsSeen};
-use crate::guards::{ForceDeleteGuard, GuardLayer};
 use crate::headers;
-use crate::metrics::{Metrics, MetricsLayer};
-use crate::overload::{ClientBody, ClientInFlightLayer, ClientSlots, InFlightLimitLayer};
-use crate::policy::{Policy, PolicyLayer};
-use crate::ratelimit::{LimiterRegistry, RateLimitLayer, RateLimits};
+use crate::metrics::Metrics;
+use crate::overload::ClientBody;
 use crate::reload::{ReloadStats, Reloader};
-use crate::request_id::{RequestId, RequestIdLayer};
+use crate::stack::{build_stack, GatewayService, Shared, StackParts};
+use crate::units::BodyRate;
 use crate::workers::{self, Workers};
-
-/// The complete request path as one cloneable service.
-pub type GatewayService =
-    BoxCloneSyncService<Request<GatewayBody>, Response<GatewayBody>, Infallible>;
-
-/// The client's socket address, as a typed request extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// Handles that live as long as the process and survive reloads.
-#[derive(Clone, Debug)]
-pub struct Shared {
-    /// The real upstream key.
-    pub upstream_key: Arc<UpstreamKey>,
-    /// The metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// The audit log, if configured.
-    pub audit: Option<AuditLog>,
-    /// Rate limiters, kept across reloads.
-    pub limiters: LimiterRegistry,
-    /// The in-flight limit, sized at start-up and kept across reloads.
-    pub in_flight: InFlightLimitLayer,
-    /// Per-client in-flight caps, kept across reloads.
-    pub client_slots: Arc<ClientSlots>,
-}
-
-/// Everything the request path needs, each part handed to its own layer.
-#[derive(Clone, Debug)]
-pub struct StackParts {
-    /// Configured clients.
-    pub clients: Arc<ClientKeys>,
-    /// The real upstream key.
-    pub upstream_key: Arc<UpstreamKey>,
-    /// The upstream client.
-    pub forwarder: Forwarder,
-    /// The request classifier.
-    pub classifier: Arc<Classifier>,
-    /// The compiled policy.
-    pub policy: Arc<Policy>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The audit log and what it covers.
-    pub audit: Option<AuditLog>,
-    /// Routes audited beyond the destructive ones.
-    pub audit_scope: Arc<AuditScope>,
-    /// The reference guard before forced deletes.
-    pub guard: Option<ForceDeleteGuard>,
-    /// Rate limits.
-    pub rate_limits: Arc<RateLimits>,
-    /// The in-flight limit (shared by every stack built from the same start-up).
-    pub in_flight: InFlightLimitLayer,
-    /// Per-client in-flight caps.
-    pub client_in_flight: ClientInFlightLayer,
-}
-
-impl StackParts {
-    /// Build the parts from a validated configuration and the long-lived handles.
-    pub fn from_config(config: &Config, shared: &Shared) -> Result<Self, ForwardSetupError> {
-        let forwarder = Forwarder::new(UpstreamSettings::from_config(config))?;
-        Ok(StackParts::with_forwarder(config, shared, forwarder))
-    }
-
-    /// The same, reusing an existing upstream client (and its warm connections).
-    pub fn with_forwarder(config: &Config, shared: &Shared, forwarder: Forwarder) -> Self {
-        shared.metrics.declare(
-            config.policy.rules.iter().map(|r| r.id.as_str()),
-            config.rate_limits.iter().map(|(l, _)| l.id.as_str()),
-        );
-        let guard = ForceDeleteGuard::new(
-            config.force_delete.clone(),
-            forwarder.clone(),
-            shared.upstream_key.clone(),
-            shared.metrics.clone(),
-        );
-        StackParts {
-            clients: Arc::new(ClientKeys::new(&config.clients)),
-            upstream_key: shared.upstream_key.clone(),
-            forwarder,
-            classifier: Arc::new(Classifier::new(config.classify.clone())),
-            policy: config.compiled_policy.clone(),
-            metrics: shared.metrics.clone(),
-            audit: shared.audit.clone(),
-            audit_scope: Arc::new(
-                config
-                    .audit
-                    .as_ref()
-                    .map(|a| a.scope.clone())
-                    .unwrap_or_default(),
-            ),
-            guard: Some(guard),
-            rate_limits: Arc::new(RateLimits::build(
-                config.rate_limits.clone(),
-                &shared.limiters,
-            )),
-            in_flight: shared.in_flight.clone(),
-            client_in_flight: ClientInFlightLayer::new(shared.client_slots.build(&config.clients)),
-        }
-    }
-}
-
-/// Build the request stack, outermost first (architecture.md §2).
-pub fn build_stack(parts: StackParts) -> GatewayService {
-    let sensitive: Arc<[http::HeaderName]> = Arc::new([
-        header::AUTHORIZATION,
-        header::PROXY_AUTHORIZATION,
-        header::COOKIE,
-        X_API_KEY.clone(),
-    ]);
-    let stack = ServiceBuilder::new()
-        .layer(RequestIdLayer::new())
-        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-        .map_response(|response: Response<_>| response.map(body::boxed))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<GatewayBody>| {
-                    let id = req
-                        .extensions()
-                        .get::<RequestId>()
-                        .map(RequestId::as_str)
-                        .unwrap_or("");
-                    tracing::info_span!(
-                        "request",
-                        request_id = id,
-                        method = %req.method(),
-                        path = req.uri().path(),
-                        operation = tracing::field::Empty,
-                        client = tracing::field::Empty,
-                    )
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .layer(MetricsLayer::new(parts.metrics.clone()))
-        .layer(RescueLayer::new(parts.metrics.clone()))
-        .layer(parts.in_flight)
-        .layer(ClassifyLayer::new(parts.classifier))
-        .layer(AuthLayer::new(parts.clients))
-        .layer(AuditLayer::new(
-            parts.audit,
-            parts.audit_scope,
-            parts.metrics.clone(),
-        ))
-        .layer(parts.client_in_flight)
-        .layer(RateLimitLayer::new(
-            parts.rate_limits,
-            parts.metrics.clone(),
-        ))
-        .layer(PolicyLayer::new(parts.policy, parts.metrics))
-        .layer(GuardLayer::new(parts.guard))
-        .layer(IntentLayer)
-        .layer(CredentialsLayer::new(parts.upstream_key))
-        .service(parts.forwarder);
-    BoxCloneSyncService::new(stack)
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -249,10 +87,12 @@ impl Gateway {
             None => None,
             Some(audit) => {
                 let (log, unresolved) =
-                    AuditLog::open(audit.settings.clone()).map_err(|source| StartError::Audit {
-                        path: audit.settings.path.clone(),
-                        source,
-                    })?;
+                    AuditLog::open(audit.settings.clone(), metrics.audit.clone()).map_err(
+                        |source| StartError::Audit {
+                            path: audit.settings.path.clone(),
+                            source,
+                        },
+                    )?;
                 for intent in &unresolved {
                     tracing::warn!(
                         request_id = %intent.request_id,
@@ -265,32 +105,31 @@ impl Gateway {
                         "unresolved audit intent: a destructive request was forwarded (or about to be) and whether it took effect is unknown"
                     );
                 }
-                metrics.watch_audit(log.stats());
-                if audit.reconcile && !unresolved.is_empty() {
-                    tokio::spawn(reconcile(
-                        log.clone(),
-                        unresolved,
-                        config.upstream.clone(),
-                        upstream_key.clone(),
-                    ));
-                }
-                Some(log)
+                Some((log, unresolved, audit.reconcile))
             }
         };
-        let shared = Shared {
-            upstream_key: upstream_key.clone(),
-            metrics,
-            audit,
-            limiters: LimiterRegistry::default(),
-            in_flight: InFlightLimitLayer::new(config.server.max_in_flight),
-            client_slots: ClientSlots::new(config.server.max_in_flight_per_client),
+        let (audit, unresolved) = match audit {
+            Some((log, unresolved, reconcile)) => {
+                let unresolved = if reconcile { unresolved } else { Vec::new() };
+                (Some(log), unresolved)
+            }
+            None => (None, Vec::new()),
         };
+        let shared = Shared::new(config, upstream_key.clone(), metrics, audit);
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
+        if let (Some(log), false) = (&shared.audit, unresolved.is_empty()) {
+            // The forwarder's own upstream client and settings, with the real key.
+            tokio::spawn(reconcile(
+                log.clone(),
+                unresolved,
+                forwarder.clone(),
+                upstream_key.clone(),
+            ));
+        }
         let listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         let reload_stats: Arc<ReloadStats> = Arc::default();
-        shared.metrics.watch_reloads(reload_stats.clone());
         Ok(Gateway {
             listener,
             admin_listener,
@@ -427,78 +266,6 @@ impl Gateway {
             }
         }
         result
-    }
-}
-
-/// Resolve asset deletes left without outcome by asking the upstream whether the asset still exists.
-async fn reconcile(
-    log: AuditLog,
-    unresolved: Vec<crate::audit::Unresolved>,
-    upstream: crate::config::UpstreamConfig,
-    key: Arc<UpstreamKey>,
-) {
-    let settings = UpstreamSettings {
-        origin: upstream.origin,
-        connect_timeout: upstream.connect_timeout,
-        request_timeout: upstream.request_timeout,
-        body_idle_timeout: upstream.request_timeout,
-        max_concurrency: None,
-        queue_timeout: upstream.queue_timeout,
-        pool_shards: 1,
-        max_idle_per_pool: upstream.max_idle_connections,
-    };
-    let Ok(forwarder) = Forwarder::new(settings) else {
-        return;
-    };
-    for intent in unresolved
-        .into_iter()
-        .filter(|i| i.operation == "assets.delete")
-    {
-        let (Some(asset_id), Some(value)) = (intent.params.get("asset_id"), key.current()) else {
-            continue;
-        };
-        let (status, verdict) = match forwarder
-            .fetch(&format!("/v1.3/assets/{asset_id}"), value, 64 * 1024)
-            .await
-        {
-            Ok((status, _)) if status == http::StatusCode::NOT_FOUND => {
-                (404, "asset is gone: the delete took effect")
-            }
-            Ok((status, _)) if status.is_success() => (
-                status.as_u16(),
-                "asset still exists: the delete did not take effect",
-            ),
-            Ok((status, _)) => {
-                // Neither answer proves anything: leave the intent unresolved for the next start.
-                tracing::warn!(request_id = %intent.request_id, status = status.as_u16(), "could not reconcile an unresolved intent");
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(%error, request_id = %intent.request_id, "could not reconcile an unresolved intent");
-                continue;
-            }
-        };
-        let event = crate::audit::record::Event {
-            time: crate::audit::record::rfc3339(std::time::SystemTime::now()),
-            request_id: intent.request_id.clone(),
-            audit_id: intent.audit_id.clone(),
-            phase: Some(crate::audit::record::Phase::Reconciled),
-            client: intent.client.clone(),
-            method: "DELETE".into(),
-            path: format!("/v1.3/assets/{asset_id}"),
-            operation: intent.operation.clone(),
-            params: intent.params.clone(),
-            status: Some(status),
-            error: Some(verdict.into()),
-            resolves: Some(intent.key().to_owned()),
-            ..Default::default()
-        };
-        match log.write_durable(event).await {
-            Ok(_) => {
-                tracing::info!(request_id = %intent.request_id, verdict, "unresolved intent reconciled")
-            }
-            Err(error) => tracing::error!(%error, "could not record a reconciliation"),
-        }
     }
 }
 

@@ -1,8 +1,18 @@
 //! Log set-up: tracing-subscriber with `RUST_LOG` honoured (default `info`), text or JSON, to stderr.
 
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Install the global subscriber once; later calls (tests, reload) are ignored.
 pub fn init(format: LogFormat) {

@@ -24,33 +24,119 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
-use super::record::{rfc3339, Event, Phase};
+use super::record::{Event, Phase};
 use super::AuditLog;
 use crate::auth::Principal;
 use crate::body::{self, BoxError, GatewayBody};
 use crate::classify::Operation;
 use crate::error::GatewayError;
+use crate::ext::ClientAddr;
+use crate::gate::{AdmitAsync, AsyncGateLayer};
 use crate::guards::Lookup;
 use crate::metrics::Metrics;
 use crate::policy::Decision;
 use crate::request_id::RequestId;
-use crate::routes::RouteId;
-use crate::server::ClientAddr;
+use crate::routes::ids::ASSETS_DELETE;
+use crate::routes::{RouteId, RouteTable};
+use crate::units::rfc3339;
 
 /// Which requests are audited: every destructive route, plus `audit.match` routes, plus
 /// non-safe methods on unknown routes (when `routes.unknown: forward` lets them through).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditScope {
     /// Extra routes from `audit.match`.
     pub extra: BTreeSet<RouteId>,
 }
 
+/// One `audit.match` entry as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeMatch {
+    /// Exact method.
+    pub method: Option<Method>,
+    /// Route template.
+    pub path: Option<String>,
+    /// Route id.
+    pub operation: Option<String>,
+}
+
 impl AuditScope {
+    /// Compile `audit.match` entries; `Err((index, why))` for one that names no route.
+    pub fn compile<'a>(
+        matches: impl Iterator<Item = &'a ScopeMatch>,
+    ) -> Result<AuditScope, (usize, String)> {
+        let table = RouteTable::v1_3();
+        let mut scope = AuditScope::default();
+        for (i, m) in matches.enumerate() {
+            let routes: Vec<_> = match (&m.operation, &m.path) {
+                (Some(op), _) => table.by_id(op).into_iter().collect(),
+                (None, Some(path)) => table.by_template(path, m.method.as_ref()),
+                (None, None) => table
+                    .routes()
+                    .iter()
+                    .filter(|r| m.method.as_ref().is_some_and(|m| *m == r.method))
+                    .collect(),
+            };
+            if routes.is_empty() {
+                return Err((i, "matches no TwelveLabs v1.3 route".into()));
+            }
+            scope.extend(routes.into_iter().map(|r| r.id));
+        }
+        Ok(scope)
+    }
+
+    fn extend(&mut self, routes: impl Iterator<Item = RouteId>) {
+        self.extra.extend(routes);
+    }
+
     /// Whether `op` is audited.
     pub fn covers(&self, op: &Operation) -> bool {
         match op.route {
             Some(route) => route.destructive || self.extra.contains(&route.id),
-            None => !matches!(op.method, Method::GET | Method::HEAD | Method::OPTIONS),
+            None => !crate::routes::is_safe(&op.method),
+        }
+    }
+}
+
+/// How a permitted, audited request ended.
+#[derive(Debug, Clone, Copy)]
+enum Ending<'a> {
+    /// The upstream answered with `status`; its body ended (or broke).
+    Answered { status: u16, body_error: bool },
+    /// The upstream answered, then the client went away mid-response.
+    ClientLeftDuringResponse { status: u16 },
+    /// The client went away before any answer.
+    ClientLeft,
+    /// The gateway failed the request after its intent (upstream error, timeout, …).
+    Failed(&'a GatewayError),
+}
+
+/// The `outcome` label of `tl_gateway_deletions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered 2xx.
+    Success,
+    /// The upstream answered 4xx.
+    UpstreamRejected,
+    /// The upstream answered 5xx, broke the exchange or did not answer in time.
+    UpstreamFailed,
+    /// The client went away.
+    ClientDisconnected,
+    /// Refused before forwarding (policy, limits, guards).
+    Denied,
+    /// The intent could not be made durable.
+    AuditUnavailable,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::UpstreamRejected => "upstream_rejected",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::ClientDisconnected => "client_disconnected",
+            Outcome::Denied => "denied",
+            Outcome::AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -79,8 +165,9 @@ impl Ticket {
         id: Option<&RequestId>,
         peer: Option<&ClientAddr>,
     ) -> Self {
-        let force =
-            (op.route_id() == "assets.delete").then(|| op.query.bool("force").unwrap_or(false));
+        let force = op
+            .is(ASSETS_DELETE)
+            .then(|| op.query.bool("force").unwrap_or(false));
         Ticket {
             log,
             metrics,
@@ -124,7 +211,7 @@ impl Ticket {
         event
     }
 
-    fn count(&self, outcome: &str) {
+    fn count(&self, outcome: Outcome) {
         if self.is_delete {
             let force = if self.base.force == Some(true) {
                 "true"
@@ -134,18 +221,30 @@ impl Ticket {
             let client = self.base.client.as_deref().unwrap_or("");
             self.metrics
                 .deletions
-                .with_label_values(&[&self.base.operation, client, force, outcome])
+                .with_label_values(&[&self.base.operation, client, force, outcome.as_str()])
                 .inc();
         }
     }
 
-    /// Write the outcome once: final status, whether the upstream answered (`answered`: the status
-    /// is the upstream's), and for failures why.
-    fn finish(&self, status: u16, error: Option<&str>, answered: bool) {
+    /// Write the outcome once.
+    fn finish(&self, ending: Ending<'_>) {
         if self.finished.swap(true, Ordering::SeqCst) {
             return;
         }
         let forwarded = self.forwarded.load(Ordering::SeqCst);
+        let (status, error, answered) = match ending {
+            Ending::Answered { status, body_error } => {
+                (status, body_error.then_some("upstream_body_error"), true)
+            }
+            Ending::ClientLeftDuringResponse { status } => {
+                (status, Some("client_disconnected"), true)
+            }
+            Ending::ClientLeft if forwarded => (499, Some("client_disconnected"), false),
+            // The intent may become durable although the request is never forwarded: say so, or
+            // the next start would report it as unresolved.
+            Ending::ClientLeft => (499, Some("client_disconnected_before_forwarding"), false),
+            Ending::Failed(error) => (error.status().as_u16(), Some(error.code()), false),
+        };
         let mut event = self.event(Phase::Outcome);
         event.decision = Some("allow".into());
         event.status = Some(status);
@@ -153,11 +252,19 @@ impl Ticket {
         event.error = error.map(str::to_owned);
         event.forwarded = Some(forwarded);
         event.upstream_status = answered.then_some(status);
-        let outcome = match (status, error) {
-            (_, Some(e)) if e.starts_with("client_disconnected") => "client_disconnected",
-            (200..=299, None) => "success",
-            (400..=499, None) => "upstream_rejected",
-            _ => "upstream_failed",
+        let outcome = match ending {
+            Ending::ClientLeft | Ending::ClientLeftDuringResponse { .. } => {
+                Outcome::ClientDisconnected
+            }
+            Ending::Answered {
+                status: 200..=299,
+                body_error: false,
+            } => Outcome::Success,
+            Ending::Answered {
+                status: 400..=499,
+                body_error: false,
+            } => Outcome::UpstreamRejected,
+            Ending::Answered { .. } | Ending::Failed(_) => Outcome::UpstreamFailed,
         };
         self.count(outcome);
         self.log.write(event);
@@ -171,7 +278,7 @@ impl Ticket {
         if let GatewayError::AuditUnavailable(_) = error {
             // The sink is what failed: counted, and the error is in the gateway's log. The intent
             // may still reach the file later: say the request was never forwarded.
-            self.count("audit_unavailable");
+            self.count(Outcome::AuditUnavailable);
             if self.intent_requested.load(Ordering::SeqCst) {
                 let mut event = self.event(Phase::Outcome);
                 event.decision = Some("allow".into());
@@ -194,7 +301,7 @@ impl Ticket {
             }
             _ => {}
         }
-        self.count("denied");
+        self.count(Outcome::Denied);
         self.log.denied(event);
     }
 }
@@ -245,13 +352,8 @@ struct DropGuard(Option<Arc<Ticket>>);
 impl Drop for DropGuard {
     fn drop(&mut self) {
         if let Some(ticket) = self.0.take() {
-            if ticket.intent_written.load(Ordering::SeqCst) {
-                // Forwarded, no answer seen: whether it took effect is unknown.
-                ticket.finish(499, Some("client_disconnected"), false);
-            } else if ticket.intent_requested.load(Ordering::SeqCst) {
-                // The intent may become durable although the request is never forwarded: say so,
-                // or the next start would report it as unresolved.
-                ticket.finish(499, Some("client_disconnected_before_forwarding"), false);
+            if ticket.intent_requested.load(Ordering::SeqCst) {
+                ticket.finish(Ending::ClientLeft);
             }
         }
     }
@@ -318,7 +420,7 @@ where
                         if never_sent(&error) {
                             ticket.forwarded.store(false, Ordering::SeqCst);
                         }
-                        ticket.finish(error.status().as_u16(), Some(error.code()), false);
+                        ticket.finish(Ending::Failed(&error));
                     } else {
                         ticket.denied(&error);
                     }
@@ -356,11 +458,14 @@ impl Body for OutcomeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.ticket.finish(self.status, None, true),
-            Poll::Ready(Some(Err(_))) => {
-                self.ticket
-                    .finish(self.status, Some("upstream_body_error"), true)
-            }
+            Poll::Ready(None) => self.ticket.finish(Ending::Answered {
+                status: self.status,
+                body_error: false,
+            }),
+            Poll::Ready(Some(Err(_))) => self.ticket.finish(Ending::Answered {
+                status: self.status,
+                body_error: true,
+            }),
             _ => {}
         }
         polled
@@ -379,50 +484,38 @@ impl Drop for OutcomeBody {
     fn drop(&mut self) {
         // The upstream has answered either way: its status settles the intent.
         if self.inner.is_end_stream() {
-            self.ticket.finish(self.status, None, true);
+            self.ticket.finish(Ending::Answered {
+                status: self.status,
+                body_error: false,
+            });
         } else {
-            self.ticket
-                .finish(self.status, Some("client_disconnected"), true);
+            self.ticket.finish(Ending::ClientLeftDuringResponse {
+                status: self.status,
+            });
         }
     }
 }
 
-/// Layer that makes the intent durable before forwarding (inner part).
+/// The intent layer (inner part): makes the intent record durable before anything is forwarded,
+/// or refuses the request with 503 `audit_unavailable`. Requests without a ticket pass unboxed.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct IntentLayer;
+pub struct RecordIntent;
 
-impl<S> Layer<S> for IntentLayer {
-    type Service = Intent<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Intent { inner }
+impl RecordIntent {
+    /// The layer.
+    pub fn layer() -> AsyncGateLayer<RecordIntent> {
+        AsyncGateLayer::new(RecordIntent)
     }
 }
 
-/// Service produced by [`IntentLayer`].
-#[derive(Clone, Debug)]
-pub struct Intent<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for Intent<S>
-where
-    S: Service<Request<B>, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    /// Requests without a ticket pass through without a box of their own.
-    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
+impl<B: Send + 'static> AdmitAsync<B> for RecordIntent {
+    fn concerns(&self, req: &Request<B>) -> bool {
+        req.extensions().get::<Arc<Ticket>>().is_some()
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    async fn admit(self, req: Request<B>) -> Result<Request<B>, GatewayError> {
         let Some(ticket) = req.extensions().get::<Arc<Ticket>>().cloned() else {
-            return Either::Left(self.inner.call(req));
+            return Ok(req);
         };
         let mut event = ticket.event(Phase::Intent);
         event.decision = Some("allow".into());
@@ -435,21 +528,17 @@ where
                 format!("reference lookup failed ({code}); forwarded under on_error: allow")
             });
         }
-        let mut inner = self.inner.clone();
-        std::mem::swap(&mut self.inner, &mut inner);
-        Either::Right(Box::pin(async move {
-            ticket.intent_requested.store(true, Ordering::SeqCst);
-            match ticket.log.write_durable(event).await {
-                Ok(_) => {
-                    ticket.intent_written.store(true, Ordering::SeqCst);
-                    ticket.forwarded.store(true, Ordering::SeqCst);
-                    inner.call(req).await
-                }
-                Err(error) => {
-                    tracing::error!(%error, operation = %ticket.base.operation, "audit intent not durable; refusing the request");
-                    Err(GatewayError::AuditUnavailable(error))
-                }
+        ticket.intent_requested.store(true, Ordering::SeqCst);
+        match ticket.log.write_durable(event).await {
+            Ok(_) => {
+                ticket.intent_written.store(true, Ordering::SeqCst);
+                ticket.forwarded.store(true, Ordering::SeqCst);
+                Ok(req)
             }
-        }))
+            Err(error) => {
+                tracing::error!(%error, operation = %ticket.base.operation, "audit intent not durable; refusing the request");
+                Err(GatewayError::AuditUnavailable(error.to_string()))
+            }
+        }
     }
 }

@@ -16,21 +16,25 @@
 //! fsync); otherwise it is refused with 503 `audit_unavailable` and never forwarded.
 
 pub mod layer;
+pub mod reconcile;
 pub mod record;
 pub mod verify;
+
+pub use self::layer::{AuditScope, ScopeMatch};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::record::{chain, check_line, rfc3339, Event, Line, Phase, GENESIS};
+use self::record::{chain, check_line, Event, Line, Phase, GENESIS};
+use crate::metrics::AuditMetrics;
+use crate::units::rfc3339;
 
 /// Audit settings (from `audit:` in the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,34 +94,6 @@ pub enum AuditError {
     Io(String),
 }
 
-/// Counters and a latency record for the metrics layer.
-#[derive(Debug, Default)]
-pub struct AuditStats {
-    /// Records written.
-    pub records: AtomicU64,
-    /// Failed writes (each failed batch counts once per record in it).
-    pub write_errors: AtomicU64,
-    /// Batches written (each one write + one fsync).
-    pub batches: AtomicU64,
-    /// Unresolved intents found at start-up.
-    pub unresolved_intents: AtomicU64,
-    /// Denials folded into `denied_summary` records.
-    pub coalesced: AtomicU64,
-    /// Refusal records not written because the volume was below `reserve`.
-    pub suppressed_below_reserve: AtomicU64,
-    /// Records given up: refusals of a failed batch or of a full queue, and outcomes beyond what a
-    /// dead disk may hold in memory.
-    pub dropped: AtomicU64,
-    /// Free bytes on the audit volume at the last check.
-    pub free_bytes: AtomicU64,
-    /// Whether the volume is below `reserve` now.
-    pub below_reserve: AtomicBool,
-    /// Whether the last write failed (the sink refuses writes).
-    pub unwritable: AtomicBool,
-    /// Recent fsync durations in microseconds, drained by the metrics layer.
-    pub fsync_micros: Mutex<Vec<u64>>,
-}
-
 /// An intent left without a resolving outcome by an earlier run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unresolved {
@@ -127,6 +103,8 @@ pub struct Unresolved {
     pub audit_id: Option<String>,
     /// Its route id.
     pub operation: String,
+    /// Its canonical path.
+    pub path: String,
     /// Its path parameters.
     pub params: std::collections::BTreeMap<String, String>,
     /// Its client.
@@ -175,13 +153,16 @@ pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     settings: Arc<AuditSettings>,
     health: Arc<Mutex<Option<String>>>,
-    stats: Arc<AuditStats>,
+    metrics: AuditMetrics,
     denials: Arc<DenialWindows>,
 }
 
 impl AuditLog {
     /// Open (or create) the log, recover the chain, find unresolved intents and start the writer.
-    pub fn open(settings: AuditSettings) -> std::io::Result<(AuditLog, Vec<Unresolved>)> {
+    pub fn open(
+        settings: AuditSettings,
+        metrics: AuditMetrics,
+    ) -> std::io::Result<(AuditLog, Vec<Unresolved>)> {
         if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -190,10 +171,9 @@ impl AuditLog {
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let settings = Arc::new(settings);
         let health = Arc::new(Mutex::new(None));
-        let stats = Arc::new(AuditStats::default());
-        stats
+        metrics
             .unresolved_intents
-            .store(unresolved.len() as u64, Ordering::Relaxed);
+            .set(i64::try_from(unresolved.len()).unwrap_or(i64::MAX));
         let denials = Arc::new(DenialWindows::new(settings.max_denied_per_client));
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let writer = Writer {
@@ -203,8 +183,9 @@ impl AuditLog {
             seq,
             prev_hash,
             health: health.clone(),
-            stats: stats.clone(),
+            metrics: metrics.clone(),
             denials: denials.clone(),
+            below_reserve: false,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -217,7 +198,7 @@ impl AuditLog {
                 tx,
                 settings,
                 health,
-                stats,
+                metrics,
                 denials,
             },
             unresolved,
@@ -242,7 +223,7 @@ impl AuditLog {
         match tokio::time::timeout(self.settings.enqueue_timeout, wait).await {
             Ok(result) => result,
             Err(_) => {
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.write_errors.inc();
                 Err(AuditError::QueueFull)
             }
         }
@@ -258,11 +239,11 @@ impl AuditLog {
             // Never drop such a record silently: wait for room off the request path.
             let tx = self.tx.clone();
             let timeout = self.settings.enqueue_timeout;
-            let stats = self.stats.clone();
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 if tx.send_timeout(job, timeout).await.is_err() {
-                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics.write_errors.inc();
+                    metrics.dropped.inc();
                     tracing::error!("audit queue full: a record could not be queued");
                 }
             });
@@ -274,7 +255,7 @@ impl AuditLog {
     pub fn denied(&self, event: Event) {
         let (ended, this) = self.denials.admit(event, unix_second());
         if this.is_none() {
-            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            self.metrics.coalesced.inc();
         }
         for event in ended.into_iter().chain(this) {
             let job = Job {
@@ -282,7 +263,7 @@ impl AuditLog {
                 reply: None,
             };
             if self.tx.try_send(job).is_err() {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dropped.inc();
             }
         }
     }
@@ -313,9 +294,9 @@ impl AuditLog {
         }
     }
 
-    /// Counters for the metrics layer.
-    pub fn stats(&self) -> Arc<AuditStats> {
-        self.stats.clone()
+    /// The log's metrics.
+    pub fn metrics(&self) -> &AuditMetrics {
+        &self.metrics
     }
 
     /// The live file.
@@ -466,8 +447,10 @@ struct Writer {
     seq: u64,
     prev_hash: String,
     health: Arc<Mutex<Option<String>>>,
-    stats: Arc<AuditStats>,
+    metrics: AuditMetrics,
     denials: Arc<DenialWindows>,
+    /// Whether the volume was below `reserve` at the last check.
+    below_reserve: bool,
 }
 
 /// What the writer holds between batches.
@@ -548,7 +531,7 @@ impl Writer {
     fn accept(&self, pending: &mut Pending, job: Job) {
         if job.is_refusal() {
             if pending.refusals.len() >= Self::MAX_REFUSALS {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dropped.inc();
             } else {
                 pending.refusals.push_back(job);
             }
@@ -558,13 +541,16 @@ impl Writer {
     }
 
     /// Whether the volume has room for refusals; logs when that changes.
-    fn refusals_allowed(&self) -> bool {
+    fn refusals_allowed(&mut self) -> bool {
         let Some(free) = free_bytes(&self.settings.path) else {
             return true;
         };
-        self.stats.free_bytes.store(free, Ordering::Relaxed);
+        self.metrics
+            .free_bytes
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
         let below = free < self.settings.reserve;
-        if self.stats.below_reserve.swap(below, Ordering::Relaxed) != below {
+        self.metrics.below_reserve.set(i64::from(below));
+        if std::mem::replace(&mut self.below_reserve, below) != below {
             if below {
                 tracing::warn!(file = %self.settings.path.display(), free, reserve = self.settings.reserve, "audit volume below audit.reserve: refusals are no longer recorded, intents and outcomes still are");
             } else {
@@ -613,9 +599,7 @@ impl Writer {
             } else {
                 let suppressed = pending.refusals.len() as u64;
                 pending.refusals.clear();
-                self.stats
-                    .suppressed_below_reserve
-                    .fetch_add(suppressed, Ordering::Relaxed);
+                self.metrics.suppressed.inc_by(suppressed);
             }
         }
         self.write_jobs(pending, batch);
@@ -659,11 +643,10 @@ impl Writer {
                 self.seq = seq;
                 self.prev_hash = prev;
                 self.len += buffer.len() as u64;
-                self.stats.records.fetch_add(records, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.metrics.records.inc_by(records);
                 pending.retry_at = None;
                 pending.retry_delay = Duration::ZERO;
-                self.stats.unwritable.store(false, Ordering::Relaxed);
+                self.metrics.writable.set(1);
                 if let Ok(mut health) = self.health.lock() {
                     if health.take().is_some() {
                         tracing::info!("audit log is writable again");
@@ -671,11 +654,9 @@ impl Writer {
                 }
             }
             Err(error) => {
-                self.stats
-                    .write_errors
-                    .fetch_add(records, Ordering::Relaxed);
+                self.metrics.write_errors.inc_by(records.max(1));
                 tracing::error!(file = %self.settings.path.display(), %error, records, "audit write failed");
-                self.stats.unwritable.store(true, Ordering::Relaxed);
+                self.metrics.writable.set(0);
                 if let Ok(mut health) = self.health.lock() {
                     *health = Some(format!(
                         "cannot write {}: {error}",
@@ -700,9 +681,7 @@ impl Writer {
                     let _ = reply.send(answer);
                 }
                 None if answer.is_ok() => {}
-                None if job.is_refusal() => {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                None if job.is_refusal() => self.metrics.dropped.inc(),
                 // An outcome whose batch failed: written first once the file accepts writes.
                 None => carried.push(job),
             }
@@ -719,9 +698,7 @@ impl Writer {
                     Some(reply) => {
                         let _ = reply.send(Err(AuditError::QueueFull));
                     }
-                    None => {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                    None => self.metrics.dropped.inc(),
                 }
             }
             tracing::error!(
@@ -741,11 +718,7 @@ impl Writer {
         if self.settings.fsync {
             let started = Instant::now();
             self.file.sync_data().map_err(|e| e.to_string())?;
-            if let Ok(mut samples) = self.stats.fsync_micros.lock() {
-                if samples.len() < 100_000 {
-                    samples.push(started.elapsed().as_micros() as u64);
-                }
-            }
+            self.metrics.fsync.observe(started.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -886,6 +859,7 @@ pub fn unresolved(lines: &[Line]) -> Vec<Unresolved> {
                 request_id: event.request_id.clone(),
                 audit_id: event.audit_id.clone(),
                 operation: event.operation.clone(),
+                path: event.path.clone(),
                 params: event.params.clone(),
                 client: event.client.clone(),
                 seq: line.seq,

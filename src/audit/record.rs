@@ -5,10 +5,12 @@
 //! which include `prev_hash`), so any edit, removal, insertion or reordering breaks the chain.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use crate::guards::{EntityRef, IndexedAssetRef, References};
+use crate::units::hex;
 
 /// `prev_hash` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -35,38 +37,6 @@ impl Phase {
     pub fn is_refusal(self) -> bool {
         matches!(self, Phase::Denied | Phase::DeniedSummary)
     }
-}
-
-/// One indexed asset that referenced a force-deleted asset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexedAssetRef {
-    /// Indexed asset id.
-    pub id: String,
-    /// Its index.
-    pub index_id: String,
-    /// The index's name, when the upstream gave it.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub index_name: Option<String>,
-}
-
-/// One entity linked to a force-deleted asset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntityRef {
-    /// Entity id.
-    pub id: String,
-    /// Its entity collection.
-    pub collection_id: String,
-}
-
-/// What a forced asset delete was about to unlink (written into the intent record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct References {
-    /// Indexed assets referencing the asset.
-    pub indexed_assets: Vec<IndexedAssetRef>,
-    /// Entities linked to the asset.
-    pub entities: Vec<EntityRef>,
-    /// False when `max_pages` stopped the listing early.
-    pub complete: bool,
 }
 
 /// An audit event before the writer gives it its place in the chain.
@@ -208,50 +178,9 @@ pub fn check_line(text: &str) -> Result<Line, String> {
     serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-30T16:05:34.123Z`.
-pub fn rfc3339(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn event(phase: Phase) -> Event {
         Event {
@@ -295,14 +224,5 @@ mod tests {
             assert_ne!(edited, text);
             assert!(check_line(&edited).is_err(), "{from}");
         }
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_796_054_734_123);
-        assert_eq!(rfc3339(t), "2026-11-30T16:05:34.123Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
     }
 }

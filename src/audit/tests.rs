@@ -1,6 +1,12 @@
 use super::record::{Event, Phase};
 use super::verify::{chain_files, verify};
 use super::*;
+use crate::metrics::Metrics;
+
+/// Open a log with a fresh metrics registry.
+fn open(settings: AuditSettings) -> std::io::Result<(AuditLog, Vec<Unresolved>)> {
+    AuditLog::open(settings, Metrics::new().audit.clone())
+}
 
 fn event(request_id: &str, phase: Phase) -> Event {
     Event {
@@ -23,7 +29,7 @@ fn settings(dir: &Path) -> AuditSettings {
 #[tokio::test]
 async fn records_chain_across_restarts_and_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, unresolved) = AuditLog::open(settings(dir.path())).unwrap();
+    let (log, unresolved) = open(settings(dir.path())).unwrap();
     assert!(unresolved.is_empty());
     assert_eq!(
         log.write_durable(event("r1", Phase::Intent)).await.unwrap(),
@@ -36,7 +42,7 @@ async fn records_chain_across_restarts_and_verify() {
         2
     );
     drop(log);
-    let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
+    let (log, _) = open(settings(dir.path())).unwrap();
     assert_eq!(
         log.write_durable(event("r2", Phase::Denied)).await.unwrap(),
         3
@@ -50,7 +56,7 @@ async fn records_chain_across_restarts_and_verify() {
 #[tokio::test]
 async fn concurrent_durable_writes_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
+    let (log, _) = open(settings(dir.path())).unwrap();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let log = log.clone();
@@ -66,9 +72,11 @@ async fn concurrent_durable_writes_share_flushes() {
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
-    let stats = log.stats();
-    assert_eq!(stats.records.load(Ordering::Relaxed), 64);
-    assert!(stats.batches.load(Ordering::Relaxed) <= 64);
+    let metrics = log.metrics();
+    assert_eq!(metrics.records.get(), 64);
+    // Group commit: 64 writers waiting at once share fsyncs.
+    let fsyncs = metrics.fsync.get_sample_count();
+    assert!((1..64).contains(&fsyncs), "{fsyncs} fsyncs for 64 records");
     verify(&[dir.path().join("audit.jsonl")], false).unwrap();
 }
 
@@ -92,7 +100,7 @@ fn write_lines(path: &Path, lines: &[String]) {
 async fn every_edit_removal_insertion_and_reordering_is_detected_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
+    let (log, _) = open(settings(dir.path())).unwrap();
     for i in 0..5 {
         log.write_durable(event(&format!("r{i}"), Phase::Intent))
             .await
@@ -130,7 +138,7 @@ async fn rotation_keeps_one_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(dir.path());
     s.max_file_size = 600;
-    let (log, _) = AuditLog::open(s.clone()).unwrap();
+    let (log, _) = open(s.clone()).unwrap();
     for i in 0..12 {
         log.write_durable(event(&format!("r{i}"), Phase::Intent))
             .await
@@ -144,7 +152,7 @@ async fn rotation_keeps_one_chain_across_files() {
     let verified = verify(&files, false).unwrap();
     assert_eq!(verified.seq_range, Some((1, 12)));
     // Reopening after a rotation continues the chain.
-    let (log, _) = AuditLog::open(s.clone()).unwrap();
+    let (log, _) = open(s.clone()).unwrap();
     assert_eq!(
         log.write_durable(event("r12", Phase::Intent))
             .await
@@ -162,7 +170,7 @@ async fn rotation_keeps_one_chain_across_files() {
 async fn intents_without_outcome_are_reported_at_start_up_and_torn_lines_cut() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let (log, _) = AuditLog::open(settings(dir.path())).unwrap();
+    let (log, _) = open(settings(dir.path())).unwrap();
     log.write_durable(event("done", Phase::Intent))
         .await
         .unwrap();
@@ -178,17 +186,17 @@ async fn intents_without_outcome_are_reported_at_start_up_and_torn_lines_cut() {
     text.push_str("{\"seq\":4,\"time\":\"2026");
     std::fs::write(&path, text).unwrap();
 
-    let (log, unresolved) = AuditLog::open(settings(dir.path())).unwrap();
+    let (log, unresolved) = open(settings(dir.path())).unwrap();
     assert_eq!(unresolved.len(), 1);
     assert_eq!(unresolved[0].request_id, "crashed");
     assert_eq!(unresolved[0].params["asset_id"], "a1");
-    assert_eq!(log.stats().unresolved_intents.load(Ordering::Relaxed), 1);
+    assert_eq!(log.metrics().unresolved_intents.get(), 1);
     let mut resolution = event("reconcile-1", Phase::Reconciled);
     resolution.resolves = Some("crashed".into());
     assert_eq!(log.write_durable(resolution).await.unwrap(), 4);
     drop(log);
     assert!(verify(&[path], false).is_ok());
-    let (_, unresolved) = AuditLog::open(settings(dir.path())).unwrap();
+    let (_, unresolved) = open(settings(dir.path())).unwrap();
     assert!(unresolved.is_empty());
 }
 
@@ -198,7 +206,7 @@ async fn an_unwritable_device_fails_durable_writes_and_readiness() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     std::os::unix::fs::symlink("/dev/full", &path).unwrap();
-    let (log, _) = AuditLog::open(AuditSettings::new(path)).unwrap();
+    let (log, _) = open(AuditSettings::new(path)).unwrap();
     assert!(log.readiness().is_ok());
     let error = log
         .write_durable(event("r1", Phase::Intent))
@@ -206,7 +214,7 @@ async fn an_unwritable_device_fails_durable_writes_and_readiness() {
         .unwrap_err();
     assert!(matches!(error, AuditError::Io(_)), "{error}");
     assert!(log.readiness().unwrap_err().contains("cannot write"));
-    assert_eq!(log.stats().write_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(log.metrics().write_errors.get(), 1);
 }
 
 fn line(seq: u64, event: Event) -> Line {
@@ -335,7 +343,7 @@ async fn refusals_are_not_written_below_the_reserve_but_intents_are() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path());
     settings.reserve = u64::MAX;
-    let (log, _) = AuditLog::open(settings).unwrap();
+    let (log, _) = open(settings).unwrap();
     log.denied(event("d1", Phase::Denied));
     assert_eq!(
         log.write_durable(event("i1", Phase::Intent)).await.unwrap(),
@@ -345,11 +353,8 @@ async fn refusals_are_not_written_below_the_reserve_but_intents_are() {
     let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("\"phase\":\"intent\""));
-    assert_eq!(
-        log.stats().suppressed_below_reserve.load(Ordering::Relaxed),
-        1
-    );
-    assert!(log.stats().below_reserve.load(Ordering::Relaxed));
+    assert_eq!(log.metrics().suppressed.get(), 1);
+    assert_eq!(log.metrics().below_reserve.get(), 1);
 }
 
 #[tokio::test]
@@ -359,7 +364,7 @@ async fn an_unwritable_file_answers_a_waiting_intent_at_once_and_keeps_outcomes_
     std::os::unix::fs::symlink("/dev/full", &path).unwrap();
     let mut settings = AuditSettings::new(path);
     settings.reserve = 0;
-    let (log, _) = AuditLog::open(settings).unwrap();
+    let (log, _) = open(settings).unwrap();
     for i in 0..2_000 {
         log.denied(event(&format!("d{i}"), Phase::Denied));
         log.write(event(&format!("o{i}"), Phase::Outcome));
@@ -373,7 +378,7 @@ async fn an_unwritable_file_answers_a_waiting_intent_at_once_and_keeps_outcomes_
         started.elapsed()
     );
     assert!(log.readiness().is_err());
-    assert!(log.stats().unwritable.load(Ordering::Relaxed));
+    assert_eq!(log.metrics().writable.get(), 0);
 }
 
 #[tokio::test]
@@ -382,7 +387,7 @@ async fn rotation_keeps_at_most_max_rotated_files_and_the_rest_verifies_as_a_win
     let mut s = settings(dir.path());
     s.max_file_size = 600;
     s.max_rotated_files = Some(2);
-    let (log, _) = AuditLog::open(s.clone()).unwrap();
+    let (log, _) = open(s.clone()).unwrap();
     for i in 0..12 {
         log.write_durable(event(&format!("r{i}"), Phase::Intent))
             .await

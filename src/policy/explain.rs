@@ -8,11 +8,12 @@ use std::path::Path;
 use http::{HeaderMap, Method, Uri, Version};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::auth::{ClientSettings, Principal};
 use crate::classify::{Classifier, Operation, ParamValue};
-use crate::config::{ClientId, Config, Effect, QueryValue, RuleMode};
 use crate::error::GatewayError;
-use crate::policy::{CompiledRule, Decision, Policy};
+use crate::ids::ClientId;
+use crate::matcher::QueryValue;
+use crate::policy::{CompiledRule, Decision, Effect, Policy, RuleMode};
 
 /// The verdict for one request.
 #[derive(Debug)]
@@ -57,9 +58,8 @@ pub enum ExplainError {
 }
 
 /// The principal configured for `client`.
-pub fn principal_for(config: &Config, client: &str) -> Result<Principal, ExplainError> {
-    config
-        .clients
+pub fn principal_for(clients: &[ClientSettings], client: &str) -> Result<Principal, ExplainError> {
+    clients
         .iter()
         .find(|c| c.id.as_str() == client)
         .map(|c| Principal {
@@ -191,12 +191,12 @@ fn rule_account(rule: &CompiledRule, op: &Operation, principal: &Principal) -> S
         RuleMode::Enforce => "",
         RuleMode::DryRun => " [dry run]",
     };
-    if let Some(method) = &rule.method {
+    if let Some(method) = &rule.matcher.method {
         if *method != op.method {
             return format!("does not match: method is not {method}{mode}");
         }
     }
-    if let Some(clients) = &rule.clients {
+    if let Some(clients) = &rule.matcher.clients {
         if !clients.contains(&principal.client) {
             return format!(
                 "does not match: only for clients {}{mode}",
@@ -204,12 +204,8 @@ fn rule_account(rule: &CompiledRule, op: &Operation, principal: &Principal) -> S
             );
         }
     }
-    for (name, expected) in &rule.query {
-        let matched = match expected {
-            QueryValue::Bool(want) => op.query.bool(name).unwrap_or(false) == *want,
-            QueryValue::Text(want) => op.query.text(name) == Some(want.as_str()),
-        };
-        if !matched {
+    for (name, expected) in &rule.matcher.query {
+        if !expected.holds(op, name) {
             let want = match expected {
                 QueryValue::Bool(b) => b.to_string(),
                 QueryValue::Text(t) => t.clone(),
@@ -288,7 +284,7 @@ pub enum Expectation {
 pub fn run_cases(
     classifier: &Classifier,
     policy: &Policy,
-    config: &Config,
+    clients: &[ClientSettings],
     path: &Path,
 ) -> Result<(String, usize, usize), String> {
     let text = std::fs::read_to_string(path)
@@ -305,7 +301,7 @@ pub fn run_cases(
         let client: Result<ClientId, _> = case.client.parse();
         let principal = client
             .map_err(|e| e.to_string())
-            .and_then(|c| principal_for(config, c.as_str()).map_err(|e| e.to_string()));
+            .and_then(|c| principal_for(clients, c.as_str()).map_err(|e| e.to_string()));
         let outcome = principal.and_then(|p| {
             explain(classifier, policy, &p, &case.method, &case.target).map_err(|e| e.to_string())
         });

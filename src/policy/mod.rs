@@ -1,6 +1,6 @@
 //! Policy: compiled rules, the pure [`evaluate`](Policy::evaluate), and the layer that enforces it.
 //!
-//! Contract (architecture.md §3): a rule *matches* a request when every given `match` field matches.
+//! Contract (docs/architecture.md, "Configuration"): a rule *matches* a request when every given `match` field matches.
 //! Every matching rule must admit the principal (its roles intersect `allow_roles`, or its id is in
 //! `allow_clients`); otherwise the request is denied by the first refusing rule in file order.
 //! Requests no rule matches get `policy.default`. `mode: dry_run` rules record what they would deny
@@ -14,20 +14,74 @@ pub mod explain;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{self, Either, Ready};
 use http::{Method, Request};
-use tower::{Layer, Service};
+use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::classify::Operation;
-use crate::config::{
-    ClientId, Effect, PolicyConfig, QueryValue, Role, RuleConfig, RuleId, RuleMode,
-};
 use crate::error::GatewayError;
+use crate::gate::{Admit, GateLayer};
+use crate::ids::{ClientId, Role, RuleId};
+use crate::matcher::{self, CompiledMatch, MatchSettings};
 use crate::metrics::Metrics;
-use crate::routes::{ParamKind, RouteId, RouteTable};
+use crate::routes::{RouteId, RouteTable};
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Let the request through.
+    Allow,
+    /// Refuse the request.
+    Deny,
+}
+
+/// Whether a rule blocks or only records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    /// Deny requests the rule refuses.
+    #[default]
+    Enforce,
+    /// Record and count what the rule would deny, but let it through.
+    DryRun,
+}
+
+/// The `policy:` section: the policy layer's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// Effect for requests that no rule matches.
+    pub default: Effect,
+    /// The rules; order does not matter.
+    pub rules: Vec<RuleSettings>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            default: Effect::Allow,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One policy rule as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSettings {
+    /// Unique rule id.
+    pub id: RuleId,
+    /// What the rule applies to.
+    pub matcher: MatchSettings,
+    /// Roles the rule admits.
+    pub allow_roles: Vec<Role>,
+    /// Clients the rule admits.
+    pub allow_clients: Vec<ClientId>,
+    /// Shown to a refused client.
+    pub message: Option<String>,
+    /// Enforce or dry run.
+    pub mode: RuleMode,
+}
 
 /// A rule problem found while compiling (the `check` command reports these).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,14 +101,8 @@ pub struct CompiledRule {
     pub index: usize,
     /// Rule id.
     pub id: RuleId,
-    /// Exact method, if constrained.
-    pub method: Option<Method>,
-    /// Routes the rule applies to; `None` means every route (and unknown ones).
-    pub routes: Option<BTreeSet<RouteId>>,
-    /// Query predicates.
-    pub query: Vec<(String, QueryValue)>,
-    /// Only these clients, if given.
-    pub clients: Option<BTreeSet<ClientId>>,
+    /// Which requests it applies to.
+    pub matcher: CompiledMatch,
     /// Admitted roles.
     pub allow_roles: Vec<Role>,
     /// Admitted clients.
@@ -68,26 +116,7 @@ pub struct CompiledRule {
 impl CompiledRule {
     /// Whether every `match` field matches the request.
     pub fn matches(&self, op: &Operation, principal: &Principal) -> bool {
-        if self.method.as_ref().is_some_and(|m| *m != op.method) {
-            return false;
-        }
-        if let Some(routes) = &self.routes {
-            if !op.route.is_some_and(|r| routes.contains(&r.id)) {
-                return false;
-            }
-        }
-        if self
-            .clients
-            .as_ref()
-            .is_some_and(|c| !c.contains(&principal.client))
-        {
-            return false;
-        }
-        self.query.iter().all(|(name, expected)| match expected {
-            // An absent flag reads as false everywhere; a present one was read conservatively.
-            QueryValue::Bool(want) => op.query.bool(name).unwrap_or(false) == *want,
-            QueryValue::Text(want) => op.query.text(name) == Some(want.as_str()),
-        })
+        self.matcher.matches(op, principal)
     }
 
     /// Whether the rule admits the principal.
@@ -129,7 +158,9 @@ pub struct Policy {
 
 impl Policy {
     /// Compile the configured rules; errors are problems that make a rule meaningless.
-    pub fn compile(config: &PolicyConfig) -> Result<(Policy, Vec<RuleProblem>), Vec<RuleProblem>> {
+    pub fn compile(
+        config: &PolicySettings,
+    ) -> Result<(Policy, Vec<RuleProblem>), Vec<RuleProblem>> {
         let table = RouteTable::v1_3();
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
@@ -153,14 +184,13 @@ impl Policy {
         let mut rule_keys = BTreeSet::new();
         let mut rule_bool_keys = BTreeSet::new();
         for (position, rule) in rules.iter().enumerate() {
-            rule_keys.extend(rule.query.iter().map(|(k, _)| k.clone()));
-            rule_bool_keys.extend(
-                rule.query
-                    .iter()
-                    .filter(|(_, v)| matches!(v, QueryValue::Bool(_)))
-                    .map(|(k, _)| k.clone()),
-            );
-            match (&rule.routes, &rule.method) {
+            for (key, boolean) in rule.matcher.query_keys() {
+                rule_keys.insert(key.to_owned());
+                if boolean {
+                    rule_bool_keys.insert(key.to_owned());
+                }
+            }
+            match (&rule.matcher.routes, &rule.matcher.method) {
                 (Some(routes), _) => {
                     for route in routes {
                         by_route.entry(*route).or_default().push(position);
@@ -286,120 +316,32 @@ impl Policy {
     }
 }
 
-/// Compile one rule's matcher against the route table (also used for rate-limit matchers).
-pub(crate) fn compile_rule(
+/// Compile one rule against the route table; warnings go to `warnings`.
+fn compile_rule(
     table: &RouteTable,
     index: usize,
-    rule: &RuleConfig,
+    rule: &RuleSettings,
     warnings: &mut Vec<RuleProblem>,
 ) -> Result<CompiledRule, String> {
-    let m = &rule.matcher;
-    let mut routes: Option<BTreeSet<RouteId>> = None;
-    if let Some(path) = &m.path {
-        let found = table.by_template(path, m.method.as_ref());
-        if found.is_empty() {
-            let any_method = table.by_template(path, None);
-            return Err(if any_method.is_empty() {
-                format!("match.path {path:?} is no TwelveLabs v1.3 route")
-            } else {
-                format!(
-                    "match.path {path:?} has no {} route (it has {})",
-                    m.method.as_ref().map_or("", Method::as_str),
-                    any_method
-                        .iter()
-                        .map(|r| r.method.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            });
-        }
-        routes = Some(found.iter().map(|r| r.id).collect());
-    }
-    if let Some(operation) = &m.operation {
-        let Some(route) = table.by_id(operation) else {
-            return Err(format!(
-                "match.operation {operation:?} is no TwelveLabs v1.3 route id"
-            ));
-        };
-        if m.method
-            .as_ref()
-            .is_some_and(|method| *method != route.method)
-        {
-            return Err(format!(
-                "match.operation {operation:?} is a {} route, but match.method is {}",
-                route.method,
-                m.method.as_ref().map_or("", Method::as_str)
-            ));
-        }
-        let only = BTreeSet::from([route.id]);
-        routes = Some(match routes {
-            None => only,
-            Some(from_path) => {
-                if !from_path.contains(&route.id) {
-                    return Err(format!(
-                        "match.operation {operation:?} and match.path never name the same route"
-                    ));
-                }
-                only
-            }
-        });
-    }
-    for (key, expected) in &m.query {
-        if let Some(routes) = &routes {
-            for id in routes {
-                let Some(route) = table.by_id(id.as_str()) else {
-                    continue;
-                };
-                match route.query_param(key) {
-                    None => {
-                        return Err(format!(
-                            "match.query {key:?}: route {id} has no query parameter {key:?}"
-                        ));
-                    }
-                    Some(param) => {
-                        let is_bool = matches!(expected, QueryValue::Bool(_));
-                        if is_bool != (param.kind == ParamKind::Bool) {
-                            return Err(format!(
-                                "match.query {key:?}: route {id} reads it as {:?}, the rule compares {}",
-                                param.kind,
-                                if is_bool { "a boolean" } else { "text" }
-                            ));
-                        }
-                    }
-                }
-            }
-        } else if !table.routes().iter().any(|r| {
-            m.method.as_ref().is_none_or(|method| *method == r.method)
-                && r.query_param(key).is_some()
-        }) {
-            warnings.push(RuleProblem {
-                index,
-                rule: rule.id.clone(),
-                message: format!("can never match: no route takes query parameter {key:?}"),
-            });
-        }
-    }
+    let (matcher, found) = matcher::compile(table, &rule.matcher)?;
+    let problem = |message: String| RuleProblem {
+        index,
+        rule: rule.id.clone(),
+        message,
+    };
+    warnings.extend(found.into_iter().map(problem));
     if rule.allow_roles.is_empty()
         && rule.allow_clients.is_empty()
         && rule.mode == RuleMode::Enforce
     {
-        warnings.push(RuleProblem {
-            index,
-            rule: rule.id.clone(),
-            message: "denies everyone it matches (allow_roles and allow_clients are empty)".into(),
-        });
+        warnings.push(problem(
+            "denies everyone it matches (allow_roles and allow_clients are empty)".into(),
+        ));
     }
     Ok(CompiledRule {
         index,
         id: rule.id.clone(),
-        method: m.method.clone(),
-        routes,
-        query: m
-            .query
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        clients: (!m.clients.is_empty()).then(|| m.clients.iter().cloned().collect()),
+        matcher,
         allow_roles: rule.allow_roles.clone(),
         allow_clients: rule.allow_clients.clone(),
         message: rule.message.as_deref().map(Arc::from),
@@ -407,60 +349,31 @@ pub(crate) fn compile_rule(
     })
 }
 
-/// Layer that evaluates the policy and refuses denied requests with 403 `policy_denied`.
+/// The policy layer: evaluates every request and refuses denied ones with 403 `policy_denied`;
+/// an allowed request carries its [`Decision`] on.
 #[derive(Clone, Debug)]
-pub struct PolicyLayer {
+pub struct Enforce {
     policy: Arc<Policy>,
     metrics: Arc<Metrics>,
 }
 
-impl PolicyLayer {
-    /// Enforce this policy; denials are counted in `metrics`.
-    pub fn new(policy: Arc<Policy>, metrics: Arc<Metrics>) -> Self {
-        PolicyLayer { policy, metrics }
+impl Enforce {
+    /// The layer enforcing `policy`; denials are counted in `metrics`.
+    pub fn layer(policy: Arc<Policy>, metrics: Arc<Metrics>) -> GateLayer<Enforce> {
+        GateLayer::new(Enforce { policy, metrics })
     }
 }
 
-impl<S> Layer<S> for PolicyLayer {
-    type Service = Enforce<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Enforce {
-            inner,
-            policy: self.policy.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// Service produced by [`PolicyLayer`].
-#[derive(Clone, Debug)]
-pub struct Enforce<S> {
-    inner: S,
-    policy: Arc<Policy>,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B> Service<Request<B>> for Enforce<S>
-where
-    S: Service<Request<B>, Error = GatewayError>,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl<B> Admit<B> for Enforce {
+    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
         let (Some(op), Some(principal)) = (
             req.extensions().get::<Operation>(),
             req.extensions().get::<Principal>(),
         ) else {
             // Fail closed: a request that cannot be evaluated is not forwarded.
-            return Either::Right(future::ready(Err(GatewayError::Internal(
+            return Err(GatewayError::Internal(
                 "policy could not be evaluated: request not classified or not authenticated",
-            ))));
+            ));
         };
         let decision = self.policy.evaluate(op, principal);
         for rule in &decision.dry_run_denials {
@@ -478,7 +391,7 @@ where
         match decision.effect {
             Effect::Allow => {
                 req.extensions_mut().insert(decision);
-                Either::Left(self.inner.call(req))
+                Ok(())
             }
             Effect::Deny => {
                 let rule = decision.rule.clone().unwrap_or_else(RuleId::default_rule);
@@ -496,10 +409,10 @@ where
                     operation = op.route_id(),
                     "policy denied"
                 );
-                Either::Right(future::ready(Err(GatewayError::PolicyDenied {
+                Err(GatewayError::PolicyDenied {
                     rule,
-                    message: decision.message.clone(),
-                })))
+                    message: decision.message,
+                })
             }
         }
     }

@@ -1,0 +1,213 @@
+//! The composition root: the process-wide state that outlives reloads ([`Shared`]), each layer's
+//! part of the configuration handed to it ([`StackParts`]), and the request stack itself
+//! ([`build_stack`], outermost first, as in docs/architecture.md "The request path").
+//!
+//! With the server, the reloader and the CLI, this is the only module that reads [`Config`]; every
+//! layer receives its own settings and handles through its constructor.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, Request, Response};
+use tokio::sync::Semaphore;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::audit::layer::{AuditLayer, RecordIntent};
+use crate::audit::{AuditLog, AuditScope};
+use crate::auth::{Authenticate, ClientKeys};
+use crate::body::{self, GatewayBody};
+use crate::classify::{Classifier, Classify};
+use crate::config::Config;
+use crate::credentials::{CredentialsLayer, UpstreamKey, X_API_KEY};
+use crate::error::RescueLayer;
+use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
+use crate::guards::{ForceDeleteGuard, GuardForcedDeletes};
+use crate::metrics::{Metrics, MetricsLayer};
+use crate::overload::{in_flight_limit, ClientInFlightLayer, ClientSlots};
+use crate::policy::{Enforce, Policy};
+use crate::ratelimit::{Limited, LimiterRegistry, RateLimits};
+use crate::request_id::{RequestId, RequestIdLayer};
+
+/// The complete request path as one cloneable service.
+pub type GatewayService =
+    BoxCloneSyncService<Request<GatewayBody>, Response<GatewayBody>, Infallible>;
+
+/// Handles that live as long as the process and survive reloads.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The real upstream key.
+    pub upstream_key: Arc<UpstreamKey>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The audit log, if configured.
+    pub audit: Option<AuditLog>,
+    /// Rate limiters, kept across reloads by the definition of their limit.
+    pub limiters: LimiterRegistry,
+    /// The in-flight permits, sized at start-up.
+    pub in_flight: Arc<Semaphore>,
+    /// Per-client in-flight caps, kept across reloads.
+    pub client_slots: Arc<ClientSlots>,
+}
+
+impl Shared {
+    /// The process-wide state for a gateway started with `config`.
+    pub fn new(
+        config: &Config,
+        upstream_key: Arc<UpstreamKey>,
+        metrics: Arc<Metrics>,
+        audit: Option<AuditLog>,
+    ) -> Self {
+        Shared {
+            upstream_key,
+            metrics,
+            audit,
+            limiters: LimiterRegistry::default(),
+            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight.max(1))),
+            client_slots: ClientSlots::new(config.server.max_in_flight_per_client),
+        }
+    }
+}
+
+/// The forwarder's part of the configuration.
+pub fn upstream_settings(config: &Config) -> UpstreamSettings {
+    UpstreamSettings {
+        origin: config.upstream.origin.clone(),
+        connect_timeout: config.upstream.connect_timeout,
+        request_timeout: config.upstream.request_timeout,
+        body_idle_timeout: config.server.body_idle_timeout,
+        max_concurrency: config.upstream.max_concurrency,
+        queue_timeout: config.upstream.queue_timeout,
+        pool_shards: crate::workers::count(config.server.worker_threads) + 1,
+        max_idle_per_pool: config.upstream.max_idle_connections,
+    }
+}
+
+/// Everything the request path needs, each part for its own layer.
+#[derive(Clone, Debug)]
+pub struct StackParts {
+    /// Configured clients.
+    pub clients: Arc<ClientKeys>,
+    /// The real upstream key.
+    pub upstream_key: Arc<UpstreamKey>,
+    /// The upstream client.
+    pub forwarder: Forwarder,
+    /// The request classifier.
+    pub classifier: Arc<Classifier>,
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The audit log and what it covers.
+    pub audit: Option<AuditLog>,
+    /// Routes audited beyond the destructive ones.
+    pub audit_scope: Arc<AuditScope>,
+    /// The reference guard before forced deletes.
+    pub guard: Option<ForceDeleteGuard>,
+    /// Rate limits.
+    pub rate_limits: Arc<RateLimits>,
+    /// The in-flight permits (shared by every stack built from the same start-up).
+    pub in_flight: Arc<Semaphore>,
+    /// Per-client in-flight caps.
+    pub client_in_flight: ClientInFlightLayer,
+}
+
+impl StackParts {
+    /// Build the parts from a validated configuration and the long-lived handles.
+    pub fn from_config(config: &Config, shared: &Shared) -> Result<Self, ForwardSetupError> {
+        let forwarder = Forwarder::new(upstream_settings(config))?;
+        Ok(StackParts::with_forwarder(config, shared, forwarder))
+    }
+
+    /// The same, reusing an existing upstream client (and its warm connections).
+    pub fn with_forwarder(config: &Config, shared: &Shared, forwarder: Forwarder) -> Self {
+        shared.metrics.declare(
+            config.policy.rules.iter().map(|r| r.id.as_str()),
+            config.rate_limits.iter().map(|l| l.id.as_str()),
+        );
+        let guard = ForceDeleteGuard::new(
+            config.force_delete.clone(),
+            forwarder.clone(),
+            shared.upstream_key.clone(),
+            shared.metrics.clone(),
+        );
+        StackParts {
+            clients: Arc::new(ClientKeys::new(&config.clients)),
+            upstream_key: shared.upstream_key.clone(),
+            forwarder,
+            classifier: Arc::new(Classifier::new(config.classify.clone())),
+            policy: config.compiled_policy.clone(),
+            metrics: shared.metrics.clone(),
+            audit: shared.audit.clone(),
+            audit_scope: Arc::new(
+                config
+                    .audit
+                    .as_ref()
+                    .map(|a| a.scope.clone())
+                    .unwrap_or_default(),
+            ),
+            guard: Some(guard),
+            rate_limits: Arc::new(RateLimits::build(
+                config.rate_limits.clone(),
+                &shared.limiters,
+            )),
+            in_flight: shared.in_flight.clone(),
+            client_in_flight: ClientInFlightLayer::new(shared.client_slots.build(&config.clients)),
+        }
+    }
+}
+
+/// Build the request stack, outermost first (docs/architecture.md, "The request path").
+pub fn build_stack(parts: StackParts) -> GatewayService {
+    let sensitive: Arc<[http::HeaderName]> = Arc::new([
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        X_API_KEY.clone(),
+    ]);
+    let stack = ServiceBuilder::new()
+        .layer(RequestIdLayer::new())
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .map_response(|response: Response<_>| response.map(body::boxed))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<GatewayBody>| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(RequestId::as_str)
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = id,
+                        method = %req.method(),
+                        path = req.uri().path(),
+                        operation = tracing::field::Empty,
+                        client = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(MetricsLayer::new(parts.metrics.clone()))
+        .layer(RescueLayer::new(parts.metrics.clone()))
+        .layer(in_flight_limit(parts.in_flight))
+        .layer(Classify::layer(parts.classifier))
+        .layer(Authenticate::layer(parts.clients))
+        .layer(AuditLayer::new(
+            parts.audit,
+            parts.audit_scope,
+            parts.metrics.clone(),
+        ))
+        .layer(parts.client_in_flight)
+        .layer(Limited::layer(parts.rate_limits, parts.metrics.clone()))
+        .layer(Enforce::layer(parts.policy, parts.metrics))
+        .option_layer(GuardForcedDeletes::layer(parts.guard))
+        .layer(RecordIntent::layer())
+        .layer(CredentialsLayer::new(parts.upstream_key))
+        .service(parts.forwarder);
+    BoxCloneSyncService::new(stack)
+}
