@@ -10,6 +10,7 @@ use http::{header, HeaderMap, Request};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
+use crate::classify::Operation;
 use crate::error::GatewayError;
 use crate::gate::{Admit, GateLayer};
 use crate::ids::{ClientId, Role};
@@ -40,6 +41,22 @@ impl Principal {
     /// Whether the principal holds `role`.
     pub fn has_role(&self, role: &Role) -> bool {
         self.roles.contains(role)
+    }
+}
+
+/// The classified operation and the authenticated principal of a request, for the layers below
+/// both; a request that has not been through them fails closed (`what` says which check could not
+/// be made).
+pub fn judged<'r, B>(
+    req: &'r Request<B>,
+    what: &'static str,
+) -> Result<(&'r Operation, &'r Principal), GatewayError> {
+    match (
+        req.extensions().get::<Operation>(),
+        req.extensions().get::<Principal>(),
+    ) {
+        (Some(op), Some(principal)) => Ok((op, principal)),
+        _ => Err(GatewayError::Internal(what)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Classification: method + request target → the canonical [`Operation`], or a refusal.
 //!
-//! One strict parse per request, the same for HTTP/1.1 and HTTP/2 (security.md principles 1–5):
+//! One strict parse per request, the same for HTTP/1.1 and HTTP/2 (docs/architecture.md, "Security principles"):
 //!
 //! - the path must be plain ASCII segments: percent escapes, `;`, `\`, dot or empty segments,
 //!   non-ASCII, absolute- or authority-form targets are refused, never normalised;

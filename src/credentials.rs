@@ -7,15 +7,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use futures_util::future::{self, Either, Ready};
 use http::{HeaderName, HeaderValue, Request};
-use tower::{Layer, Service};
 
 use crate::error::GatewayError;
+use crate::gate::{Admit, GateLayer};
 use crate::headers;
 
 /// The header the upstream reads its key from.
@@ -193,55 +191,26 @@ impl UpstreamKey {
     }
 }
 
-/// Layer that removes every client credential and inserts the upstream key exactly once.
+/// The credentials layer: removes every client credential and inserts the upstream key exactly
+/// once (marked sensitive); with no key loaded, 503.
 #[derive(Clone, Debug)]
-pub struct CredentialsLayer {
+pub struct SwapCredentials {
     key: Arc<UpstreamKey>,
 }
 
-impl CredentialsLayer {
-    /// Inject this key.
-    pub fn new(key: Arc<UpstreamKey>) -> Self {
-        CredentialsLayer { key }
+impl SwapCredentials {
+    /// The layer injecting this key.
+    pub fn layer(key: Arc<UpstreamKey>) -> GateLayer<SwapCredentials> {
+        GateLayer::new(SwapCredentials { key })
     }
 }
 
-impl<S> Layer<S> for CredentialsLayer {
-    type Service = InjectCredentials<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        InjectCredentials {
-            inner,
-            key: self.key.clone(),
-        }
-    }
-}
-
-/// Service produced by [`CredentialsLayer`].
-#[derive(Clone, Debug)]
-pub struct InjectCredentials<S> {
-    inner: S,
-    key: Arc<UpstreamKey>,
-}
-
-impl<S, B> Service<Request<B>> for InjectCredentials<S>
-where
-    S: Service<Request<B>, Error = GatewayError>,
-{
-    type Response = S::Response;
-    type Error = GatewayError;
-    type Future = Either<S::Future, Ready<Result<S::Response, GatewayError>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(key) = self.key.current() else {
-            return Either::Right(future::ready(Err(GatewayError::UpstreamKeyMissing)));
-        };
+impl<B> Admit<B> for SwapCredentials {
+    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        let key = self.key.current().ok_or(GatewayError::UpstreamKeyMissing)?;
         headers::remove_client_credentials(req.headers_mut());
         req.headers_mut().insert(X_API_KEY.clone(), key);
-        Either::Left(self.inner.call(req))
+        Ok(())
     }
 }
 

@@ -169,7 +169,7 @@ impl GatewayError {
         }
     }
 
-    /// TwelveLabs-style snake_case error code (contract: architecture.md §4).
+    /// TwelveLabs-style snake_case error code (the errors contract in docs/architecture.md).
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::MissingCredentials

@@ -22,7 +22,7 @@ use crate::body::{self, GatewayBody};
 use crate::classify::Operation;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
-use crate::overload::{ClientBodyError, IdleTimeout};
+use crate::overload::{ClientBodyError, TimedBody};
 
 /// `scheme://host[:port]` of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +277,7 @@ impl Service<Request<GatewayBody>> for Forwarder {
             headers::remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(
                 parts,
-                body::boxed(IdleTimeout::new(body, idle)),
+                body::boxed(TimedBody::upstream(body, idle)),
             ))
         })
     }

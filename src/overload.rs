@@ -82,76 +82,6 @@ impl<F: Future> Future for Held<F> {
     }
 }
 
-/// A body that fails if no frame arrives for `timeout` (a stalled peer).
-///
-/// The timer is armed only when the body first has to wait, so the common small, already-complete
-/// body costs no timer at all.
-pub struct IdleTimeout<B> {
-    inner: B,
-    timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl<B> IdleTimeout<B> {
-    /// Wrap `inner`.
-    pub fn new(inner: B, timeout: Duration) -> Self {
-        IdleTimeout {
-            inner,
-            timeout,
-            sleep: None,
-        }
-    }
-}
-
-/// The error an idle body ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("no body data for {0:?}")]
-pub struct BodyIdle(pub Duration);
-
-impl<B> Body for IdleTimeout<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
-                if let Some(sleep) = self.sleep.as_mut() {
-                    sleep.as_mut().reset(deadline);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(timeout))))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Why a client's request body failed (the client's fault, not the upstream's).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
@@ -194,27 +124,54 @@ impl ClientBodyError {
     }
 }
 
-/// A client's request body: idle timeout, minimum rate, and errors marked as the client's.
+/// The upstream's response body stalled (sent nothing for the body idle timeout).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's response body sent nothing for {} s", .0.as_secs_f64())]
+pub struct UpstreamBodyIdle(pub Duration);
+
+/// Whose body a [`TimedBody`] carries: failures are that side's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// A client's request body: errors become [`ClientBodyError`]s.
+    Client,
+    /// The upstream's response body: its errors pass through; idleness is [`UpstreamBodyIdle`].
+    Upstream,
+}
+
+/// A body with deadlines: an idle timeout both ways, and for a client's request body a minimum
+/// rate, with every failure marked as the client's.
 ///
-/// The rate only counts time spent waiting for the client: while the upstream is slow to take the
-/// body, the gateway does not read it, and that time is not the client's.
-pub struct ClientBody<B> {
+/// The timer is armed only when the body first has to wait, so the common small, already-complete
+/// body costs no timer at all. The rate only counts time spent waiting for the sender: while the
+/// receiver is slow to take the body, it is not read, and that time is not the sender's.
+pub struct TimedBody<B> {
     inner: B,
+    side: Side,
     idle: Duration,
     rate: Option<BodyRate>,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// When the current wait for the client began.
+    /// When the current wait for the sender began.
     waiting_since: Option<tokio::time::Instant>,
     /// Waiting time and bytes in the current rate window.
     window_waited: Duration,
     window_bytes: u64,
 }
 
-impl<B> ClientBody<B> {
-    /// Wrap a client's body.
-    pub fn new(inner: B, idle: Duration, rate: Option<BodyRate>) -> Self {
-        ClientBody {
+impl<B> TimedBody<B> {
+    /// A client's request body: idle timeout and minimum rate.
+    pub fn client(inner: B, idle: Duration, rate: Option<BodyRate>) -> Self {
+        TimedBody::new(inner, Side::Client, idle, rate)
+    }
+
+    /// The upstream's response body: idle timeout.
+    pub fn upstream(inner: B, idle: Duration) -> Self {
+        TimedBody::new(inner, Side::Upstream, idle, None)
+    }
+
+    fn new(inner: B, side: Side, idle: Duration, rate: Option<BodyRate>) -> Self {
+        TimedBody {
             inner,
+            side,
             idle,
             rate,
             sleep: None,
@@ -224,7 +181,7 @@ impl<B> ClientBody<B> {
         }
     }
 
-    /// When the current wait fails: (deadline, error) for the idle limit or the rate window.
+    /// When the current wait fails: (deadline, whether it is the rate window's end).
     fn deadline(&self, since: tokio::time::Instant) -> (tokio::time::Instant, bool) {
         let idle = since + self.idle;
         match self.rate {
@@ -237,6 +194,15 @@ impl<B> ClientBody<B> {
                 }
             }
             _ => (idle, false),
+        }
+    }
+
+    /// The error a stall ends the body with.
+    fn stalled(&self, rate_window: bool) -> BoxError {
+        match (self.side, rate_window, self.rate) {
+            (Side::Client, true, Some(rate)) => Box::new(ClientBodyError::TooSlow(rate)),
+            (Side::Client, _, _) => Box::new(ClientBodyError::Idle(self.idle)),
+            (Side::Upstream, _, _) => Box::new(UpstreamBodyIdle(self.idle)),
         }
     }
 }
@@ -270,7 +236,7 @@ fn required(rate: BodyRate) -> u64 {
         .saturating_mul(rate.window.as_secs().max(1))
 }
 
-impl<B> Body for ClientBody<B>
+impl<B> Body for TimedBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -292,9 +258,7 @@ where
                 if let Some(rate) = self.rate {
                     if self.window_waited >= rate.window {
                         if self.window_bytes < required(rate) {
-                            return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooSlow(
-                                rate,
-                            )))));
+                            return Poll::Ready(Some(Err(self.stalled(true))));
                         }
                         self.window_waited = Duration::ZERO;
                         self.window_bytes = 0;
@@ -304,19 +268,18 @@ where
             }
             Poll::Ready(Some(Err(error))) => {
                 let error: BoxError = error.into();
-                let error = if is_cut_off(&*error) {
-                    ClientBodyError::Aborted
-                } else {
-                    ClientBodyError::Invalid(error)
-                };
-                Poll::Ready(Some(Err(Box::new(error))))
+                Poll::Ready(Some(Err(match self.side {
+                    Side::Upstream => error,
+                    Side::Client if is_cut_off(&*error) => Box::new(ClientBodyError::Aborted),
+                    Side::Client => Box::new(ClientBodyError::Invalid(error)),
+                })))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let since = *self
                     .waiting_since
                     .get_or_insert_with(tokio::time::Instant::now);
-                let (deadline, rate_limited) = self.deadline(since);
+                let (deadline, rate_window) = self.deadline(since);
                 let sleep = match self.sleep.as_mut() {
                     Some(sleep) => {
                         if sleep.deadline() != deadline {
@@ -329,13 +292,7 @@ where
                         .insert(Box::pin(tokio::time::sleep_until(deadline))),
                 };
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        let error = match (rate_limited, self.rate) {
-                            (true, Some(rate)) => ClientBodyError::TooSlow(rate),
-                            _ => ClientBodyError::Idle(self.idle),
-                        };
-                        Poll::Ready(Some(Err(Box::new(error))))
-                    }
+                    Poll::Ready(()) => Poll::Ready(Some(Err(self.stalled(rate_window)))),
                     Poll::Pending => Poll::Pending,
                 }
             }

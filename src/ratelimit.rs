@@ -15,7 +15,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::Request;
 
-use crate::auth::Principal;
+use crate::auth::{judged, Principal};
 use crate::classify::Operation;
 use crate::error::GatewayError;
 use crate::gate::{Admit, GateLayer};
@@ -227,14 +227,10 @@ impl<B> Admit<B> for Limited {
         if self.limits.is_empty() {
             return Ok(());
         }
-        let (Some(op), Some(principal)) = (
-            req.extensions().get::<Operation>(),
-            req.extensions().get::<Principal>(),
-        ) else {
-            return Err(GatewayError::Internal(
-                "rate limits could not be evaluated: request not classified or not authenticated",
-            ));
-        };
+        let (op, principal) = judged(
+            req,
+            "rate limits could not be evaluated: request not classified or not authenticated",
+        )?;
         let Err(exceeded) = self.limits.check(op, principal) else {
             return Ok(());
         };

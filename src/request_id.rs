@@ -1,8 +1,14 @@
 //! Request ids: propagate a well-formed `x-request-id`, otherwise generate one; echo it on the response.
 //!
-//! A client-supplied id ends up in logs and (later) audit records, so only a short, plain token is
-//! accepted; anything else is replaced rather than trusted.
+//! A client-supplied id ends up in logs and audit records, so only a short, plain token is accepted;
+//! anything else is replaced rather than trusted. This is why the gateway has its own layer rather
+//! than tower-http's `SetRequestIdLayer` + `PropagateRequestIdLayer`: those keep whatever id a client
+//! sends (any header-legal bytes, any length) and echo it back; replacing them would take a
+//! sanitising layer in front of both and a second extension type for the same id. The layer
+//! allocates nothing per request beyond the id itself (a named response future, no box).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -88,11 +94,10 @@ pub struct SetRequestId<S> {
 impl<S, B, ResB> Service<Request<B>> for SetRequestId<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response<ResB>, S::Error>>;
+    type Future = EchoRequestId<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -108,12 +113,35 @@ where
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), value.clone());
         req.extensions_mut().insert(id);
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let mut response = future.await?;
+        EchoRequestId {
+            inner: self.inner.call(req),
+            value: Some(value),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`SetRequestId`]: puts the id on the response.
+    pub struct EchoRequestId<F> {
+        #[pin]
+        inner: F,
+        value: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResB, E> Future for EchoRequestId<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(value) = this.value.take() {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-            Ok(response)
-        })
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -110,7 +110,7 @@ pub struct Route {
     pub query: &'static [QueryParam],
     /// Request body kind.
     pub body: BodyKind,
-    /// Deletes, overwrites or irreversibly cancels data (all DELETEs plus twelvelabs-api.md §2.1).
+    /// Deletes, overwrites or irreversibly cancels data (all DELETEs plus docs/architecture.md, "The TwelveLabs API surface").
     pub destructive: bool,
 }
 
@@ -507,7 +507,7 @@ macro_rules! route_table {
     };
 }
 
-/// Every v1.3 operation, grouped as in twelvelabs-api.md §2.
+/// Every v1.3 operation, grouped as in the TwelveLabs API reference (docs/architecture.md, "The TwelveLabs API surface").
 static ROUTES: &[Route] = route_table! {
     // Columns: method, template after "/v1.3", id, query parameters, body kind, destructive.
     // Indexes
@@ -916,7 +916,7 @@ mod tests {
         for r in &deletes {
             assert!(r.destructive, "{} is a DELETE", r.id);
         }
-        // twelvelabs-api.md §2.1, destructive non-DELETE calls.
+        // docs/architecture.md, "The TwelveLabs API surface", destructive non-DELETE calls.
         let mut others: Vec<&str> = table()
             .routes()
             .iter()

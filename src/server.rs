@@ -32,7 +32,7 @@ use crate::forward::{ForwardSetupError, Forwarder};
 use crate::fragment::{FragmentInTarget, FragmentWatch, FragmentsSeen};
 use crate::headers;
 use crate::metrics::Metrics;
-use crate::overload::ClientBody;
+use crate::overload::TimedBody;
 use crate::reload::{ReloadStats, Reloader};
 use crate::stack::{build_stack, GatewayService, Shared, StackParts};
 use crate::units::BodyRate;
@@ -278,7 +278,7 @@ fn edge(
     idle: Duration,
     min_rate: Option<BodyRate>,
 ) -> Request<GatewayBody> {
-    let mut req = req.map(|b| body::boxed(ClientBody::new(b, idle, min_rate)));
+    let mut req = req.map(|b| body::boxed(TimedBody::client(b, idle, min_rate)));
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(ClientAddr(peer));
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());

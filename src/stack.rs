@@ -22,7 +22,7 @@ use crate::auth::{Authenticate, ClientKeys};
 use crate::body::{self, GatewayBody};
 use crate::classify::{Classifier, Classify};
 use crate::config::Config;
-use crate::credentials::{CredentialsLayer, UpstreamKey, X_API_KEY};
+use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{ForceDeleteGuard, GuardForcedDeletes};
@@ -207,7 +207,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(Enforce::layer(parts.policy, parts.metrics))
         .option_layer(GuardForcedDeletes::layer(parts.guard))
         .layer(RecordIntent::layer())
-        .layer(CredentialsLayer::new(parts.upstream_key))
+        .layer(SwapCredentials::layer(parts.upstream_key))
         .service(parts.forwarder);
     BoxCloneSyncService::new(stack)
 }

@@ -1,8 +1,9 @@
 //! Units everything shares: durations, byte sizes, rates and RFC 3339 time (a leaf module).
 //!
-//! Durations and timestamps use `humantime` (a small crate with no dependencies of its own) rather
-//! than hand-written calendar arithmetic; sizes and rates are a few lines each and stay here, with
-//! the error messages the configuration reports.
+//! Durations and timestamps use `humantime` (a small crate with no dependencies of its own, ~1 s of
+//! build) rather than hand-written calendar arithmetic. Sizes stay here: the size crates also accept
+//! decimal units (`100MB`), and a configuration must not be misread by a factor of 1.048576, so only
+//! `KiB`/`MiB`/`GiB` are accepted. Hex is ten lines, cheaper than a dependency.
 
 use std::fmt;
 use std::str::FromStr;

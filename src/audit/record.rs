@@ -112,10 +112,10 @@ pub struct Event {
 
 /// A record as written: the event, its sequence number and chain links.
 #[derive(Debug, Serialize)]
-struct Chained<'a> {
+struct Chained<'a, E> {
     seq: u64,
     #[serde(flatten)]
-    event: &'a Event,
+    event: &'a E,
     prev_hash: &'a str,
 }
 
@@ -135,7 +135,11 @@ pub struct Line {
 
 /// Serialise `event` as line number `seq` chained to `prev_hash`; returns the line (with `\n`) and
 /// its hash. Fails rather than ever writing an empty or partial record.
-pub fn chain(event: &Event, seq: u64, prev_hash: &str) -> Result<(Vec<u8>, String), String> {
+pub fn chain<E: Serialize>(
+    event: &E,
+    seq: u64,
+    prev_hash: &str,
+) -> Result<(Vec<u8>, String), String> {
     let mut bytes = serde_json::to_vec(&Chained {
         seq,
         event,
@@ -209,6 +213,18 @@ mod tests {
         assert_eq!(parsed.prev_hash, GENESIS);
         assert_eq!(parsed.hash, hash);
         assert_eq!(parsed.event, event(Phase::Intent));
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_serialised_is_refused_not_written_empty() {
+        struct Unserialisable;
+        impl Serialize for Unserialisable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let error = chain(&Unserialisable, 1, GENESIS).unwrap_err();
+        assert!(error.contains("could not be serialised"), "{error}");
     }
 
     #[test]

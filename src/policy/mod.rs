@@ -18,7 +18,7 @@ use std::sync::Arc;
 use http::{Method, Request};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::auth::{judged, Principal};
 use crate::classify::Operation;
 use crate::error::GatewayError;
 use crate::gate::{Admit, GateLayer};
@@ -366,15 +366,11 @@ impl Enforce {
 
 impl<B> Admit<B> for Enforce {
     fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        let (Some(op), Some(principal)) = (
-            req.extensions().get::<Operation>(),
-            req.extensions().get::<Principal>(),
-        ) else {
-            // Fail closed: a request that cannot be evaluated is not forwarded.
-            return Err(GatewayError::Internal(
-                "policy could not be evaluated: request not classified or not authenticated",
-            ));
-        };
+        // Fail closed: a request that cannot be evaluated is not forwarded.
+        let (op, principal) = judged(
+            req,
+            "policy could not be evaluated: request not classified or not authenticated",
+        )?;
         let decision = self.policy.evaluate(op, principal);
         for rule in &decision.dry_run_denials {
             self.metrics

@@ -136,17 +136,19 @@ async fn a_real_prometheus_scrapes_the_gateway_and_sees_its_deletions() {
         ),
     )
     .unwrap();
-    let mut server = std::process::Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = KillOnDrop(
+        std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     for i in 0..3 {
         let req = request(
@@ -158,26 +160,59 @@ async fn a_real_prometheus_scrapes_the_gateway_and_sees_its_deletions() {
         .unwrap();
         assert_eq!(send(Proto::Http1, req).await.status(), StatusCode::OK);
     }
-    let api = format!("http://127.0.0.1:{port}/api/v1");
-    let query = format!("{api}/query?query=sum(tl_gateway_deletions_total%7Bclient=%22alice%22,outcome=%22success%22%7D)");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let seen = loop {
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(Duration::from_secs(2), try_get(&query)).await
-        {
-            if let Some(value) = response["data"]["result"][0]["value"][1].as_str() {
-                if value == "3" {
-                    break value.to_owned();
-                }
-            }
+    // The outcomes are counted when the responses end: wait until the gateway itself says 3.
+    let series = r#"tl_gateway_deletions_total{client="alice",force="false",operation="indexes.delete",outcome="success"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8(
+            body_bytes(get(&format!("http://{}/metrics", gateway.admin), None).await)
+                .await
+                .to_vec(),
+        )
+        .unwrap();
+        if tl_gateway::metrics::counter_value(&text, series) == Some(3.0) {
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus never saw the 3 deletions"
+            "the gateway did not count 3 deletions:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deleted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    // Wait for a scrape taken after the deletions (by its timestamp), then read what it saw.
+    let scraped = format!("{api}/query?query=timestamp(tl_gateway_build_info)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = tokio::time::timeout(Duration::from_secs(2), try_get(&scraped))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|r| {
+                r["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .and_then(|v| v.parse::<f64>().ok());
+        if at.is_some_and(|at| at > deleted_at) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape the gateway after the deletions"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_eq!(seen, "3");
+    }
+    let query = format!("{api}/query?query=sum(tl_gateway_deletions_total%7Bclient=%22alice%22,outcome=%22success%22%7D)");
+    let result = try_get(&query).await.unwrap();
+    assert_eq!(
+        result["data"]["result"][0]["value"][1], "3",
+        "Prometheus saw {result}"
+    );
     let rules = try_get(&format!("{api}/rules")).await.unwrap();
     let groups = rules["data"]["groups"].as_array().unwrap();
     assert_eq!(groups[0]["name"], "tl-gateway");
@@ -188,8 +223,7 @@ async fn a_real_prometheus_scrapes_the_gateway_and_sees_its_deletions() {
         .count();
     assert!(defined >= 11);
     assert_eq!(groups[0]["rules"].as_array().unwrap().len(), defined);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     gateway.shutdown().await;
 }
 

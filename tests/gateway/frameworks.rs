@@ -5,7 +5,7 @@
 //! generated list of query strings and a proptest strategy:
 //!
 //! 1. if any model reads `force` as true, the gateway rejects the request or reads `force` as true
-//!    (security.md principle 4);
+//!    (docs/architecture.md, "Security principles");
 //! 2. for every accepted request, the models agree on the *forwarded* query
 //!    (`Operation::path_and_query()`): all read force as true, or none does.
 //!

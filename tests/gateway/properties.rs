@@ -1,7 +1,7 @@
 //! Property tests of the canonicaliser (`tl_gateway::classify::Classifier`), pure, no sockets.
 //!
 //! Targets are generated from the route table (every template filled with ids and documented query
-//! parameters) and then mutated with the forms security.md says must be refused. For every accepted
+//! parameters) and then mutated with the forms docs/architecture.md ("Security principles") says must be refused. For every accepted
 //! request:
 //!
 //! - the forwarded target (`Operation::path_and_query`) contains none of the rejected forms;

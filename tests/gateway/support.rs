@@ -135,7 +135,17 @@ pub fn json_response(status: StatusCode, body: &'static str) -> Response<Gateway
 }
 
 /// Configuration text for a gateway in front of `upstream`, reading its key from `key_file`.
+///
+/// One serving worker unless `extra` says otherwise: tests run in parallel, and a gateway per test
+/// with a worker per CPU would start N² threads.
 pub fn config_yaml(upstream: &str, key_file: &Path, extra: &str) -> String {
+    let extra = if extra.contains("worker_threads:") {
+        extra.to_owned()
+    } else if extra.contains("\nserver:\n") || extra.starts_with("server:\n") {
+        extra.replacen("server:\n", "server:\n  worker_threads: 1\n", 1)
+    } else {
+        format!("{extra}server:\n  worker_threads: 1\n")
+    };
     format!(
         r#"listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
@@ -324,4 +334,28 @@ pub fn binary() -> &'static str {
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Wait for it to exit by itself (bounded by the caller); the guard is spent.
+    pub fn wait(mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.0.wait();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
