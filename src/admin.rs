@@ -17,21 +17,31 @@ use crate::audit::AuditLog;
 use crate::body::{self, GatewayBody};
 use crate::credentials::UpstreamKey;
 use crate::metrics::Metrics;
+use crate::state::StateStore;
 
 /// What `/readyz` checks.
 #[derive(Debug)]
 pub struct Readiness {
     upstream_key: Arc<UpstreamKey>,
     audit: Option<AuditLog>,
+    store: StateStore,
+    limits_fail_closed: Arc<AtomicBool>,
     draining: AtomicBool,
 }
 
 impl Readiness {
     /// Readiness of a gateway using this upstream key.
-    pub fn new(upstream_key: Arc<UpstreamKey>, audit: Option<AuditLog>) -> Arc<Self> {
+    pub fn new(
+        upstream_key: Arc<UpstreamKey>,
+        audit: Option<AuditLog>,
+        store: StateStore,
+        limits_fail_closed: Arc<AtomicBool>,
+    ) -> Arc<Self> {
         Arc::new(Readiness {
             upstream_key,
             audit,
+            store,
+            limits_fail_closed,
             draining: AtomicBool::new(false),
         })
     }
@@ -49,17 +59,27 @@ impl Readiness {
             Check::Ok
         };
         let audit = match self.audit.as_ref().map(AuditLog::readiness) {
-            Some(Err(why)) => Check::Degraded(why),
+            Some(Err(why)) => Check::Degraded(format!("degraded: {why}")),
             _ => Check::Ok,
         };
         let upstream_key = match self.upstream_key.readiness() {
             Ok(()) => Check::Ok,
             Err(why) => Check::Failed(why),
         };
+        // A store that does not answer fails readiness only if some limit then refuses requests;
+        // with every limit `on_unavailable: allow` the gateway still serves everything.
+        let state = match self.store.readiness() {
+            Ok(()) => Check::Ok,
+            Err(why) if self.limits_fail_closed.load(Ordering::Relaxed) => {
+                Check::Failed(format!("unavailable: {why}"))
+            }
+            Err(why) => Check::Degraded(format!("unavailable: {why}")),
+        };
         vec![
             ("config", Check::Ok),
             ("upstream_key", upstream_key),
             ("audit", audit),
+            ("state", state),
             ("shutdown", shutdown),
         ]
     }
@@ -70,7 +90,7 @@ impl Readiness {
 pub enum Check {
     /// Fine.
     Ok,
-    /// Part of the gateway cannot work; the rest can (readiness stays 200).
+    /// Part of the gateway cannot work; the rest can (readiness stays 200, `"degraded": true`).
     Degraded(String),
     /// The replica should not get traffic (readiness 503).
     Failed(String),
@@ -80,8 +100,7 @@ impl Check {
     fn text(&self) -> String {
         match self {
             Check::Ok => "ok".to_owned(),
-            Check::Degraded(why) => format!("degraded: {why}"),
-            Check::Failed(why) => why.clone(),
+            Check::Degraded(why) | Check::Failed(why) => why.clone(),
         }
     }
 }

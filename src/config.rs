@@ -29,6 +29,7 @@ use crate::ids::{ClientId, Role, RuleId};
 use crate::matcher::{MatchSettings, QueryValue};
 use crate::policy::{Effect, Policy, PolicySettings, RuleMode, RuleSettings};
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
+use crate::state::{OnUnavailable, RedisSettings, StateSettings};
 use crate::telemetry::LogFormat;
 use crate::units::{parse_hex, BodyRate, ByteSize, ConfigDuration, Rate};
 
@@ -73,6 +74,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log output.
     pub logging: LoggingConfig,
+    /// Where shared state (rate-limit buckets) lives.
+    pub state: StateSettings,
 }
 
 /// The fixed upstream origin and how to authenticate to it.
@@ -184,6 +187,35 @@ struct RawConfig {
     guards: Option<RawGuards>,
     #[serde(default)]
     rate_limits: Vec<RawLimit>,
+    #[serde(default)]
+    state: Option<RawState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default)]
+    backend: RawBackend,
+    redis: Option<RawRedis>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<String>,
+    url_file: Option<PathBuf>,
+    key_prefix: Option<String>,
+    timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    on_unavailable: OnUnavailable,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +231,7 @@ struct RawLimit {
     per: Per,
     rate: String,
     burst: Option<u32>,
+    on_unavailable: Option<OnUnavailable>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +460,7 @@ impl Validator<'_> {
         };
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
         let rate_limits = self.rate_limits(raw.rate_limits, &known_clients, &mut warnings)?;
+        let state = self.state(raw.state)?;
         let force_delete = raw.guards.and_then(|g| g.force_delete).map_or_else(
             ForceDeleteSettings::default,
             |f| {
@@ -456,7 +490,67 @@ impl Validator<'_> {
             logging: LoggingConfig {
                 format: raw.logging.map(|l| l.format).unwrap_or_default(),
             },
+            state,
         })
+    }
+
+    fn state(&self, raw: Option<RawState>) -> Result<StateSettings, ConfigError> {
+        let at = |keys: &[&'static str]| {
+            std::iter::once(Seg::Key("state"))
+                .chain(keys.iter().map(|k| Seg::Key(k)))
+                .collect::<Vec<_>>()
+        };
+        let Some(raw) = raw else {
+            return Ok(StateSettings::Memory);
+        };
+        match (raw.backend, raw.redis) {
+            (RawBackend::Memory, _) => Ok(StateSettings::Memory),
+            (RawBackend::Redis, None) => Err((self.fail)(
+                &at(&["redis"]),
+                "state.backend is redis: give state.redis.url or state.redis.url_file".into(),
+            )),
+            (RawBackend::Redis, Some(redis)) => {
+                let url = match (redis.url, redis.url_file) {
+                    (Some(url), None) => url,
+                    (None, Some(file)) => std::fs::read_to_string(&file)
+                        .map(|text| text.trim().to_owned())
+                        .map_err(|e| {
+                            (self.fail)(
+                                &at(&["redis", "url_file"]),
+                                format!("cannot read {}: {e}", file.display()),
+                            )
+                        })?,
+                    _ => {
+                        return Err((self.fail)(
+                            &at(&["redis"]),
+                            "set exactly one of url and url_file".into(),
+                        ))
+                    }
+                };
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err((self.fail)(
+                        &at(&["redis", "url"]),
+                        format!(
+                            "{:?} is not a Redis URL (redis://host:port/db, or rediss:// for TLS)",
+                            crate::state::redacted(&url)
+                        ),
+                    ));
+                }
+                let timeout = redis.timeout.map_or(Duration::from_millis(50), |d| d.0);
+                if timeout.is_zero() {
+                    return Err((self.fail)(
+                        &at(&["redis", "timeout"]),
+                        "must be greater than zero".into(),
+                    ));
+                }
+                Ok(StateSettings::Redis(RedisSettings {
+                    url,
+                    key_prefix: redis.key_prefix.unwrap_or_else(|| "tlgw:".into()),
+                    timeout,
+                    on_unavailable: redis.on_unavailable,
+                }))
+            }
+        }
     }
 
     fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -699,6 +793,7 @@ impl Validator<'_> {
                 per: limit.per,
                 rate,
                 burst: limit.burst.unwrap_or(1).max(1),
+                on_unavailable: limit.on_unavailable,
             };
             let (definition, found) = LimitDefinition::compile(&settings).map_err(|e| {
                 (self.fail)(

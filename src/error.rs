@@ -84,6 +84,14 @@ pub enum GatewayError {
         /// The limit's burst.
         burst: u32,
     },
+    /// The state store did not answer and a matching limit fails closed (`on_unavailable: deny`).
+    #[error("rate limit '{limit}' could not be checked ({reason}); refusing the request (on_unavailable: deny)")]
+    LimitsUnavailable {
+        /// The limit.
+        limit: RuleId,
+        /// What the store said.
+        reason: String,
+    },
     /// The audit intent could not be made durable; the request was not forwarded.
     #[error("the audit log cannot record this request, so it was not forwarded ({0})")]
     AuditUnavailable(String),
@@ -152,7 +160,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuditUnavailable(_) | GatewayError::LimitsUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded | GatewayError::UpstreamBusy => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -184,6 +194,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Internal(_) => "internal_error",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::LimitsUnavailable { .. } => "limits_unavailable",
             GatewayError::TooManyRequests { .. } => "too_many_requests",
             GatewayError::Overloaded | GatewayError::UpstreamBusy => "overloaded",
             GatewayError::TargetTooLong(_) => "request_target_too_long",

@@ -44,5 +44,6 @@ pub mod fragment;
 pub mod reload;
 pub mod server;
 pub mod stack;
+pub mod state;
 pub mod telemetry;
 pub mod workers;

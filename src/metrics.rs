@@ -82,6 +82,24 @@ pub struct AuditMetrics {
     pub writable: IntGauge,
 }
 
+/// The state store's metrics (Redis), updated where it answers.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// `tl_gateway_state_store_requests_total{result}`: `ok`, `error`, `timeout`, `unavailable`.
+    pub requests: IntCounterVec,
+    /// `tl_gateway_state_store_duration_seconds`: one round trip.
+    pub duration: Histogram,
+    /// `tl_gateway_state_store_up`: 1 while the store answers (always, for the memory backend).
+    pub up: IntGauge,
+}
+
+impl StoreMetrics {
+    /// Count one request with its result.
+    pub fn count(&self, result: &str) {
+        self.requests.with_label_values(&[result]).inc();
+    }
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -108,6 +126,11 @@ pub struct Metrics {
     pub guard_lookups: IntCounterVec,
     /// The audit log's metrics.
     pub audit: AuditMetrics,
+    /// The state store's metrics.
+    pub store: StoreMetrics,
+    /// `tl_gateway_rate_limit_store_fallbacks_total{limit,action}`: limits that could not be
+    /// checked because the store did not answer, and what they did (`allow`, `deny`).
+    pub store_fallbacks: IntCounterVec,
     /// `tl_gateway_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
     /// `tl_gateway_build_info{version}` = 1.
@@ -235,6 +258,28 @@ impl Metrics {
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
         }
+        let store = StoreMetrics {
+            requests: r.counter_vec(
+                "tl_gateway_state_store_requests_total",
+                "Requests to the state store (Redis), by result.",
+                &["result"],
+            ),
+            duration: r.histogram(
+                "tl_gateway_state_store_duration_seconds",
+                "Time of one state-store round trip.",
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                ],
+            ),
+            up: r.gauge(
+                "tl_gateway_state_store_up",
+                "1 while the state store answers (the Redis probe), 0 while it does not.",
+            ),
+        };
+        for result in ["ok", "error", "timeout", "unavailable"] {
+            store.requests.with_label_values(&[result]);
+        }
+        store.up.set(1);
         Arc::new(Metrics {
             requests: r.counter_vec(
                 "tl_gateway_requests_total",
@@ -283,6 +328,12 @@ impl Metrics {
                 &["result"],
             ),
             audit,
+            store,
+            store_fallbacks: r.counter_vec(
+                "tl_gateway_rate_limit_store_fallbacks_total",
+                "Limits not checked because the state store did not answer, by limit and action taken.",
+                &["limit", "action"],
+            ),
             config_reloads,
             build_info,
             connections_closed: r.counter_vec(
@@ -317,6 +368,9 @@ impl Metrics {
         }
         for limit in limits {
             self.rate_limited.with_label_values(&[limit]);
+            for action in ["allow", "deny"] {
+                self.store_fallbacks.with_label_values(&[limit, action]);
+            }
         }
         for kind in UpstreamErrorKind::ALL {
             self.upstream_errors.with_label_values(&[kind.as_str()]);

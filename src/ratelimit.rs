@@ -1,29 +1,35 @@
-//! Rate limits and deletion budgets: governor (GCRA) limiters keyed by client, role or nothing.
+//! Rate limits and deletion budgets: GCRA buckets keyed by client, role or nothing, kept in the state
+//! store (in this process, or on Redis shared by every replica).
 //!
 //! Each `rate_limits` entry matches requests with the same matcher as policy rules, optionally only
-//! for some roles or clients. Every matching limit must admit a request; the first that refuses
-//! answers 429 `too_many_requests` with `Retry-After` (whole seconds, rounded up). Day-long rates
-//! (`100/day`) make deletion budgets. Limits are per replica: each gateway process counts alone.
-//! A limit whose definition is unchanged across a reload keeps its state.
+//! for some roles or clients. Every matching limit must admit a request, and all of them are checked
+//! in one call to the store, which consumes nothing from any of them unless every one admits; the
+//! first that refuses (in file order) answers 429 `too_many_requests` with `Retry-After` (whole
+//! seconds, rounded up). Day-long rates (`100/day`) make deletion budgets. Requests no limit matches
+//! never touch the store.
+//!
+//! A limit's state is identified by its id and a fingerprint of its definition, never by its
+//! position: it survives reloads wherever it moves in the file, and a changed definition starts
+//! afresh. When the store cannot answer in time, each matching limit does what its
+//! `on_unavailable` says: `deny` refuses with 503 `limits_unavailable`, `allow` lets the request
+//! through unlimited (both counted in `tl_gateway_rate_limit_store_fallbacks_total`).
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::Request;
+use sha2::{Digest, Sha256};
 
 use crate::auth::{judged, Principal};
 use crate::classify::Operation;
 use crate::error::GatewayError;
-use crate::gate::{Admit, GateLayer};
+use crate::gate::{AdmitAsync, AsyncGateLayer};
 use crate::ids::{ClientId, Role, RuleId};
 use crate::matcher::{self, CompiledMatch, MatchSettings};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
-use crate::units::Rate;
+use crate::state::{Bucket, OnUnavailable, StateStore, StoreError, Verdict};
+use crate::units::{hex, Rate};
 
 /// What a limit counts separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -54,11 +60,11 @@ pub struct LimitSettings {
     pub rate: Rate,
     /// Requests allowed at once above the rate.
     pub burst: u32,
+    /// When the store cannot answer (default: `state.redis.on_unavailable`).
+    pub on_unavailable: Option<OnUnavailable>,
 }
 
-/// A compiled limit: everything that defines it, compared by value. Its state (the buckets) is
-/// kept across reloads under this key, so a limit keeps its state wherever it moves in the file and
-/// starts afresh when anything in its definition changes.
+/// A compiled limit: everything that defines it, compared by value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LimitDefinition {
     /// Limit id.
@@ -75,6 +81,8 @@ pub struct LimitDefinition {
     pub rate: Rate,
     /// Burst.
     pub burst: u32,
+    /// When the store cannot answer (`None`: the store's default).
+    pub on_unavailable: Option<OnUnavailable>,
 }
 
 impl LimitDefinition {
@@ -90,6 +98,7 @@ impl LimitDefinition {
                 per: settings.per,
                 rate: settings.rate,
                 burst: settings.burst.max(1),
+                on_unavailable: settings.on_unavailable,
             },
             warnings,
         ))
@@ -103,41 +112,72 @@ impl LimitDefinition {
     }
 
     /// The bucket `principal` counts in.
-    pub fn bucket(&self, principal: &Principal) -> String {
+    pub fn bucket<'a>(&'a self, principal: &'a Principal) -> &'a str {
         match self.per {
-            Per::Client => principal.client.as_str().to_owned(),
+            Per::Client => principal.client.as_str(),
             Per::Role => self
                 .roles
                 .iter()
                 .find(|r| principal.has_role(r))
                 .or_else(|| principal.roles.first())
-                .map_or_else(String::new, |r| r.as_str().to_owned()),
-            Per::Global => String::new(),
+                .map_or("", Role::as_str),
+            Per::Global => "*",
         }
     }
-}
 
-struct Limit {
-    definition: LimitDefinition,
-    limiter: Arc<DefaultKeyedRateLimiter<String>>,
-}
-
-impl std::fmt::Debug for Limit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limit")
-            .field("definition", &self.definition)
-            .finish()
+    /// A stable fingerprint of what the limit counts and how (not of what it does when the store is
+    /// down): the same on every replica and every version, so they share one set of buckets.
+    pub fn fingerprint(&self) -> String {
+        let m = &self.matcher;
+        let join = |items: Vec<&str>| items.join(",");
+        let text = format!(
+            "method={};routes={};query={};match_clients={};roles={};clients={};per={:?};rate={}/{}s;burst={}",
+            m.method.as_ref().map_or("", |m| m.as_str()),
+            m.routes
+                .as_ref()
+                .map_or("*".to_owned(), |r| join(r.iter().map(|r| r.as_str()).collect())),
+            join(
+                m.query
+                    .iter()
+                    .map(|(k, v)| match v {
+                        matcher::QueryValue::Bool(b) => format!("{k}:bool:{b}"),
+                        matcher::QueryValue::Text(t) => format!("{k}:text:{t}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str)
+                    .collect()
+            ),
+            m.clients
+                .as_ref()
+                .map_or(String::new(), |c| join(c.iter().map(ClientId::as_str).collect())),
+            join(self.roles.iter().map(Role::as_str).collect()),
+            join(self.clients.iter().map(ClientId::as_str).collect()),
+            self.per,
+            self.rate.count,
+            self.rate.period.as_secs(),
+            self.burst,
+        );
+        hex(&Sha256::digest(text.as_bytes())[..8])
     }
 }
 
-/// Limiters kept across reloads, by the definition of their limit.
-pub type LimiterRegistry =
-    Arc<Mutex<HashMap<LimitDefinition, Arc<DefaultKeyedRateLimiter<String>>>>>;
+/// One limit ready to count.
+#[derive(Debug)]
+struct Limit {
+    definition: LimitDefinition,
+    /// `rl:{id}:{fingerprint}:` — the bucket name follows (the store adds its prefix).
+    key_prefix: String,
+    emission_us: u64,
+    tolerance_us: u64,
+    on_unavailable: OnUnavailable,
+}
 
-/// The compiled limits.
-#[derive(Debug, Default)]
+/// The compiled limits and the store they count in.
+#[derive(Debug)]
 pub struct RateLimits {
     limits: Vec<Limit>,
+    store: StateStore,
 }
 
 /// A refusal: which limit, and how long until it would admit.
@@ -153,62 +193,120 @@ pub struct Exceeded {
     pub burst: u32,
 }
 
+/// Why a request may not go on.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// A limit refused it.
+    Exceeded(Exceeded),
+    /// The store did not answer and a matching limit fails closed.
+    Unavailable {
+        /// The first matching limit with `on_unavailable: deny`.
+        limit: RuleId,
+        /// What happened.
+        error: StoreError,
+    },
+}
+
 impl RateLimits {
-    /// Build limiters, reusing those in `registry` whose definition is unchanged.
-    pub fn build(limits: Vec<LimitDefinition>, registry: &LimiterRegistry) -> RateLimits {
-        // A poisoned registry still holds the limiters: keep enforcing them (fail closed).
-        let mut kept = registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = HashMap::with_capacity(limits.len());
+    /// Count `limits` in `store`; `default` is what a limit without its own `on_unavailable` does.
+    pub fn new(limits: Vec<LimitDefinition>, store: StateStore, default: OnUnavailable) -> Self {
         let limits = limits
             .into_iter()
             .map(|definition| {
-                let limiter = kept.get(&definition).cloned().unwrap_or_else(|| {
-                    let period = definition.rate.period / definition.rate.count;
-                    let burst = NonZeroU32::new(definition.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-                    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-                        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                        .allow_burst(burst);
-                    Arc::new(RateLimiter::keyed(quota))
-                });
-                next.insert(definition.clone(), limiter.clone());
+                let period_us = definition.rate.period.as_micros() as u64;
+                let emission_us = period_us
+                    .div_ceil(u64::from(definition.rate.count.max(1)))
+                    .max(1);
                 Limit {
+                    key_prefix: format!("rl:{}:{}:", definition.id, definition.fingerprint()),
+                    emission_us,
+                    tolerance_us: emission_us * u64::from(definition.burst.max(1) - 1),
+                    on_unavailable: definition.on_unavailable.unwrap_or(default),
                     definition,
-                    limiter,
                 }
             })
             .collect();
-        *kept = next;
-        RateLimits { limits }
-    }
-
-    /// Check every matching limit; the first refusal wins.
-    pub fn check(&self, op: &Operation, principal: &Principal) -> Result<(), Exceeded> {
-        for limit in &self.limits {
-            let d = &limit.definition;
-            if !d.applies(op, principal) {
-                continue;
-            }
-            if let Err(not_until) = limit.limiter.check_key(&d.bucket(principal)) {
-                return Err(Exceeded {
-                    limit: d.id.clone(),
-                    // The limiter's own clock: making one (quanta calibrates against the TSC, a
-                    // CPUID each time) cost more than the rest of a request (BENCHMARKS.md).
-                    wait: not_until.wait_time_from(limit.limiter.clock().now()),
-                    rate: d.rate,
-                    burst: d.burst,
-                });
-            }
-        }
-        Ok(())
+        RateLimits { limits, store }
     }
 
     /// Whether any limit is configured.
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
     }
+
+    /// Whether a store outage refuses requests (some limit fails closed).
+    pub fn fails_closed(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|l| l.on_unavailable == OnUnavailable::Deny)
+    }
+
+    /// Whether any limit counts this request.
+    pub fn concern(&self, op: &Operation, principal: &Principal) -> bool {
+        self.limits
+            .iter()
+            .any(|l| l.definition.applies(op, principal))
+    }
+
+    /// Check every matching limit in one call to the store. `fallback` is told, per matching limit,
+    /// what happened when the store could not answer.
+    pub async fn check(
+        &self,
+        op: &Operation,
+        principal: &Principal,
+        mut fallback: impl FnMut(&RuleId, OnUnavailable),
+    ) -> Result<(), Refusal> {
+        let matching: Vec<&Limit> = self
+            .limits
+            .iter()
+            .filter(|l| l.definition.applies(op, principal))
+            .collect();
+        if matching.is_empty() {
+            return Ok(());
+        }
+        let buckets: Vec<Bucket> = matching
+            .iter()
+            .map(|l| Bucket {
+                key: format!("{}{}", l.key_prefix, l.definition.bucket(principal)),
+                emission_us: l.emission_us,
+                tolerance_us: l.tolerance_us,
+            })
+            .collect();
+        match self.store.check(&buckets).await {
+            Ok(verdicts) => {
+                let refused = matching.iter().zip(verdicts).find_map(|(l, v)| match v {
+                    Verdict::Admit => None,
+                    Verdict::Refuse { wait } => Some(Exceeded {
+                        limit: l.definition.id.clone(),
+                        wait,
+                        rate: l.definition.rate,
+                        burst: l.definition.burst,
+                    }),
+                });
+                refused.map_or(Ok(()), |e| Err(Refusal::Exceeded(e)))
+            }
+            Err(error) => {
+                for limit in &matching {
+                    fallback(&limit.definition.id, limit.on_unavailable);
+                }
+                match matching
+                    .iter()
+                    .find(|l| l.on_unavailable == OnUnavailable::Deny)
+                {
+                    Some(limit) => Err(Refusal::Unavailable {
+                        limit: limit.definition.id.clone(),
+                        error,
+                    }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
-/// The rate-limit layer: 429 `too_many_requests` with `Retry-After` over a limit.
+/// The rate-limit layer: 429 `too_many_requests` with `Retry-After` over a limit, 503
+/// `limits_unavailable` when the store cannot answer and a limit fails closed. Requests no limit
+/// matches pass unboxed and never touch the store.
 #[derive(Clone, Debug)]
 pub struct Limited {
     limits: Arc<RateLimits>,
@@ -217,44 +315,74 @@ pub struct Limited {
 
 impl Limited {
     /// The layer enforcing `limits`, counting refusals in `metrics`.
-    pub fn layer(limits: Arc<RateLimits>, metrics: Arc<Metrics>) -> GateLayer<Limited> {
-        GateLayer::new(Limited { limits, metrics })
+    pub fn layer(limits: Arc<RateLimits>, metrics: Arc<Metrics>) -> AsyncGateLayer<Limited> {
+        AsyncGateLayer::new(Limited { limits, metrics })
     }
 }
 
-impl<B> Admit<B> for Limited {
-    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        if self.limits.is_empty() {
-            return Ok(());
+const UNJUDGED: &str =
+    "rate limits could not be evaluated: request not classified or not authenticated";
+
+impl<B: Send + 'static> AdmitAsync<B> for Limited {
+    fn concerns(&self, req: &Request<B>) -> bool {
+        match judged(req, UNJUDGED) {
+            Ok((op, principal)) => self.limits.concern(op, principal),
+            // Fail closed in `admit`.
+            Err(_) => !self.limits.is_empty(),
         }
-        let (op, principal) = judged(
-            req,
-            "rate limits could not be evaluated: request not classified or not authenticated",
-        )?;
-        let Err(exceeded) = self.limits.check(op, principal) else {
-            return Ok(());
+    }
+
+    async fn admit(self, req: Request<B>) -> Result<Request<B>, GatewayError> {
+        let (op, principal) = judged(&req, UNJUDGED)?;
+        let metrics = &self.metrics;
+        let result = self
+            .limits
+            .check(op, principal, |limit, action| {
+                metrics
+                    .store_fallbacks
+                    .with_label_values(&[limit.as_str(), action.as_str()])
+                    .inc();
+            })
+            .await;
+        let refusal = match result {
+            Ok(()) => return Ok(req),
+            Err(refusal) => refusal,
         };
-        self.metrics
-            .rate_limited
-            .with_label_values(&[exceeded.limit.as_str()])
-            .inc();
-        self.metrics
-            .client_denials
-            .with_label_values(&[principal.client.as_str(), "rate_limit"])
-            .inc();
-        let retry_after = exceeded.wait.as_secs() + u64::from(exceeded.wait.subsec_nanos() > 0);
-        Err(GatewayError::TooManyRequests {
-            limit: exceeded.limit,
-            retry_after: retry_after.max(1),
-            rate: exceeded.rate,
-            burst: exceeded.burst,
-        })
+        let client = principal.client.as_str();
+        match refusal {
+            Refusal::Exceeded(exceeded) => {
+                metrics
+                    .rate_limited
+                    .with_label_values(&[exceeded.limit.as_str()])
+                    .inc();
+                metrics
+                    .client_denials
+                    .with_label_values(&[client, "rate_limit"])
+                    .inc();
+                let wait = exceeded.wait;
+                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(GatewayError::TooManyRequests {
+                    limit: exceeded.limit,
+                    retry_after: retry_after.max(1),
+                    rate: exceeded.rate,
+                    burst: exceeded.burst,
+                })
+            }
+            Refusal::Unavailable { limit, error } => {
+                tracing::warn!(limit = limit.as_str(), %error, "rate limit could not be checked; refusing (on_unavailable: deny)");
+                Err(GatewayError::LimitsUnavailable {
+                    limit,
+                    reason: error.to_string(),
+                })
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateStore;
     use http::Method;
 
     fn limit(id: &str, rate: &str) -> LimitDefinition {
@@ -269,37 +397,84 @@ mod tests {
             per: Per::Client,
             rate: rate.parse().unwrap(),
             burst: 1,
+            on_unavailable: None,
         };
         LimitDefinition::compile(&settings).unwrap().0
     }
 
     #[test]
-    fn state_follows_the_definition_not_the_position() {
-        let registry = LimiterRegistry::default();
-        let first = RateLimits::build(vec![limit("a", "1/day")], &registry);
-        let kept = first.limits[0].limiter.clone();
-        // Another limit inserted above it: `a` keeps its limiter.
-        let second = RateLimits::build(vec![limit("b", "1/day"), limit("a", "1/day")], &registry);
-        assert!(Arc::ptr_eq(&second.limits[1].limiter, &kept));
-        // A changed rate starts afresh.
-        let third = RateLimits::build(vec![limit("b", "1/day"), limit("a", "2/day")], &registry);
-        assert!(!Arc::ptr_eq(&third.limits[1].limiter, &kept));
+    fn the_fingerprint_follows_the_definition_and_nothing_else() {
+        let a = limit("a", "1/day");
+        assert_eq!(a.fingerprint(), limit("a", "1/day").fingerprint());
+        assert_ne!(a.fingerprint(), limit("a", "2/day").fingerprint());
+        let mut allow = a.clone();
+        allow.on_unavailable = Some(OnUnavailable::Allow);
+        assert_eq!(
+            a.fingerprint(),
+            allow.fingerprint(),
+            "fallback is not counting"
+        );
+        assert_eq!(a.fingerprint().len(), 16);
     }
 
     #[test]
-    fn a_poisoned_registry_still_builds_every_limit() {
-        let registry = LimiterRegistry::default();
-        let poisoner = registry.clone();
-        let _ = std::thread::spawn(move || {
-            let _guard = poisoner.lock().unwrap();
-            panic!("poison the registry");
-        })
-        .join();
-        assert!(registry.is_poisoned());
-        let limits = RateLimits::build(vec![limit("a", "1/day")], &registry);
-        assert!(
-            !limits.is_empty(),
-            "a poisoned registry must not mean no limits"
+    fn bucket_keys_carry_the_prefix_id_and_fingerprint() {
+        let store = StateStore::memory();
+        let limits = RateLimits::new(vec![limit("a", "1/day")], store, OnUnavailable::Deny);
+        let key = &limits.limits[0].key_prefix;
+        assert!(key.starts_with("rl:a:"), "{key}");
+        assert!(key.ends_with(':'));
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            client: "bob".parse().unwrap(),
+            roles: vec!["member".parse().unwrap()].into(),
+        }
+    }
+
+    fn delete() -> Operation {
+        crate::classify::Classifier::new(Default::default())
+            .classify(
+                &Method::DELETE,
+                http::Version::HTTP_11,
+                &"/v1.3/indexes/i1".parse().unwrap(),
+                &http::HeaderMap::new(),
+                false,
+            )
+            .unwrap()
+    }
+
+    async fn admitted(limits: &RateLimits) -> bool {
+        limits
+            .check(&delete(), &principal(), |_, _| {})
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn state_follows_the_definition_not_the_position() {
+        let store = StateStore::memory();
+        let first = RateLimits::new(
+            vec![limit("a", "1/day")],
+            store.clone(),
+            OnUnavailable::Deny,
         );
+        assert!(admitted(&first).await);
+        assert!(!admitted(&first).await, "spent");
+        // Another limit inserted above it: `a` is still spent.
+        let second = RateLimits::new(
+            vec![limit("b", "100/day"), limit("a", "1/day")],
+            store.clone(),
+            OnUnavailable::Deny,
+        );
+        assert!(!admitted(&second).await);
+        // A changed rate starts afresh.
+        let third = RateLimits::new(
+            vec![limit("b", "100/day"), limit("a", "2/day")],
+            store,
+            OnUnavailable::Deny,
+        );
+        assert!(admitted(&third).await);
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::stack::{build_stack, upstream_settings, GatewayService, Shared, StackParts};
+use crate::state::StateSettings;
 
 /// How often the configuration file is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(1);
@@ -126,6 +127,10 @@ impl Reloader {
             ),
             ("server", old.server != config.server),
             ("logging", old.logging != config.logging),
+            (
+                "state (backend, url, key_prefix, timeout)",
+                state_needs_restart(&old.state, &config.state),
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -207,5 +212,17 @@ impl Reloader {
             // Still being written: the next tick looks again.
             _ => {}
         }
+    }
+}
+
+/// Whether two `state:` sections differ in what only a restart applies (the backend and how to reach
+/// it; `on_unavailable` reloads).
+fn state_needs_restart(old: &StateSettings, new: &StateSettings) -> bool {
+    match (old, new) {
+        (StateSettings::Memory, StateSettings::Memory) => false,
+        (StateSettings::Redis(a), StateSettings::Redis(b)) => {
+            (&a.url, &a.key_prefix, a.timeout) != (&b.url, &b.key_prefix, b.timeout)
+        }
+        _ => true,
     }
 }

@@ -35,6 +35,8 @@ use crate::metrics::Metrics;
 use crate::overload::TimedBody;
 use crate::reload::{ReloadStats, Reloader};
 use crate::stack::{build_stack, GatewayService, Shared, StackParts};
+use crate::state::redis::RedisStore;
+use crate::state::{StateSettings, StateStore};
 use crate::units::BodyRate;
 use crate::workers::{self, Workers};
 
@@ -52,6 +54,9 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Forward(#[from] ForwardSetupError),
+    /// The state store could not be set up.
+    #[error("{0}")]
+    State(String),
     /// The audit log could not be opened.
     #[error("cannot open the audit log {path}: {source}")]
     Audit {
@@ -115,7 +120,14 @@ impl Gateway {
             }
             None => (None, Vec::new()),
         };
-        let shared = Shared::new(config, upstream_key.clone(), metrics, audit);
+        let store = match &config.state {
+            StateSettings::Memory => StateStore::memory(),
+            StateSettings::Redis(redis) => StateStore::Redis(
+                RedisStore::start(redis, metrics.store.clone())
+                    .map_err(|e| StartError::State(e.to_string()))?,
+            ),
+        };
+        let shared = Shared::new(config, upstream_key.clone(), metrics, audit, store);
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
         if let (Some(log), false) = (&shared.audit, unresolved.is_empty()) {
@@ -134,7 +146,12 @@ impl Gateway {
             listener,
             admin_listener,
             stack: Arc::new(ArcSwap::from_pointee(build_stack(parts))),
-            readiness: Readiness::new(upstream_key, shared.audit.clone()),
+            readiness: Readiness::new(
+                upstream_key,
+                shared.audit.clone(),
+                shared.store.clone(),
+                shared.limits_fail_closed.clone(),
+            ),
             shared,
             server: config.server.clone(),
             config: config.clone(),

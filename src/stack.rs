@@ -6,6 +6,7 @@
 //! layer receives its own settings and handles through its constructor.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::{header, Request, Response};
@@ -29,8 +30,9 @@ use crate::guards::{ForceDeleteGuard, GuardForcedDeletes};
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::overload::{in_flight_limit, ClientInFlightLayer, ClientSlots};
 use crate::policy::{Enforce, Policy};
-use crate::ratelimit::{Limited, LimiterRegistry, RateLimits};
+use crate::ratelimit::{Limited, RateLimits};
 use crate::request_id::{RequestId, RequestIdLayer};
+use crate::state::StateStore;
 
 /// The complete request path as one cloneable service.
 pub type GatewayService =
@@ -45,8 +47,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The audit log, if configured.
     pub audit: Option<AuditLog>,
-    /// Rate limiters, kept across reloads by the definition of their limit.
-    pub limiters: LimiterRegistry,
+    /// Where rate-limit buckets live (kept across reloads; keyed by each limit's definition).
+    pub store: StateStore,
+    /// Whether a store outage refuses requests (some limit fails closed), for `/readyz`.
+    pub limits_fail_closed: Arc<AtomicBool>,
     /// The in-flight permits, sized at start-up.
     pub in_flight: Arc<Semaphore>,
     /// Per-client in-flight caps, kept across reloads.
@@ -60,12 +64,14 @@ impl Shared {
         upstream_key: Arc<UpstreamKey>,
         metrics: Arc<Metrics>,
         audit: Option<AuditLog>,
+        store: StateStore,
     ) -> Self {
         Shared {
             upstream_key,
             metrics,
             audit,
-            limiters: LimiterRegistry::default(),
+            store,
+            limits_fail_closed: Arc::default(),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight.max(1))),
             client_slots: ClientSlots::new(config.server.max_in_flight_per_client),
         }
@@ -150,10 +156,17 @@ impl StackParts {
                     .unwrap_or_default(),
             ),
             guard: Some(guard),
-            rate_limits: Arc::new(RateLimits::build(
-                config.rate_limits.clone(),
-                &shared.limiters,
-            )),
+            rate_limits: {
+                let limits = RateLimits::new(
+                    config.rate_limits.clone(),
+                    shared.store.clone(),
+                    config.state.on_unavailable(),
+                );
+                shared
+                    .limits_fail_closed
+                    .store(limits.fails_closed(), Ordering::Relaxed);
+                Arc::new(limits)
+            },
             in_flight: shared.in_flight.clone(),
             client_in_flight: ClientInFlightLayer::new(shared.client_slots.build(&config.clients)),
         }

@@ -296,7 +296,8 @@ impl Ticket {
         event.error = Some(error.code().to_owned());
         match error {
             GatewayError::PolicyDenied { rule, .. } => event.rule = Some(rule.as_str().to_owned()),
-            GatewayError::TooManyRequests { limit, .. } => {
+            GatewayError::TooManyRequests { limit, .. }
+            | GatewayError::LimitsUnavailable { limit, .. } => {
                 event.rule = Some(limit.as_str().to_owned())
             }
             _ => {}

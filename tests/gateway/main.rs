@@ -15,4 +15,5 @@ mod properties;
 mod ratelimit;
 mod reload;
 mod sdk;
+mod state;
 mod support;

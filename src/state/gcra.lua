@@ -1,0 +1,35 @@
+-- GCRA (the generic cell rate algorithm, as the governor crate implements it) for several buckets
+-- at once, atomically, on the Redis server's clock.
+--
+-- KEYS[i]       a bucket: its theoretical arrival time (TAT, µs since the epoch) is stored there
+-- ARGV[2i-1]    T: the emission interval of bucket i (µs, >= 1)
+-- ARGV[2i]      tau: its tolerance, T * (burst - 1) (µs)
+--
+-- Returns one integer per bucket: 0 admits, > 0 refuses and is the wait in µs. The buckets are
+-- written only if every one admits (a refused request consumes nothing), each with an expiry at the
+-- moment it is full again, so Redis keeps nothing for idle clients.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats, waits, refused = {}, {}, false
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local T, tau = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  -- A key repeated in one call sees its earlier (tentative) update.
+  local tat = tats[key]
+  if tat == nil then tat = tonumber(redis.call('GET', key)) or now end
+  local earliest = tat - tau
+  if now < earliest then
+    waits[i] = earliest - now
+    refused = true
+  else
+    waits[i] = 0
+    tats[key] = math.max(tat, now) + T
+  end
+end
+if not refused then
+  for key, tat in pairs(tats) do
+    -- '%d': a bare Lua number is sent as '%.14g' and would lose the microseconds.
+    redis.call('SET', key, string.format('%d', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+  end
+end
+return waits

@@ -1,0 +1,400 @@
+//! The Redis state store: buckets on a Redis (or Valkey) server that every replica shares.
+//!
+//! - One multiplexed connection (redis-rs' `ConnectionManager`, which reconnects by itself), made
+//!   lazily; one Lua script ([`gcra.lua`](gcra.lua)) evaluates every bucket of a request atomically on
+//!   the server's clock (`TIME`, so replicas with skewed clocks agree), sent with `EVALSHA` and
+//!   re-loaded by the client after `NOSCRIPT` (a `SCRIPT FLUSH`, a server restart).
+//! - No request waits longer than `state.redis.timeout`. A transport error or a timeout opens a
+//!   breaker: until a background probe (`PING`, every 100 ms while open, every second otherwise)
+//!   gets an answer again, requests do not wait for the store at all and each limit falls back to
+//!   its `on_unavailable`. The probe is also what `/readyz` reports, with or without traffic.
+//! - The connection manager's own retries are kept to one with a short backoff: its default (six,
+//!   exponential from 100 ms) made every command during an outage wait behind the reconnect.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Script};
+
+use super::{redacted, Bucket, RedisSettings, StoreError, Verdict};
+use crate::metrics::StoreMetrics;
+
+/// The GCRA script.
+const GCRA: &str = include_str!("gcra.lua");
+
+/// Compare-and-swap of a document: `KEYS[1]` is set to `ARGV[2]` (expiring in `ARGV[3]` ms) only if it
+/// holds exactly `ARGV[1]`; 1 if it did.
+const SWAP: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// How often the probe runs while the store answers, and while it does not.
+const PROBE_HEALTHY: Duration = Duration::from_secs(1);
+const PROBE_OPEN: Duration = Duration::from_millis(100);
+
+/// Buckets on Redis.
+pub struct RedisStore {
+    connection: ConnectionManager,
+    script: Script,
+    swap_script: Script,
+    prefix: String,
+    timeout: Duration,
+    where_: String,
+    /// Open while the store is known to be down: requests do not wait for it.
+    open: AtomicBool,
+    /// Why it is down, for `/readyz`.
+    health: Mutex<Option<String>>,
+    metrics: StoreMetrics,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("at", &self.where_)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("state.redis.url ({url}): {error}")]
+pub struct SetupError {
+    url: String,
+    error: String,
+}
+
+impl RedisStore {
+    /// A store for these settings, connecting in the background; starts its probe. Must be called
+    /// within a tokio runtime.
+    pub fn start(
+        settings: &RedisSettings,
+        metrics: StoreMetrics,
+    ) -> Result<Arc<RedisStore>, SetupError> {
+        let setup = |error: RedisError| SetupError {
+            url: redacted(&settings.url),
+            error: error.to_string(),
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_pipeline_buffer_size(1024);
+        let client = Client::open(settings.url.as_str()).map_err(setup)?;
+        let connection = client.get_connection_manager_lazy(config).map_err(setup)?;
+        let store = Arc::new(RedisStore {
+            connection,
+            script: Script::new(GCRA),
+            swap_script: Script::new(SWAP),
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+            where_: redacted(&settings.url),
+            open: AtomicBool::new(false),
+            health: Mutex::new(None),
+            metrics,
+        });
+        tokio::spawn(probe(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    /// Every key this store writes starts with this.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `Ok` while the store answers.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &*self.health.lock().unwrap_or_else(PoisonError::into_inner) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    /// Check `buckets` in one round trip, all or nothing.
+    pub async fn check(&self, buckets: &[Bucket]) -> Result<Vec<Verdict>, StoreError> {
+        if self.open.load(Ordering::Acquire) {
+            self.metrics.count("unavailable");
+            return Err(StoreError::Unavailable(self.why()));
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for bucket in buckets {
+            invocation
+                .key(format!("{}{}", self.prefix, bucket.key))
+                .arg(bucket.emission_us.max(1))
+                .arg(bucket.tolerance_us);
+        }
+        let mut connection = self.connection.clone();
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await;
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(waits)) if waits.len() == buckets.len() => {
+                self.metrics.count("ok");
+                Ok(waits
+                    .into_iter()
+                    .map(|wait| match u64::try_from(wait) {
+                        Ok(0) | Err(_) => Verdict::Admit,
+                        Ok(wait) => Verdict::Refuse {
+                            wait: Duration::from_micros(wait),
+                        },
+                    })
+                    .collect())
+            }
+            Ok(Ok(waits)) => {
+                self.metrics.count("error");
+                Err(StoreError::Failed(format!(
+                    "the script answered {} verdicts for {} buckets",
+                    waits.len(),
+                    buckets.len()
+                )))
+            }
+            Ok(Err(error)) if is_transport(&error) => {
+                self.metrics.count("error");
+                self.trip(format!("{}: {error}", self.where_));
+                Err(StoreError::Unavailable(self.why()))
+            }
+            Ok(Err(error)) => {
+                self.metrics.count("error");
+                Err(StoreError::Failed(error.to_string()))
+            }
+            Err(_) => {
+                self.metrics.count("timeout");
+                self.trip(format!(
+                    "{}: no answer within {} ms",
+                    self.where_,
+                    self.timeout.as_millis()
+                ));
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Run one command within the timeout, with the breaker, the metrics and the error mapping of
+    /// `check`.
+    async fn run<T, F>(&self, command: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        if self.open.load(Ordering::Acquire) {
+            self.metrics.count("unavailable");
+            return Err(StoreError::Unavailable(self.why()));
+        }
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, command).await;
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(value)) => {
+                self.metrics.count("ok");
+                Ok(value)
+            }
+            Ok(Err(error)) if is_transport(&error) => {
+                self.metrics.count("error");
+                self.trip(format!("{}: {error}", self.where_));
+                Err(StoreError::Unavailable(self.why()))
+            }
+            Ok(Err(error)) => {
+                self.metrics.count("error");
+                Err(StoreError::Failed(error.to_string()))
+            }
+            Err(_) => {
+                self.metrics.count("timeout");
+                self.trip(format!(
+                    "{}: no answer within {} ms",
+                    self.where_,
+                    self.timeout.as_millis()
+                ));
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// The document at `key`.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}{key}", self.prefix);
+        self.run(async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut connection)
+                .await
+        })
+        .await
+    }
+
+    /// `SET key value NX PX ttl`.
+    pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}{key}", self.prefix);
+        let value = value.to_owned();
+        let ms = ttl.as_millis().max(1) as u64;
+        self.run(async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async::<Option<String>>(&mut connection)
+                .await
+                .map(|ok| ok.is_some())
+        })
+        .await
+    }
+
+    /// Compare-and-swap (one script, atomic).
+    pub async fn swap(
+        &self,
+        key: &str,
+        old: &str,
+        new: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.swap_script.prepare_invoke();
+        invocation
+            .key(format!("{}{key}", self.prefix))
+            .arg(old)
+            .arg(new)
+            .arg(ttl.as_millis().max(1) as u64);
+        self.run(async move {
+            invocation
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .map(|swapped| swapped == 1)
+        })
+        .await
+    }
+
+    /// `ZADD index score member`.
+    pub async fn index_add(&self, index: &str, member: &str, score: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let index = format!("{}{index}", self.prefix);
+        let member = member.to_owned();
+        self.run(async move {
+            redis::cmd("ZADD")
+                .arg(&index)
+                .arg(score)
+                .arg(&member)
+                .query_async::<i64>(&mut connection)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// `ZREVRANGE index 0 limit-1`.
+    pub async fn index_newest(&self, index: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        let index = format!("{}{index}", self.prefix);
+        let last = limit.max(1) as i64 - 1;
+        self.run(async move {
+            redis::cmd("ZREVRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(last)
+                .query_async::<Vec<String>>(&mut connection)
+                .await
+        })
+        .await
+    }
+
+    /// `ZREM index members…`.
+    pub async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), StoreError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let index = format!("{}{index}", self.prefix);
+        let members = members.to_vec();
+        self.run(async move {
+            redis::cmd("ZREM")
+                .arg(&index)
+                .arg(&members)
+                .query_async::<i64>(&mut connection)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    fn why(&self) -> String {
+        self.readiness().err().unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Open the breaker (the probe closes it).
+    fn trip(&self, why: String) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if health.is_none() {
+            tracing::warn!(store = %self.where_, %why, "state store unavailable: limits fall back to their on_unavailable until it answers again");
+        }
+        *health = Some(why);
+        self.open.store(true, Ordering::Release);
+        self.metrics.up.set(0);
+    }
+
+    /// One probe: `PING` within the timeout.
+    async fn ping(&self) -> Result<(), String> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(100)),
+            redis::cmd("PING").query_async::<String>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("{}: {error}", self.where_)),
+            Err(_) => Err(format!("{}: no answer to PING", self.where_)),
+        }
+    }
+}
+
+/// Errors that say the connection, not the command, failed.
+fn is_transport(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+}
+
+/// The probe: keeps `/readyz` current and closes the breaker once the store answers again. Ends
+/// with the store.
+async fn probe(store: std::sync::Weak<RedisStore>) {
+    loop {
+        let open = match store.upgrade() {
+            Some(store) => store.open.load(Ordering::Acquire),
+            None => return,
+        };
+        tokio::time::sleep(if open { PROBE_OPEN } else { PROBE_HEALTHY }).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        match store.ping().await {
+            Ok(()) => {
+                let mut health = store.health.lock().unwrap_or_else(PoisonError::into_inner);
+                if health.take().is_some() {
+                    tracing::info!(store = %store.where_, "state store available again");
+                }
+                store.open.store(false, Ordering::Release);
+                store.metrics.up.set(1);
+            }
+            Err(why) => store.trip(why),
+        }
+    }
+}
