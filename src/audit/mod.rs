@@ -670,6 +670,12 @@ impl Writer {
                 pending.retry_at = Some(tokio::time::Instant::now() + pending.retry_delay);
             }
         }
+        // Rotate before answering, so a writer that was answered sees the files as they stay.
+        if result.is_ok() && self.len >= self.settings.max_file_size {
+            if let Err(error) = self.rotate() {
+                tracing::error!(%error, "audit log rotation failed; continuing in the same file");
+            }
+        }
         let mut carried = Vec::new();
         for (job, written) in batch.into_iter().zip(outcome) {
             let answer = match (&result, written) {
@@ -706,11 +712,6 @@ impl Writer {
                 "the audit log has refused writes for so long that outcome records were given up"
             );
         }
-        if result.is_ok() && self.len >= self.settings.max_file_size {
-            if let Err(error) = self.rotate() {
-                tracing::error!(%error, "audit log rotation failed; continuing in the same file");
-            }
-        }
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -731,7 +732,17 @@ impl Writer {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let rotated = self.settings.path.with_file_name(format!("{name}.{stamp}"));
+        // Two rotations within one millisecond must not overwrite a rotated file: number the
+        // second (the suffix still sorts after the first).
+        let mut rotated = self.settings.path.with_file_name(format!("{name}.{stamp}"));
+        let mut n = 0;
+        while rotated.exists() {
+            n += 1;
+            rotated = self
+                .settings
+                .path
+                .with_file_name(format!("{name}.{stamp}.{n:03}"));
+        }
         std::fs::rename(&self.settings.path, &rotated)?;
         self.file = open_live(&self.settings)?;
         self.len = 0;
