@@ -1,6 +1,9 @@
-//! Subcommands: `serve`, `demo`, `check`, `explain`, `test`, `keygen` (and the hidden `emulator`).
+//! Subcommands: `serve`, `demo`, `check`, `explain`, `test`, `audit`, `approvals`, `keygen`,
+//! `probe` (and the hidden `emulator`).
 //!
 //! Exit codes: 0 on success; 1 with a one-line reason on failure; 2 for usage errors (clap).
+
+mod approvals;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use crate::config::Config;
 use crate::credentials::KeySource;
 use crate::credentials::UpstreamKey;
 use crate::emulator::Emulator;
+use crate::guards::Protection;
 use crate::ids::{ClientId, Role};
 use crate::policy::explain;
 use crate::server::{shutdown_signal, Gateway};
@@ -54,7 +58,7 @@ enum Command {
         config: PathBuf,
     },
     /// Show how a request is classified and why policy allows or denies it
-    /// (exit 0 allow, 3 deny, 2 rejected before policy).
+    /// (exit 0 allow, 3 deny, 2 rejected before policy, 4 requires approval).
     Explain {
         /// The YAML configuration file.
         #[arg(long, short)]
@@ -67,7 +71,8 @@ enum Command {
         /// Request target, e.g. '/v1.3/assets/ID?force=true'.
         target: String,
     },
-    /// Check a table of expected decisions (allow | deny | reject); non-zero exit on any mismatch.
+    /// Check a table of expected decisions (allow | approval | deny | reject); non-zero exit on
+    /// any mismatch.
     Test {
         /// The YAML configuration file.
         #[arg(long, short)]
@@ -79,6 +84,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// List, show, approve, deny or cancel approvals on a running gateway (your key from
+    /// TL_GATEWAY_KEY or --key-file).
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
     },
     /// Print a new random client key (once) and its YAML entry.
     Keygen {
@@ -205,6 +216,7 @@ async fn run(command: Command) -> Result<(), String> {
             seed,
         } => emulator(listen, api_key, seed).await,
         Command::Probe { url } => probe(&url).await,
+        Command::Approvals { command } => approvals::run(command).await,
     }
 }
 
@@ -238,6 +250,7 @@ fn explain_command(config: &Path, client: &str, method: &str, target: &str) -> E
     match explain::explain(
         &classifier,
         &config.compiled_policy,
+        &Protection::new(&config.protected),
         &principal,
         method,
         target,
@@ -319,7 +332,13 @@ fn test_command(config: &Path, cases: &Path) -> ExitCode {
         Err(error) => return fail(error.to_string()),
     };
     let classifier = Classifier::new(config.classify.clone());
-    match explain::run_cases(&classifier, &config.compiled_policy, &config.clients, cases) {
+    match explain::run_cases(
+        &classifier,
+        &config.compiled_policy,
+        &Protection::new(&config.protected),
+        &config.clients,
+        cases,
+    ) {
         Ok((report, _, 0)) => {
             print!("{report}");
             ExitCode::SUCCESS

@@ -19,15 +19,16 @@ use std::time::Duration;
 use http::Method;
 use serde::Deserialize;
 
+use crate::approvals::notify::NotifySettings;
 use crate::audit::{AuditScope, AuditSettings, ScopeMatch};
 use crate::auth::ClientSettings;
 use crate::classify::{ClassifySettings, UnknownRoutes};
 use crate::credentials::KeySource;
 use crate::forward::UpstreamOrigin;
-use crate::guards::{ForceDeleteSettings, OnError};
+use crate::guards::{ForceDeleteSettings, OnError, ProtectedSettings};
 use crate::ids::{ClientId, Role, RuleId};
 use crate::matcher::{MatchSettings, QueryValue};
-use crate::policy::{Effect, Policy, PolicySettings, RuleMode, RuleSettings};
+use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings};
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
 use crate::state::{OnUnavailable, RedisSettings, StateSettings};
 use crate::telemetry::LogFormat;
@@ -74,8 +75,22 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log output.
     pub logging: LoggingConfig,
-    /// Where shared state (rate-limit buckets) lives.
+    /// Where shared state (rate-limit buckets, approvals) lives.
     pub state: StateSettings,
+    /// Approvals: the link shown in messages and notifications, and the webhook.
+    pub approvals: ApprovalsConfig,
+    /// `guards.protected`: resources no request may delete or change.
+    pub protected: ProtectedSettings,
+}
+
+/// The `approvals:` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalsConfig {
+    /// The gateway's URL as clients reach it (`approval_required` messages, webhook links);
+    /// default: taken from the request's `Host`.
+    pub public_url: Option<String>,
+    /// Where new requests and decisions are posted.
+    pub notify: Option<NotifySettings>,
 }
 
 /// The fixed upstream origin and how to authenticate to it.
@@ -189,6 +204,45 @@ struct RawConfig {
     rate_limits: Vec<RawLimit>,
     #[serde(default)]
     state: Option<RawState>,
+    #[serde(default)]
+    approvals: Option<RawApprovals>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    public_url: Option<String>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook_url: Option<String>,
+    webhook_url_file: Option<PathBuf>,
+    timeout: Option<ConfigDuration>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    approver_roles: Vec<Role>,
+    approvals: Option<u32>,
+    ttl: Option<ConfigDuration>,
+    use_within: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProtected {
+    #[serde(default)]
+    indexes: Vec<String>,
+    #[serde(default)]
+    entity_collections: Vec<String>,
+    #[serde(default)]
+    assets: Vec<String>,
+    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +338,7 @@ struct RawRule {
     message: Option<String>,
     #[serde(default)]
     mode: RuleMode,
+    approval: Option<RawApproval>,
 }
 
 #[derive(Deserialize, Default)]
@@ -327,6 +382,7 @@ struct RawAuditMatch {
 #[serde(deny_unknown_fields)]
 struct RawGuards {
     force_delete: Option<RawForceDelete>,
+    protected: Option<RawProtected>,
 }
 
 #[derive(Deserialize)]
@@ -461,19 +517,46 @@ impl Validator<'_> {
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
         let rate_limits = self.rate_limits(raw.rate_limits, &known_clients, &mut warnings)?;
         let state = self.state(raw.state)?;
-        let force_delete = raw.guards.and_then(|g| g.force_delete).map_or_else(
-            ForceDeleteSettings::default,
-            |f| {
-                let defaults = ForceDeleteSettings::default();
-                ForceDeleteSettings {
-                    enabled: f.enabled.unwrap_or(defaults.enabled),
-                    max_pages: f.max_pages.unwrap_or(defaults.max_pages).max(1),
-                    page_limit: f.page_limit.unwrap_or(defaults.page_limit).clamp(1, 50),
-                    max_indexed_assets: f.max_indexed_assets,
-                    on_error: f.on_error,
+        for rule in &policy.rules {
+            if let Some(approval) = &rule.approval {
+                let approvers = clients
+                    .iter()
+                    .filter(|c| c.roles.iter().any(|r| approval.approver_roles.contains(r)))
+                    .count();
+                // The requester never approves their own request.
+                if approvers < approval.approvals as usize + 1 {
+                    warnings.push(format!(
+                        "policy rule {} needs {} approver(s) with a role in [{}], but {} client(s) hold one: a request by one of them could never be approved",
+                        rule.id.as_str(),
+                        approval.approvals,
+                        approval.approver_roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+                        approvers
+                    ));
                 }
-            },
-        );
+            }
+        }
+        let approvals = self.approvals(raw.approvals)?;
+        let (raw_force_delete, raw_protected) = match raw.guards {
+            Some(g) => (g.force_delete, g.protected),
+            None => (None, None),
+        };
+        let protected =
+            raw_protected.map_or_else(ProtectedSettings::default, |p| ProtectedSettings {
+                indexes: p.indexes,
+                entity_collections: p.entity_collections,
+                assets: p.assets,
+                message: p.message,
+            });
+        let force_delete = raw_force_delete.map_or_else(ForceDeleteSettings::default, |f| {
+            let defaults = ForceDeleteSettings::default();
+            ForceDeleteSettings {
+                enabled: f.enabled.unwrap_or(defaults.enabled),
+                max_pages: f.max_pages.unwrap_or(defaults.max_pages).max(1),
+                page_limit: f.page_limit.unwrap_or(defaults.page_limit).clamp(1, 50),
+                max_indexed_assets: f.max_indexed_assets,
+                on_error: f.on_error,
+            }
+        });
         Ok(Config {
             listen: raw.listen,
             admin_listen,
@@ -491,6 +574,66 @@ impl Validator<'_> {
                 format: raw.logging.map(|l| l.format).unwrap_or_default(),
             },
             state,
+            approvals,
+            protected,
+        })
+    }
+
+    fn approvals(&self, raw: Option<RawApprovals>) -> Result<ApprovalsConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(ApprovalsConfig::default());
+        };
+        let at = |keys: &[&'static str]| {
+            std::iter::once(Seg::Key("approvals"))
+                .chain(keys.iter().map(|k| Seg::Key(k)))
+                .collect::<Vec<_>>()
+        };
+        let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if let Some(url) = &raw.public_url {
+            if !http_url(url) {
+                return Err((self.fail)(
+                    &at(&["public_url"]),
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        let notify = match raw.notify {
+            None => None,
+            Some(n) => {
+                let url = match (n.webhook_url, n.webhook_url_file) {
+                    (Some(url), None) => url,
+                    (None, Some(file)) => std::fs::read_to_string(&file)
+                        .map(|t| t.trim().to_owned())
+                        .map_err(|e| {
+                            (self.fail)(
+                                &at(&["notify", "webhook_url_file"]),
+                                format!("cannot read {}: {e}", file.display()),
+                            )
+                        })?,
+                    _ => {
+                        return Err((self.fail)(
+                            &at(&["notify"]),
+                            "set exactly one of webhook_url and webhook_url_file".into(),
+                        ))
+                    }
+                };
+                if !http_url(&url) || url.parse::<http::Uri>().is_err() {
+                    return Err((self.fail)(
+                        &at(&["notify", "webhook_url"]),
+                        "not an http:// or https:// URL".into(),
+                    ));
+                }
+                let defaults = NotifySettings::default();
+                Some(NotifySettings {
+                    url,
+                    timeout: n.timeout.map_or(defaults.timeout, |d| d.0),
+                    max_attempts: n.max_attempts.unwrap_or(defaults.max_attempts).max(1),
+                })
+            }
+        };
+        Ok(ApprovalsConfig {
+            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            notify,
         })
     }
 
@@ -886,6 +1029,14 @@ impl Validator<'_> {
                 }
             }
             let matcher = self.matcher(rule.matcher, &at("match"))?;
+            let approval = rule.approval.map(|a| ApprovalSettings {
+                approver_roles: a.approver_roles,
+                approvals: a.approvals.unwrap_or(1),
+                ttl: a.ttl.map_or(ApprovalSettings::DEFAULT_TTL, |d| d.0),
+                use_within: a
+                    .use_within
+                    .map_or(ApprovalSettings::DEFAULT_USE_WITHIN, |d| d.0),
+            });
             rules.push(RuleSettings {
                 id: rule.id,
                 matcher,
@@ -893,6 +1044,7 @@ impl Validator<'_> {
                 allow_clients,
                 message: rule.message,
                 mode: rule.mode,
+                approval,
             });
         }
         Ok(PolicySettings {

@@ -115,6 +115,44 @@ pub enum GatewayError {
     /// The client's request body stalled or arrived too slowly.
     #[error("{0}")]
     RequestBodyTimeout(String),
+    /// A policy rule asks for a second person's approval, and the request holds none (yet).
+    #[error("{message}")]
+    ApprovalRequired {
+        /// The pending approval (also in the `x-tl-gateway-approval-id` header).
+        id: String,
+        /// The rule that asks for it.
+        rule: RuleId,
+        /// What to do next: the id, who may approve, the command.
+        message: String,
+    },
+    /// The approvals could not be read or written in the state store.
+    #[error("approvals could not be checked ({0}); the request was not forwarded")]
+    ApprovalsUnavailable(String),
+    /// The request touches a resource under `guards.protected`.
+    #[error("{message}")]
+    ResourceProtected {
+        /// The protected id.
+        id: String,
+        /// What is protected and why.
+        message: Arc<str>,
+    },
+    /// The gateway API: the caller may not do this to this approval.
+    #[error("{0}")]
+    ApprovalForbidden(String),
+    /// The gateway API: no such approval (or not one the caller may see).
+    #[error("no approval {0}")]
+    ApprovalNotFound(String),
+    /// The gateway API: the approval was already decided, used, expired or cancelled.
+    #[error("approval {id} is {state}, no longer pending")]
+    ApprovalNotPending {
+        /// The approval.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The gateway API: a parameter or body that cannot be read.
+    #[error("{0}")]
+    ParameterInvalid(String),
     /// A bug: an invariant of the stack did not hold.
     #[error("internal gateway error: {0}")]
     Internal(&'static str),
@@ -176,6 +214,13 @@ impl GatewayError {
             GatewayError::ClientDisconnected => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
+            GatewayError::ApprovalRequired { .. }
+            | GatewayError::ResourceProtected { .. }
+            | GatewayError::ApprovalForbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::ApprovalsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ApprovalNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::ApprovalNotPending { .. } => StatusCode::CONFLICT,
+            GatewayError::ParameterInvalid(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -203,7 +248,32 @@ impl GatewayError {
             GatewayError::RequestBodyInvalid(_) => "request_body_invalid",
             GatewayError::RequestBodyTimeout(_) => "request_body_timeout",
             GatewayError::ClientDisconnected => "client_disconnected",
+            GatewayError::ApprovalRequired { .. } => "approval_required",
+            GatewayError::ApprovalsUnavailable(_) => "approvals_unavailable",
+            GatewayError::ResourceProtected { .. } => "resource_protected",
+            GatewayError::ApprovalForbidden(_) => "approval_forbidden",
+            GatewayError::ApprovalNotFound(_) => "approval_not_found",
+            GatewayError::ApprovalNotPending { .. } => "approval_not_pending",
+            GatewayError::ParameterInvalid(_) => "parameter_invalid",
         }
+    }
+
+    /// Whether the request certainly never reached the upstream: refused by a check below the
+    /// approvals layer, or the connection to the upstream could not even be opened. (An approval
+    /// used by such a request is given back.)
+    pub fn is_before_forwarding(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::TooManyRequests { .. }
+                | GatewayError::LimitsUnavailable { .. }
+                | GatewayError::GuardLookupFailed(_)
+                | GatewayError::PolicyDenied { .. }
+                | GatewayError::ResourceProtected { .. }
+                | GatewayError::AuditUnavailable(_)
+                | GatewayError::UpstreamKeyMissing
+                | GatewayError::UpstreamBusy
+                | GatewayError::UpstreamUnavailable(UpstreamFailure::Connect)
+        )
     }
 
     /// Build the TwelveLabs-shaped response for this error.
@@ -225,6 +295,11 @@ impl GatewayError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            GatewayError::ApprovalRequired { id, .. } => {
+                if let Ok(value) = HeaderValue::from_str(id) {
+                    response.headers_mut().insert(APPROVAL_ID_HEADER, value);
+                }
+            }
             _ => {}
         }
         if let GatewayError::MethodNotAllowed { allowed, .. } = &self {
@@ -241,6 +316,9 @@ impl GatewayError {
         response
     }
 }
+
+/// The header naming the approval an `approval_required` answer created or found.
+pub const APPROVAL_ID_HEADER: &str = "x-tl-gateway-approval-id";
 
 /// A TwelveLabs-shaped error response: `{"code", "message", "request_id"}`.
 pub fn error_response(

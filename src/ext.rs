@@ -17,3 +17,13 @@ pub struct RouteLabel(pub Arc<OnceLock<&'static str>>);
 /// On a response the gateway made itself: its error code (set by the rescue layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorCode(pub &'static str);
+
+/// On a request let through by an approval (inserted by the approvals layer, read by the audit
+/// intent): which approval, and who approved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalUsed {
+    /// The approval id.
+    pub id: String,
+    /// The clients who approved it.
+    pub approvers: Vec<String>,
+}

@@ -6,7 +6,13 @@
 //! `max_pages`) with the upstream key and hands the result to the audit intent record: it is the only
 //! record of what the delete unlinked. `max_indexed_assets` refuses deletes that would unlink more;
 //! a failed lookup follows `on_error` (deny by default).
+//!
+//! [`Protection`] (`guards.protected`, a legal hold) refuses, whoever asks, every destructive call on
+//! a protected index, entity collection or asset, and a forced asset delete whose references reach
+//! into a protected index or collection; [`ProtectResources`] is its layer for what the path shows,
+//! and the guard above checks the references it lists.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
@@ -16,7 +22,7 @@ use crate::classify::Operation;
 use crate::credentials::UpstreamKey;
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
-use crate::gate::{AdmitAsync, AsyncGateLayer};
+use crate::gate::{Admit, AdmitAsync, AsyncGateLayer, GateLayer};
 use crate::ids::RuleId;
 use crate::metrics::Metrics;
 use crate::routes::ids::ASSETS_DELETE;
@@ -145,6 +151,209 @@ pub struct ForceDeleteGuard {
     forwarder: Forwarder,
     key: Arc<UpstreamKey>,
     metrics: Arc<Metrics>,
+    protection: Arc<Protection>,
+}
+
+/// `guards.protected`: resources under a legal hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtectedSettings {
+    /// Index ids.
+    pub indexes: Vec<String>,
+    /// Entity collection ids.
+    pub entity_collections: Vec<String>,
+    /// Asset ids.
+    pub assets: Vec<String>,
+    /// Shown to a refused client after the protected id.
+    pub message: Option<String>,
+}
+
+/// The rule id protection refuses under (denied records, `tl_gateway_policy_denials_total`).
+pub const PROTECTED_RULE: &str = "guards.protected";
+
+/// Protected resources, compiled: what a request may not touch, whoever sends it.
+#[derive(Debug, Default)]
+pub struct Protection {
+    indexes: HashSet<String>,
+    collections: HashSet<String>,
+    assets: HashSet<String>,
+    message: Option<String>,
+}
+
+/// What protects a resource a request touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    /// `index`, `entity collection` or `asset`.
+    pub kind: &'static str,
+    /// The protected id.
+    pub id: String,
+}
+
+impl Protection {
+    /// Compile `guards.protected`.
+    pub fn new(settings: &ProtectedSettings) -> Self {
+        Protection {
+            indexes: settings.indexes.iter().cloned().collect(),
+            collections: settings.entity_collections.iter().cloned().collect(),
+            assets: settings.assets.iter().cloned().collect(),
+            message: settings.message.clone(),
+        }
+    }
+
+    /// Whether nothing is protected.
+    pub fn is_empty(&self) -> bool {
+        self.indexes.is_empty() && self.collections.is_empty() && self.assets.is_empty()
+    }
+
+    /// Whether a forced asset delete needs the reference lookup to be judged (some index or
+    /// entity collection is protected).
+    pub fn needs_lookup(&self) -> bool {
+        !self.indexes.is_empty() || !self.collections.is_empty()
+    }
+
+    /// What the request's path shows it touches, if protected: any destructive route whose
+    /// `index_id`, `entity_collection_id` or `asset_id` is protected. A request on a route the
+    /// gateway does not know (`routes.unknown: forward`) that may change something is refused when
+    /// any of its path segments is a protected id: what it does cannot be judged.
+    pub fn protected_in_path(&self, op: &Operation) -> Option<Protected> {
+        if self.is_empty() {
+            return None;
+        }
+        match op.route {
+            Some(route) if route.destructive => [
+                ("index_id", "index", &self.indexes),
+                (
+                    "entity_collection_id",
+                    "entity collection",
+                    &self.collections,
+                ),
+                ("asset_id", "asset", &self.assets),
+            ]
+            .into_iter()
+            .find_map(|(param, kind, ids)| {
+                op.param(param)
+                    .filter(|id| ids.contains(*id))
+                    .map(|id| Protected {
+                        kind,
+                        id: id.to_owned(),
+                    })
+            }),
+            Some(_) => None,
+            None if crate::routes::is_safe(&op.method) => None,
+            None => op.path.split('/').find_map(|segment| {
+                [
+                    ("index", &self.indexes),
+                    ("entity collection", &self.collections),
+                    ("asset", &self.assets),
+                ]
+                .into_iter()
+                .find(|(_, ids)| ids.contains(segment))
+                .map(|(kind, _)| Protected {
+                    kind,
+                    id: segment.to_owned(),
+                })
+            }),
+        }
+    }
+
+    /// What a forced asset delete would unlink that is protected, if anything.
+    pub fn protected_in_references(&self, references: &References) -> Option<Protected> {
+        references
+            .indexed_assets
+            .iter()
+            .find(|a| self.indexes.contains(&a.index_id))
+            .map(|a| Protected {
+                kind: "index",
+                id: a.index_id.clone(),
+            })
+            .or_else(|| {
+                references
+                    .entities
+                    .iter()
+                    .find(|e| self.collections.contains(&e.collection_id))
+                    .map(|e| Protected {
+                        kind: "entity collection",
+                        id: e.collection_id.clone(),
+                    })
+            })
+    }
+
+    /// The refusal for a request touching `protected`.
+    pub fn refusal(&self, protected: Protected, how: &str) -> GatewayError {
+        let mut message = format!("{} {} is protected: {how}", protected.kind, protected.id);
+        if let Some(extra) = &self.message {
+            message.push_str(". ");
+            message.push_str(extra);
+        }
+        GatewayError::ResourceProtected {
+            id: protected.id,
+            message: Arc::from(message),
+        }
+    }
+
+    /// Refuse a forced delete whose references reach into a protected index or collection.
+    pub fn check_references(&self, references: &References) -> Result<(), GatewayError> {
+        match self.protected_in_references(references) {
+            None => Ok(()),
+            Some(protected) => {
+                let how = match protected.kind {
+                    "index" => "this forced delete would unlink an indexed asset in it",
+                    _ => "this forced delete would unlink an entity in it",
+                };
+                Err(self.refusal(protected, how))
+            }
+        }
+    }
+}
+
+/// The protection layer for what the path shows (after policy, before approvals): refuses with 403
+/// `resource_protected`. References are checked by the guard once listed.
+#[derive(Clone, Debug)]
+pub struct ProtectResources {
+    protection: Arc<Protection>,
+    metrics: Arc<Metrics>,
+}
+
+impl ProtectResources {
+    /// The layer (none when nothing is protected).
+    pub fn layer(
+        protection: Arc<Protection>,
+        metrics: Arc<Metrics>,
+    ) -> Option<GateLayer<ProtectResources>> {
+        (!protection.is_empty()).then(|| {
+            GateLayer::new(ProtectResources {
+                protection,
+                metrics,
+            })
+        })
+    }
+}
+
+impl<B> Admit<B> for ProtectResources {
+    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        let Some(op) = req.extensions().get::<Operation>() else {
+            return Err(GatewayError::Internal(
+                "protection could not be checked: request not classified",
+            ));
+        };
+        match self.protection.protected_in_path(op) {
+            None => Ok(()),
+            Some(protected) => {
+                count_protected(&self.metrics);
+                tracing::info!(protected = %protected.id, kind = protected.kind, operation = op.route_id(), "refused: protected resource");
+                Err(self.protection.refusal(
+                    protected,
+                    "it cannot be deleted or changed through this gateway",
+                ))
+            }
+        }
+    }
+}
+
+fn count_protected(metrics: &Metrics) {
+    metrics
+        .policy_denials
+        .with_label_values(&[PROTECTED_RULE])
+        .inc();
 }
 
 impl ForceDeleteGuard {
@@ -154,12 +363,14 @@ impl ForceDeleteGuard {
         forwarder: Forwarder,
         key: Arc<UpstreamKey>,
         metrics: Arc<Metrics>,
+        protection: Arc<Protection>,
     ) -> Self {
         ForceDeleteGuard {
             settings,
             forwarder,
             key,
             metrics,
+            protection,
         }
     }
 
@@ -251,16 +462,17 @@ pub struct GuardForcedDeletes {
 }
 
 impl GuardForcedDeletes {
-    /// The layer guarding with `guard` (none, or disabled: everything passes).
+    /// The layer guarding with `guard` (none, or disabled with nothing protected: everything
+    /// passes). Protected indexes or collections need the lookup even with the guard disabled.
     pub fn layer(guard: Option<ForceDeleteGuard>) -> Option<AsyncGateLayer<GuardForcedDeletes>> {
         guard
-            .filter(|g| g.settings.enabled)
+            .filter(|g| g.settings.enabled || g.protection.needs_lookup())
             .map(|guard| AsyncGateLayer::new(GuardForcedDeletes { guard }))
     }
 }
 
 /// A forced delete of an asset: its API version and asset id.
-fn forced_asset_delete(op: &Operation) -> Option<(&str, &str)> {
+pub fn forced_asset_delete(op: &Operation) -> Option<(&str, &str)> {
     (op.is(ASSETS_DELETE) && op.query.bool("force") == Some(true))
         .then(|| op.param("asset_id").map(|id| (op.version(), id)))
         .flatten()
@@ -287,6 +499,14 @@ impl<B: Send + 'static> AdmitAsync<B> for GuardForcedDeletes {
         let lookup = match guard.references(&version, &asset_id).await {
             Ok(references) => {
                 guard.metrics.guard_lookups.with_label_values(&["ok"]).inc();
+                if let Err(refusal) = guard.protection.check_references(&references) {
+                    count_protected(&guard.metrics);
+                    tracing::info!(
+                        asset_id,
+                        "refused: forced delete reaches a protected resource"
+                    );
+                    return Err(refusal);
+                }
                 if let Some(max) = guard.settings.max_indexed_assets {
                     if !references.complete {
                         // max_pages stopped the listing: the limit cannot be shown to hold.
@@ -319,6 +539,11 @@ impl<B: Send + 'static> AdmitAsync<B> for GuardForcedDeletes {
                     .with_label_values(&["failed"])
                     .inc();
                 tracing::warn!(%error, asset_id, "reference lookup before a forced delete failed");
+                // With protected indexes or collections, only a listing can show the delete is
+                // allowed: a failed one refuses, whatever on_error says.
+                if guard.protection.needs_lookup() {
+                    return Err(GatewayError::GuardLookupFailed(error.status().as_u16()));
+                }
                 match guard.settings.on_error {
                     OnError::Deny => {
                         return Err(GatewayError::GuardLookupFailed(error.status().as_u16()))
@@ -338,6 +563,81 @@ impl<B: Send + 'static> AdmitAsync<B> for GuardForcedDeletes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::{Classifier, ClassifySettings, UnknownRoutes};
+
+    fn op(unknown: UnknownRoutes, method: http::Method, target: &str) -> Operation {
+        let classifier = Classifier::new(ClassifySettings {
+            unknown_routes: unknown,
+            ..ClassifySettings::default()
+        });
+        classifier
+            .classify(
+                &method,
+                http::Version::HTTP_11,
+                &target.parse().unwrap(),
+                &http::HeaderMap::new(),
+                method == http::Method::PATCH,
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn protection_reads_ids_from_destructive_routes_and_from_unknown_unsafe_ones() {
+        let protection = Protection::new(&ProtectedSettings {
+            indexes: vec!["i1".into()],
+            entity_collections: vec!["c1".into()],
+            assets: vec!["a1".into()],
+            message: None,
+        });
+        let at = |method, target| {
+            protection
+                .protected_in_path(&op(UnknownRoutes::Forward, method, target))
+                .map(|p| format!("{} {}", p.kind, p.id))
+        };
+        use http::Method;
+        assert_eq!(
+            at(Method::DELETE, "/v1.3/indexes/i1").as_deref(),
+            Some("index i1")
+        );
+        assert_eq!(at(Method::DELETE, "/v1.3/indexes/i2"), None);
+        assert_eq!(
+            at(Method::PATCH, "/v1.3/indexes/i1/indexed-assets/x").as_deref(),
+            Some("index i1")
+        );
+        assert_eq!(at(Method::GET, "/v1.3/indexes/i1"), None, "reads pass");
+        assert_eq!(
+            at(Method::DELETE, "/v1.3/entity-collections/c1/entities/e1").as_deref(),
+            Some("entity collection c1")
+        );
+        assert_eq!(
+            at(Method::DELETE, "/v1.3/assets/a1").as_deref(),
+            Some("asset a1")
+        );
+        assert_eq!(
+            at(Method::PUT, "/v1.3/assets/a1/user-metadata").as_deref(),
+            Some("asset a1")
+        );
+        // A route the gateway does not know, forwarded under routes.unknown: forward.
+        assert_eq!(
+            at(Method::POST, "/v1.3/indexes/i1/brand-new-thing").as_deref(),
+            Some("index i1")
+        );
+        assert_eq!(at(Method::GET, "/v1.3/indexes/i1/brand-new-thing"), None);
+        let references = References {
+            indexed_assets: vec![IndexedAssetRef {
+                id: "ia".into(),
+                index_id: "i1".into(),
+                index_name: None,
+            }],
+            entities: vec![],
+            complete: true,
+        };
+        assert!(matches!(
+            protection.check_references(&references),
+            Err(GatewayError::ResourceProtected { id, .. }) if id == "i1"
+        ));
+        assert!(protection.check_references(&References::default()).is_ok());
+    }
 
     #[test]
     fn pages_parse_nested_and_flat_index_ids() {

@@ -142,6 +142,15 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// `tl_gateway_accept_errors_total{listener}`: failed accepts (e.g. out of file descriptors).
     pub accept_errors: IntCounterVec,
+    /// `tl_gateway_approvals_total{rule,state}`: approvals reaching each state.
+    pub approvals: IntCounterVec,
+    /// `tl_gateway_approvals_pending`: approvals waiting for a decision (refreshed every few seconds).
+    pub approvals_pending: IntGauge,
+    /// `tl_gateway_approvals_oldest_pending_seconds`: how long the oldest pending approval has waited.
+    pub approvals_oldest_pending: IntGauge,
+    /// `tl_gateway_approval_notifications_total{result}`: webhook notifications (`sent`,
+    /// `retried`, `failed`, `dropped`).
+    pub approval_notifications: IntCounterVec,
 }
 
 /// Registers metrics in one registry.
@@ -341,6 +350,24 @@ impl Metrics {
                 "Connections the gateway closed or refused itself, by listener and reason.",
                 &["listener", "reason"],
             ),
+            approvals: r.counter_vec(
+                "tl_gateway_approvals_total",
+                "Approvals reaching each state (pending, approved, denied, expired, used, cancelled), by rule.",
+                &["rule", "state"],
+            ),
+            approvals_pending: r.gauge(
+                "tl_gateway_approvals_pending",
+                "Approvals waiting for a decision.",
+            ),
+            approvals_oldest_pending: r.gauge(
+                "tl_gateway_approvals_oldest_pending_seconds",
+                "Age of the oldest approval waiting for a decision (0: none).",
+            ),
+            approval_notifications: r.counter_vec(
+                "tl_gateway_approval_notifications_total",
+                "Approval webhook notifications by result (sent, retried, failed, dropped).",
+                &["result"],
+            ),
             open_connections: r.gauge_vec(
                 "tl_gateway_open_connections",
                 "Open connections by listener.",
@@ -377,6 +404,9 @@ impl Metrics {
         }
         for result in ["ok", "failed"] {
             self.guard_lookups.with_label_values(&[result]);
+        }
+        for result in ["sent", "retried", "failed", "dropped"] {
+            self.approval_notifications.with_label_values(&[result]);
         }
         for reason in [
             "request_ambiguous",

@@ -131,6 +131,10 @@ impl Reloader {
                 "state (backend, url, key_prefix, timeout)",
                 state_needs_restart(&old.state, &config.state),
             ),
+            (
+                "approvals.notify",
+                old.approvals.notify != config.approvals.notify,
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::admin::{self, Readiness};
+use crate::approvals::notify::Notifier;
 use crate::audit::reconcile::reconcile;
 use crate::audit::AuditLog;
 use crate::body::{self, GatewayBody};
@@ -39,6 +40,9 @@ use crate::state::redis::RedisStore;
 use crate::state::{StateSettings, StateStore};
 use crate::units::BodyRate;
 use crate::workers::{self, Workers};
+
+/// How often approvals past their deadline are expired and the pending gauges refreshed.
+const APPROVAL_SWEEP: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +131,21 @@ impl Gateway {
                     .map_err(|e| StartError::State(e.to_string()))?,
             ),
         };
-        let shared = Shared::new(config, upstream_key.clone(), metrics, audit, store);
+        let notify = match &config.approvals.notify {
+            None => None,
+            Some(settings) => {
+                let base = config
+                    .approvals
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", config.listen));
+                Some(
+                    Notifier::start(settings.clone(), &base, metrics.clone())
+                        .map_err(|e| StartError::State(format!("approvals webhook: {e}")))?,
+                )
+            }
+        };
+        let shared = Shared::new(config, upstream_key.clone(), metrics, audit, store, notify);
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
         if let (Some(log), false) = (&shared.audit, unresolved.is_empty()) {
@@ -214,6 +232,18 @@ impl Gateway {
             rules = self.config.policy.rules.len(),
             "tl-gateway serving"
         );
+        let approvals = self.shared.approvals.clone();
+        let sweeper = tokio::spawn(async move {
+            // Expire what is due and refresh the pending gauges.
+            let mut tick = tokio::time::interval(APPROVAL_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(error) = approvals.sweep().await {
+                    tracing::debug!(%error, "approvals sweep failed; next try in a few seconds");
+                }
+            }
+        });
         let readiness = self.readiness.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -272,6 +302,7 @@ impl Gateway {
         .await;
         workers.stop().await;
         admin.abort();
+        sweeper.abort();
         for watcher in key_watcher.into_iter().chain(config_watcher) {
             watcher.abort();
         }

@@ -17,6 +17,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::approvals::api::{ApiSettings, GatewayApiLayer};
+use crate::approvals::notify::Notifier;
+use crate::approvals::{Approvals, RequireApprovalLayer};
 use crate::audit::layer::{AuditLayer, RecordIntent};
 use crate::audit::{AuditLog, AuditScope};
 use crate::auth::{Authenticate, ClientKeys};
@@ -26,7 +29,9 @@ use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
-use crate::guards::{ForceDeleteGuard, GuardForcedDeletes};
+use crate::guards::{
+    ForceDeleteGuard, GuardForcedDeletes, ProtectResources, Protection, PROTECTED_RULE,
+};
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::overload::{in_flight_limit, ClientInFlightLayer, ClientSlots};
 use crate::policy::{Enforce, Policy};
@@ -55,6 +60,8 @@ pub struct Shared {
     pub in_flight: Arc<Semaphore>,
     /// Per-client in-flight caps, kept across reloads.
     pub client_slots: Arc<ClientSlots>,
+    /// Two-person approvals (in the state store).
+    pub approvals: Approvals,
 }
 
 impl Shared {
@@ -65,8 +72,11 @@ impl Shared {
         metrics: Arc<Metrics>,
         audit: Option<AuditLog>,
         store: StateStore,
+        notify: Option<Notifier>,
     ) -> Self {
+        let approvals = Approvals::new(store.clone(), audit.clone(), metrics.clone(), notify);
         Shared {
+            approvals,
             upstream_key,
             metrics,
             audit,
@@ -119,6 +129,12 @@ pub struct StackParts {
     pub in_flight: Arc<Semaphore>,
     /// Per-client in-flight caps.
     pub client_in_flight: ClientInFlightLayer,
+    /// Resources no request may delete or change.
+    pub protection: Arc<Protection>,
+    /// The approvals layer.
+    pub require_approval: RequireApprovalLayer,
+    /// The gateway's own API.
+    pub api: GatewayApiLayer,
 }
 
 impl StackParts {
@@ -130,18 +146,46 @@ impl StackParts {
 
     /// The same, reusing an existing upstream client (and its warm connections).
     pub fn with_forwarder(config: &Config, shared: &Shared, forwarder: Forwarder) -> Self {
+        let protection = Arc::new(Protection::new(&config.protected));
         shared.metrics.declare(
-            config.policy.rules.iter().map(|r| r.id.as_str()),
+            config
+                .policy
+                .rules
+                .iter()
+                .map(|r| r.id.as_str())
+                .chain((!protection.is_empty()).then_some(PROTECTED_RULE)),
             config.rate_limits.iter().map(|l| l.id.as_str()),
         );
+        for rule in config.policy.rules.iter().filter(|r| r.approval.is_some()) {
+            for state in crate::approvals::State::ALL {
+                shared
+                    .metrics
+                    .approvals
+                    .with_label_values(&[rule.id.as_str(), state.as_str()]);
+            }
+        }
         let guard = ForceDeleteGuard::new(
             config.force_delete.clone(),
             forwarder.clone(),
             shared.upstream_key.clone(),
             shared.metrics.clone(),
+            protection.clone(),
         );
+        let clients = Arc::new(ClientKeys::new(&config.clients));
         StackParts {
-            clients: Arc::new(ClientKeys::new(&config.clients)),
+            require_approval: RequireApprovalLayer::new(
+                shared.approvals.clone(),
+                Some(guard.clone()),
+                protection.clone(),
+                config.approvals.public_url.clone(),
+            ),
+            api: GatewayApiLayer::new(ApiSettings {
+                clients: clients.clone(),
+                approvals: shared.approvals.clone(),
+                audit_roles: Arc::from(vec!["admin".parse().expect("a valid role")]),
+            }),
+            protection,
+            clients,
             upstream_key: shared.upstream_key.clone(),
             forwarder,
             classifier: Arc::new(Classifier::new(config.classify.clone())),
@@ -208,6 +252,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
         .layer(in_flight_limit(parts.in_flight))
+        .layer(parts.api)
         .layer(Classify::layer(parts.classifier))
         .layer(Authenticate::layer(parts.clients))
         .layer(AuditLayer::new(
@@ -216,8 +261,13 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
             parts.metrics.clone(),
         ))
         .layer(parts.client_in_flight)
-        .layer(Limited::layer(parts.rate_limits, parts.metrics.clone()))
-        .layer(Enforce::layer(parts.policy, parts.metrics))
+        .layer(Enforce::layer(parts.policy, parts.metrics.clone()))
+        .option_layer(ProtectResources::layer(
+            parts.protection,
+            parts.metrics.clone(),
+        ))
+        .layer(parts.require_approval)
+        .layer(Limited::layer(parts.rate_limits, parts.metrics))
         .option_layer(GuardForcedDeletes::layer(parts.guard))
         .layer(RecordIntent::layer())
         .layer(SwapCredentials::layer(parts.upstream_key))

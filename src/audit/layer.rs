@@ -30,7 +30,7 @@ use crate::auth::Principal;
 use crate::body::{self, BoxError, GatewayBody};
 use crate::classify::Operation;
 use crate::error::GatewayError;
-use crate::ext::ClientAddr;
+use crate::ext::{ApprovalUsed, ClientAddr};
 use crate::gate::{AdmitAsync, AsyncGateLayer};
 use crate::guards::Lookup;
 use crate::metrics::Metrics;
@@ -300,6 +300,14 @@ impl Ticket {
             | GatewayError::LimitsUnavailable { limit, .. } => {
                 event.rule = Some(limit.as_str().to_owned())
             }
+            GatewayError::ApprovalRequired { id, rule, .. } => {
+                event.rule = Some(rule.as_str().to_owned());
+                event.approval_id = Some(id.clone());
+            }
+            GatewayError::ResourceProtected { id, .. } => {
+                event.rule = Some(crate::guards::PROTECTED_RULE.to_owned());
+                event.protected = Some(id.clone());
+            }
             _ => {}
         }
         self.count(Outcome::Denied);
@@ -522,6 +530,10 @@ impl<B: Send + 'static> AdmitAsync<B> for RecordIntent {
         event.decision = Some("allow".into());
         if let Some(decision) = req.extensions().get::<Decision>() {
             event.rule = decision.rule.as_ref().map(|r| r.as_str().to_owned());
+        }
+        if let Some(used) = req.extensions().get::<ApprovalUsed>() {
+            event.approval_id = Some(used.id.clone());
+            event.approvers = Some(used.approvers.clone());
         }
         if let Some(lookup) = req.extensions().get::<Lookup>() {
             event.references = Some(lookup.references.clone());

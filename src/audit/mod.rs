@@ -796,6 +796,30 @@ pub fn rotated_files(live: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The newest `limit` records of the log at `live` (the live file, then the newest rotated one if
+/// the live file holds fewer), newest first, as written (with `seq` and hashes). Reads at most a
+/// few MiB; for the approvals page, not for verification.
+pub fn recent(live: &Path, limit: usize) -> std::io::Result<Vec<serde_json::Value>> {
+    const WINDOW: u64 = 4 * 1024 * 1024;
+    let parse = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let mut records = parse(&read_tail(live, WINDOW)?);
+    if records.len() < limit {
+        if let Some(previous) = rotated_files(live).last() {
+            let mut older = parse(&read_tail(previous, WINDOW)?);
+            older.append(&mut records);
+            records = older;
+        }
+    }
+    let skip = records.len().saturating_sub(limit);
+    let mut newest: Vec<serde_json::Value> = records.into_iter().skip(skip).collect();
+    newest.reverse();
+    Ok(newest)
+}
+
 /// Read the end of a file: at most `limit` bytes, starting at a line boundary.
 fn read_tail(path: &Path, limit: u64) -> std::io::Result<String> {
     let mut file = match File::open(path) {
@@ -898,7 +922,7 @@ pub fn unresolved(lines: &[Line]) -> Vec<Unresolved> {
                 let resolves = event.resolves.clone().unwrap_or_else(|| key_of(event));
                 open.retain(|u| u.key() != resolves)
             }
-            Some(Phase::DeniedSummary) | None => {}
+            Some(Phase::DeniedSummary | Phase::Approval) | None => {}
         }
     }
     open

@@ -29,6 +29,8 @@ pub enum Phase {
     Reconciled,
     /// Denials of one client beyond `audit.max_denied_per_client` in one second, coalesced.
     DeniedSummary,
+    /// An approval changed state (asked, approved, denied, expired, used, cancelled).
+    Approval,
 }
 
 impl Phase {
@@ -108,6 +110,28 @@ pub struct Event {
     /// See `first_request_id`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_request_id: Option<String>,
+    /// The approval a record is about: on `approval` records, on the intent of a request that used
+    /// one, and on the `denied` record of a request that needs one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approval_id: Option<String>,
+    /// On `approval`: the state it moved to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<String>,
+    /// On `approval`: who asked for it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub requester: Option<String>,
+    /// On `approval`: who approved or denied (absent for the requester's own transitions).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approver: Option<String>,
+    /// On `approval`: the approver's comment.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub comment: Option<String>,
+    /// On the intent of a request that used an approval: who approved it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approvers: Option<Vec<String>>,
+    /// On a `denied` record refused by `guards.protected`: the protected id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub protected: Option<String>,
 }
 
 /// A record as written: the event, its sequence number and chain links.

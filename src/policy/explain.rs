@@ -11,7 +11,8 @@ use serde::Deserialize;
 use crate::auth::{ClientSettings, Principal};
 use crate::classify::{Classifier, Operation, ParamValue};
 use crate::error::GatewayError;
-use crate::ids::ClientId;
+use crate::guards::{forced_asset_delete, Protection, PROTECTED_RULE};
+use crate::ids::{ClientId, RuleId};
 use crate::matcher::QueryValue;
 use crate::policy::{CompiledRule, Decision, Effect, Policy, RuleMode};
 
@@ -20,6 +21,9 @@ use crate::policy::{CompiledRule, Decision, Effect, Policy, RuleMode};
 pub enum Verdict {
     /// Policy allows it (it would be forwarded).
     Allow(Decision),
+    /// Policy allows it, but a rule asks for someone else's approval first (403
+    /// `approval_required` until approved).
+    Approval(Decision),
     /// Policy denies it (403).
     Deny(Decision),
     /// Classification refuses it before policy (400, 404 or 405).
@@ -31,15 +35,17 @@ impl Verdict {
     pub fn name(&self) -> &'static str {
         match self {
             Verdict::Allow(_) => "allow",
+            Verdict::Approval(_) => "approval",
             Verdict::Deny(_) => "deny",
             Verdict::Reject(_) => "reject",
         }
     }
 
-    /// Exit code of `explain`: 0 allow, 3 deny, 2 rejected.
+    /// Exit code of `explain`: 0 allow, 3 deny, 2 rejected, 4 requires approval.
     pub fn exit_code(&self) -> u8 {
         match self {
             Verdict::Allow(_) => 0,
+            Verdict::Approval(_) => 4,
             Verdict::Deny(_) => 3,
             Verdict::Reject(_) => 2,
         }
@@ -69,10 +75,12 @@ pub fn principal_for(clients: &[ClientSettings], client: &str) -> Result<Princip
         .ok_or_else(|| ExplainError::UnknownClient(client.to_owned()))
 }
 
-/// Classify and evaluate one request; returns the verdict and a human-readable account.
+/// Classify and evaluate one request (policy, protected resources, approvals); returns the
+/// verdict and a human-readable account.
 pub fn explain(
     classifier: &Classifier,
     policy: &Policy,
+    protection: &Protection,
     principal: &Principal,
     method: &str,
     target: &str,
@@ -139,18 +147,68 @@ pub fn explain(
             rule_account(rule, &op, principal)
         );
     }
-    let decision = policy.evaluate(&op, principal);
-    let verdict = match decision.effect {
-        Effect::Allow => {
+    let mut decision = policy.evaluate(&op, principal);
+    let protected = match decision.effect {
+        Effect::Allow => protection.protected_in_path(&op),
+        Effect::Deny => None,
+    };
+    let verdict = match (decision.effect, protected) {
+        (Effect::Allow, Some(protected)) => {
+            let refusal = protection.refusal(
+                protected,
+                "it cannot be deleted or changed through this gateway",
+            );
+            let _ = writeln!(
+                out,
+                "decision:  DENY by {PROTECTED_RULE} (403 resource_protected): {refusal}"
+            );
+            decision.effect = Effect::Deny;
+            decision.rule = Some(RuleId::builtin(PROTECTED_RULE));
+            decision.message = Some(refusal.to_string().into());
+            decision.approval = None;
+            Verdict::Deny(decision)
+        }
+        (Effect::Allow, None) => {
             let why = if decision.matched.is_empty() {
                 "no rule matches; policy.default is allow".to_owned()
             } else {
                 format!("every matching rule admits {}", principal.client)
             };
-            let _ = writeln!(out, "decision:  ALLOW ({why})");
-            Verdict::Allow(decision)
+            let verdict = match &decision.approval {
+                Some(approval) => {
+                    let roles = approval
+                        .settings
+                        .approver_roles
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let count = match approval.settings.approvals {
+                        1 => String::new(),
+                        n => format!(" ({n} distinct approvers)"),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "decision:  APPROVAL ({why}): requires approval by [{roles}]{count}, rule {} (403 approval_required until approved; then re-send within {})",
+                        approval.rule,
+                        humantime::format_duration(approval.settings.use_within)
+                    );
+                    Verdict::Approval(decision)
+                }
+                None => {
+                    let _ = writeln!(out, "decision:  ALLOW ({why})");
+                    Verdict::Allow(decision)
+                }
+            };
+            if forced_asset_delete(&op).is_some() && protection.needs_lookup() {
+                let _ = writeln!(
+                    out,
+                    "lookup:    a reference lookup before forwarding decides: refused (403 resource_protected) if the asset is indexed in a protected index or linked to an entity of a protected collection"
+                );
+            }
+            verdict
         }
-        Effect::Deny => {
+        (Effect::Deny, _) => {
             let rule = decision
                 .rule
                 .as_ref()
@@ -163,7 +221,7 @@ pub fn explain(
             Verdict::Deny(decision)
         }
     };
-    if let Verdict::Allow(d) | Verdict::Deny(d) = &verdict {
+    if let Verdict::Allow(d) | Verdict::Approval(d) | Verdict::Deny(d) = &verdict {
         for rule in &d.dry_run_denials {
             let _ = writeln!(out, "dry run:   {rule} would deny (recorded, not enforced)");
         }
@@ -262,9 +320,9 @@ pub struct Case {
     pub method: String,
     /// Request target (path and query).
     pub target: String,
-    /// `allow`, `deny` or `reject`.
+    /// `allow`, `approval`, `deny` or `reject`.
     pub expect: Expectation,
-    /// On deny: the rule expected to refuse.
+    /// On deny: the rule expected to refuse; on approval: the rule expected to ask for it.
     pub rule: Option<String>,
 }
 
@@ -274,6 +332,8 @@ pub struct Case {
 pub enum Expectation {
     /// Forwarded.
     Allow,
+    /// Forwarded only after someone else approves it (403 `approval_required` until then).
+    Approval,
     /// 403.
     Deny,
     /// 400/404/405 before policy.
@@ -284,6 +344,7 @@ pub enum Expectation {
 pub fn run_cases(
     classifier: &Classifier,
     policy: &Policy,
+    protection: &Protection,
     clients: &[ClientSettings],
     path: &Path,
 ) -> Result<(String, usize, usize), String> {
@@ -303,7 +364,15 @@ pub fn run_cases(
             .map_err(|e| e.to_string())
             .and_then(|c| principal_for(clients, c.as_str()).map_err(|e| e.to_string()));
         let outcome = principal.and_then(|p| {
-            explain(classifier, policy, &p, &case.method, &case.target).map_err(|e| e.to_string())
+            explain(
+                classifier,
+                policy,
+                protection,
+                &p,
+                &case.method,
+                &case.target,
+            )
+            .map_err(|e| e.to_string())
         });
         let (ok, got) = match &outcome {
             Err(error) => (false, format!("error: {error}")),
@@ -313,6 +382,9 @@ pub fn run_cases(
                     (Some(want), Verdict::Deny(d)) => {
                         d.rule.as_ref().is_some_and(|r| r.as_str() == want)
                     }
+                    (Some(want), Verdict::Approval(d)) => {
+                        d.approval.as_ref().is_some_and(|a| a.rule.as_str() == want)
+                    }
                     (Some(_), _) => false,
                     (None, _) => true,
                 };
@@ -320,6 +392,10 @@ pub fn run_cases(
                     Verdict::Deny(d) => format!(
                         "deny by {}",
                         d.rule.as_ref().map_or("policy.default", |r| r.as_str())
+                    ),
+                    Verdict::Approval(d) => format!(
+                        "approval by {}",
+                        d.approval.as_ref().map_or("?", |a| a.rule.as_str())
                     ),
                     other => other.name().to_owned(),
                 };
@@ -362,6 +438,7 @@ pub fn run_cases(
 fn expectation_name(e: Expectation) -> &'static str {
     match e {
         Expectation::Allow => "allow",
+        Expectation::Approval => "approval",
         Expectation::Deny => "deny",
         Expectation::Reject => "reject",
     }

@@ -7,6 +7,10 @@
 //! but never block. Adding a rule can therefore only restrict, and rule order never changes the
 //! effect.
 //!
+//! A rule may also carry `approval:` ([`ApprovalSettings`]): a request it matches and every rule
+//! admits is then forwarded only with a second person's approval (the `approvals` layer); the
+//! [`Decision`] names the first such rule (in file order) in `approval`.
+//!
 //! Rules are compiled at load into lists indexed by route id and by method, so a request only meets
 //! the rules that can match it: evaluation cost does not grow with rules for other routes.
 
@@ -14,6 +18,7 @@ pub mod explain;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request};
 use serde::Deserialize;
@@ -81,6 +86,39 @@ pub struct RuleSettings {
     pub message: Option<String>,
     /// Enforce or dry run.
     pub mode: RuleMode,
+    /// Whether a request it admits also needs someone else's approval.
+    pub approval: Option<ApprovalSettings>,
+}
+
+/// A rule's `approval:` — who must approve a request the rule admits before it is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// Roles whose holders may approve (never the requester).
+    pub approver_roles: Vec<Role>,
+    /// Distinct approvers needed.
+    pub approvals: u32,
+    /// A pending request expires after this.
+    pub ttl: Duration,
+    /// After approval, the requester has this long to re-send the request.
+    pub use_within: Duration,
+}
+
+impl ApprovalSettings {
+    /// Default `ttl`.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+    /// Default `use_within`.
+    pub const DEFAULT_USE_WITHIN: Duration = Duration::from_secs(15 * 60);
+}
+
+/// On an admitted [`Decision`]: the approval the request needs before it is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRequired {
+    /// The rule asking for it (the first in file order).
+    pub rule: RuleId,
+    /// Its approval settings.
+    pub settings: Arc<ApprovalSettings>,
+    /// The rule's message.
+    pub message: Option<Arc<str>>,
 }
 
 /// A rule problem found while compiling (the `check` command reports these).
@@ -111,6 +149,8 @@ pub struct CompiledRule {
     pub message: Option<Arc<str>>,
     /// Enforce or dry run.
     pub mode: RuleMode,
+    /// The approval it asks for, if any (enforced rules only).
+    pub approval: Option<Arc<ApprovalSettings>>,
 }
 
 impl CompiledRule {
@@ -140,6 +180,8 @@ pub struct Decision {
     pub dry_run_denials: Vec<RuleId>,
     /// The deciding rule's message.
     pub message: Option<Arc<str>>,
+    /// On allow: the approval the request still needs, if a matching rule asks for one.
+    pub approval: Option<ApprovalRequired>,
 }
 
 /// A compiled policy.
@@ -262,8 +304,10 @@ impl Policy {
             matched: Vec::new(),
             dry_run_denials: Vec::new(),
             message: None,
+            approval: None,
         };
         let mut refused: Option<&CompiledRule> = None;
+        let mut asks: Option<&CompiledRule> = None;
         let mut any_match = false;
         self.for_each_candidate(op, |rule| {
             if !rule.matches(op, principal) {
@@ -273,6 +317,9 @@ impl Policy {
             if rule.admits(principal) {
                 if rule.mode == RuleMode::Enforce {
                     any_match = true;
+                    if rule.approval.is_some() && asks.is_none_or(|r| rule.index < r.index) {
+                        asks = Some(rule);
+                    }
                 }
                 return;
             }
@@ -292,6 +339,13 @@ impl Policy {
             decision.message = rule.message.clone();
         } else if any_match {
             decision.effect = Effect::Allow;
+            decision.approval = asks.and_then(|rule| {
+                rule.approval.as_ref().map(|settings| ApprovalRequired {
+                    rule: rule.id.clone(),
+                    settings: settings.clone(),
+                    message: rule.message.clone(),
+                })
+            });
         } else if self.default == Effect::Deny {
             decision.rule = Some(RuleId::default_rule());
             decision.message = Some(Arc::from(
@@ -338,6 +392,23 @@ fn compile_rule(
             "denies everyone it matches (allow_roles and allow_clients are empty)".into(),
         ));
     }
+    if let Some(approval) = &rule.approval {
+        if approval.approver_roles.is_empty() {
+            return Err("approval.approver_roles is empty: nobody could approve".into());
+        }
+        if approval.approvals == 0 {
+            return Err("approval.approvals must be at least 1".into());
+        }
+        if approval.ttl.is_zero() || approval.use_within.is_zero() {
+            return Err("approval.ttl and approval.use_within must be longer than zero".into());
+        }
+        if rule.mode == RuleMode::DryRun {
+            warnings.push(problem(
+                "approval on a dry_run rule is ignored: a dry-run rule never holds a request back"
+                    .into(),
+            ));
+        }
+    }
     Ok(CompiledRule {
         index,
         id: rule.id.clone(),
@@ -346,6 +417,11 @@ fn compile_rule(
         allow_clients: rule.allow_clients.clone(),
         message: rule.message.as_deref().map(Arc::from),
         mode: rule.mode,
+        approval: rule
+            .approval
+            .clone()
+            .filter(|_| rule.mode == RuleMode::Enforce)
+            .map(Arc::new),
     })
 }
 

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 use crate::classify::{Classifier, ClassifySettings};
@@ -365,4 +366,164 @@ fn evaluation_only_visits_rules_that_can_match_the_route() {
         )
         .unwrap();
     assert_eq!(c.compiled_policy.candidates(&op).len(), 1);
+}
+
+const TWO_PERSON: &str = r#"policy:
+  rules:
+    - id: force-delete-two-person
+      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
+      allow_roles: [admin, member]
+      approval:
+        approver_roles: [admin]
+        approvals: 1
+        ttl: 2h
+    - id: members-read-only-indexes
+      match: { method: DELETE, path: "/v1.3/indexes/{index_id}" }
+      allow_roles: [admin]
+guards:
+  protected:
+    indexes: [held-index]
+    assets: [held-asset]
+"#;
+
+#[test]
+fn a_rule_with_approval_admits_and_names_the_approval_it_needs() {
+    let c = config(TWO_PERSON);
+    let classifier = Classifier::new(c.classify.clone());
+    let op = classifier
+        .classify(
+            &Method::DELETE,
+            http::Version::HTTP_11,
+            &"/v1.3/assets/a1?force=true".parse().unwrap(),
+            &http::HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+    let decision = c.compiled_policy.evaluate(&op, &principal(&c, "bob"));
+    assert_eq!(decision.effect, Effect::Allow);
+    let approval = decision.approval.expect("needs approval");
+    assert_eq!(approval.rule.as_str(), "force-delete-two-person");
+    assert_eq!(approval.settings.approvals, 1);
+    assert_eq!(approval.settings.ttl, Duration::from_secs(7200));
+    assert_eq!(approval.settings.use_within, Duration::from_secs(900));
+    // A plain delete matches no approval rule; a refused request asks for no approval.
+    assert_eq!(decide(&c, "bob", "DELETE", "/v1.3/assets/a1"), "allow");
+    let op = classifier
+        .classify(
+            &Method::DELETE,
+            http::Version::HTTP_11,
+            &"/v1.3/assets/a1?force=true".parse().unwrap(),
+            &http::HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+    let refused = c.compiled_policy.evaluate(&op, &principal(&c, "carol"));
+    assert_eq!(refused.effect, Effect::Deny);
+    assert!(refused.approval.is_none());
+    // Only alice holds the approver role: a request by her could never be approved.
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("force-delete-two-person") && w.contains("could never be approved")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn approval_settings_that_cannot_work_are_errors() {
+    for (bad, why) in [
+        ("approver_roles: []", "nobody could approve"),
+        (
+            "approver_roles: [admin]\n        approvals: 0",
+            "at least 1",
+        ),
+        (
+            "approver_roles: [admin]\n        use_within: 0s",
+            "longer than zero",
+        ),
+    ] {
+        let text = TWO_PERSON.replace("approver_roles: [admin]\n        approvals: 1", bad);
+        let error = Config::parse(Path::new("t.yaml"), &format!("{BASE}{text}"))
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(error.to_string().contains(why), "{bad}: {error}");
+    }
+}
+
+#[test]
+fn explain_and_test_show_approvals_and_protection() {
+    use crate::guards::Protection;
+    let c = config(TWO_PERSON);
+    let classifier = Classifier::new(c.classify.clone());
+    let protection = Protection::new(&c.protected);
+    let run = |client: &str, method: &str, target: &str| {
+        let p = explain::principal_for(&c.clients, client).unwrap();
+        explain::explain(
+            &classifier,
+            &c.compiled_policy,
+            &protection,
+            &p,
+            method,
+            target,
+        )
+        .unwrap()
+    };
+    let (verdict, account) = run("bob", "DELETE", "/v1.3/assets/a1?force=true");
+    assert_eq!(verdict.name(), "approval");
+    assert_eq!(verdict.exit_code(), 4);
+    assert!(
+        account.contains("requires approval by [admin]"),
+        "{account}"
+    );
+    assert!(
+        account.contains("a reference lookup before forwarding decides"),
+        "{account}"
+    );
+    let (verdict, account) = run("alice", "DELETE", "/v1.3/indexes/held-index");
+    assert_eq!(verdict.name(), "deny");
+    assert!(
+        account.contains(
+            "DENY by guards.protected (403 resource_protected): index held-index is protected"
+        ),
+        "{account}"
+    );
+    let (verdict, _) = run("alice", "DELETE", "/v1.3/assets/held-asset?force=true");
+    assert_eq!(
+        verdict.name(),
+        "deny",
+        "protection first: no approval is asked for"
+    );
+    let (verdict, account) = run("alice", "DELETE", "/v1.3/assets/a1");
+    assert_eq!(verdict.name(), "allow");
+    assert!(
+        !account.contains("lookup:"),
+        "a plain delete needs no lookup: {account}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        r#"cases:
+  - { client: bob, method: DELETE, target: "/v1.3/assets/a1?force=true", expect: approval, rule: force-delete-two-person }
+  - { client: alice, method: DELETE, target: /v1.3/indexes/held-index, expect: deny, rule: guards.protected }
+  - { client: bob, method: DELETE, target: /v1.3/assets/a1, expect: allow }
+  - { name: wrong on purpose, client: bob, method: DELETE, target: "/v1.3/assets/a1?force=true", expect: allow }
+"#,
+    )
+    .unwrap();
+    let (report, total, failures) = explain::run_cases(
+        &classifier,
+        &c.compiled_policy,
+        &protection,
+        &c.clients,
+        &cases,
+    )
+    .unwrap();
+    assert_eq!((total, failures), (4, 1), "{report}");
+    assert!(
+        report.contains("got approval by force-delete-two-person"),
+        "{report}"
+    );
 }

@@ -29,6 +29,10 @@ const EXTRA: &str = r#"policy:
     - id: force-delete-admins-only
       match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
       allow_roles: [admin]
+    - id: collection-delete-two-person
+      match: { operation: entity_collections.delete }
+      allow_roles: [admin, member]
+      approval: { approver_roles: [admin] }
 rate_limits:
   - id: member-deletes
     match: { method: DELETE }

@@ -1,5 +1,6 @@
 //! Integration tests of the whole stack: the gateway on port 0 in front of loopback upstreams.
 
+mod approvals;
 mod audit;
 mod cli;
 mod corpus;

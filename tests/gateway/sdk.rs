@@ -10,7 +10,7 @@ use tl_gateway::emulator::Emulator;
 
 use crate::support::*;
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let python = std::env::var_os("TL_GATEWAY_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
@@ -57,7 +57,7 @@ async fn run_sdk_script(
     text
 }
 
-async fn start_emulator() -> (Emulator, String) {
+pub async fn start_emulator() -> (Emulator, String) {
     let emulator = Emulator::new(UPSTREAM_KEY);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
