@@ -1,19 +1,53 @@
-//! Authentication: a client's personal key → [`Principal`].
+//! Authentication: a client's personal key, or its verified TLS client certificate → [`Principal`].
 //!
 //! Only SHA-256 digests of client keys are held. The presented key is hashed and compared against
 //! every configured digest in constant time, so neither the match position nor a near-miss shows in
-//! the timing.
+//! the timing. A key may carry a label and an expiry (`clients[].keys`): an expired key is refused
+//! with 401 `key_expired`, distinct from an unknown one, and overlapping keys let a client rotate
+//! without a gap. With `tls.client_ca_file`, a client certificate the handshake verified may name
+//! the client instead (`cert_sha256` or `cert_subject`); a request presenting both a certificate and
+//! a key must have them name the same client.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap, Request};
+use prometheus::IntGauge;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::classify::Operation;
 use crate::error::GatewayError;
+use crate::ext::PeerCertificate;
 use crate::gate::{Admit, GateLayer};
 use crate::ids::{ClientId, Role};
+use crate::metrics::Metrics;
+
+/// One personal key of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// SHA-256 of the raw key.
+    pub sha256: [u8; 32],
+    /// Names the key in logs, audit records and metrics (`default` for `key_sha256`).
+    pub label: String,
+    /// After this the key is refused with 401 `key_expired`.
+    pub expires: Option<SystemTime>,
+}
+
+impl ClientKey {
+    /// The label of the key given as `clients[].key_sha256`.
+    pub const DEFAULT_LABEL: &'static str = "default";
+
+    /// A key without expiry, labelled `default`.
+    pub fn new(sha256: [u8; 32]) -> Self {
+        ClientKey {
+            sha256,
+            label: ClientKey::DEFAULT_LABEL.to_owned(),
+            expires: None,
+        }
+    }
+}
 
 /// A team member as configured (`clients[]`): the authentication layer's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +56,32 @@ pub struct ClientSettings {
     pub id: ClientId,
     /// Roles the policy refers to.
     pub roles: Vec<Role>,
-    /// SHA-256 of the client's raw personal key.
-    pub key_sha256: [u8; 32],
+    /// The client's personal keys (several while rotating).
+    pub keys: Vec<ClientKey>,
+    /// SHA-256 of the DER client certificate that identifies this client.
+    pub cert_sha256: Option<[u8; 32]>,
+    /// A verified client certificate whose subject CN, or one of whose DNS or URI SANs, is exactly
+    /// this identifies the client.
+    pub cert_subject: Option<String>,
     /// Requests in flight at most for this client (overrides `server.max_in_flight_per_client`).
     pub max_in_flight: Option<usize>,
+}
+
+impl ClientSettings {
+    /// A client with one key and no certificate (tests, benches).
+    pub fn with_key(id: &str, roles: &[&str], sha256: [u8; 32]) -> Self {
+        ClientSettings {
+            id: id.parse().expect("a valid client id"),
+            roles: roles
+                .iter()
+                .map(|r| r.parse().expect("a valid role"))
+                .collect(),
+            keys: vec![ClientKey::new(sha256)],
+            cert_sha256: None,
+            cert_subject: None,
+            max_in_flight: None,
+        }
+    }
 }
 
 /// The authenticated caller, as a typed request extension.
@@ -44,6 +100,21 @@ impl Principal {
     }
 }
 
+/// How a request proved who it is (a request extension beside [`Principal`], for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A personal key, by its label (never the key).
+    Key {
+        /// The key's label.
+        label: Arc<str>,
+    },
+    /// A verified client certificate.
+    Certificate {
+        /// Lowercase hex SHA-256 of its DER.
+        sha256: Arc<str>,
+    },
+}
+
 /// The classified operation and the authenticated principal of a request, for the layers below
 /// both; a request that has not been through them fails closed (`what` says which check could not
 /// be made).
@@ -60,16 +131,29 @@ pub fn judged<'r, B>(
     }
 }
 
-/// The configured clients, by key digest.
+/// One configured key: its digest, whose it is, and its label and expiry.
+#[derive(Debug, Clone)]
+struct KeyEntry {
+    digest: [u8; 32],
+    client: u32,
+    label: Arc<str>,
+    expires: Option<SystemTime>,
+}
+
+/// The configured clients, by key digest and by certificate.
 ///
 /// Digests are bucketed by their first byte, and every digest in the bucket is compared in constant
 /// time: lookup cost stays flat with hundreds of clients, and timing reveals at most whether the
 /// presented key's SHA-256 shares its first byte with some client's, which says nothing about a key.
 #[derive(Debug, Clone)]
 pub struct ClientKeys {
-    digests: Vec<[u8; 32]>,
+    keys: Vec<KeyEntry>,
     principals: Vec<Principal>,
     buckets: Vec<Vec<u32>>,
+    by_cert: HashMap<[u8; 32], u32>,
+    by_subject: HashMap<String, u32>,
+    /// `tl_gateway_client_last_seen_timestamp_seconds{client}`, per client (when built with metrics).
+    last_seen: Vec<Option<IntGauge>>,
 }
 
 impl Default for ClientKeys {
@@ -82,11 +166,28 @@ impl ClientKeys {
     /// Build from the validated configuration.
     pub fn new(clients: &[ClientSettings]) -> Self {
         let mut buckets = vec![Vec::new(); 256];
+        let mut keys = Vec::new();
+        let mut by_cert = HashMap::new();
+        let mut by_subject = HashMap::new();
         for (i, client) in clients.iter().enumerate() {
-            buckets[usize::from(client.key_sha256[0])].push(i as u32);
+            for key in &client.keys {
+                buckets[usize::from(key.sha256[0])].push(keys.len() as u32);
+                keys.push(KeyEntry {
+                    digest: key.sha256,
+                    client: i as u32,
+                    label: Arc::from(key.label.as_str()),
+                    expires: key.expires,
+                });
+            }
+            if let Some(digest) = client.cert_sha256 {
+                by_cert.insert(digest, i as u32);
+            }
+            if let Some(subject) = &client.cert_subject {
+                by_subject.insert(subject.clone(), i as u32);
+            }
         }
         ClientKeys {
-            digests: clients.iter().map(|c| c.key_sha256).collect(),
+            keys,
             principals: clients
                 .iter()
                 .map(|c| Principal {
@@ -95,27 +196,124 @@ impl ClientKeys {
                 })
                 .collect(),
             buckets,
+            by_cert,
+            by_subject,
+            last_seen: vec![None; clients.len()],
         }
     }
 
-    /// The principal whose key this is, if any.
-    pub fn authenticate(&self, key: &[u8]) -> Option<&Principal> {
+    /// The same, exporting each key's expiry and each client's last request in `metrics`
+    /// (series of clients and keys no longer configured are removed).
+    pub fn with_metrics(clients: &[ClientSettings], metrics: &Metrics) -> Self {
+        let mut keys = ClientKeys::new(clients);
+        metrics.client_key_expiry.reset();
+        for client in clients {
+            for key in &client.keys {
+                if let Some(at) = key.expires {
+                    metrics
+                        .client_key_expiry
+                        .with_label_values(&[client.id.as_str(), key.label.as_str()])
+                        .set(unix_seconds(at));
+                }
+            }
+        }
+        keys.last_seen = clients
+            .iter()
+            .map(|c| Some(metrics.client_last_seen.with_label_values(&[c.id.as_str()])))
+            .collect();
+        keys
+    }
+
+    /// The principal whose key this is, if any, with the key's label; an expired key is an error
+    /// naming it.
+    pub fn authenticate(&self, key: &[u8]) -> Result<(&Principal, &Arc<str>), GatewayError> {
         let presented: [u8; 32] = Sha256::digest(key).into();
         let bucket = &self.buckets[usize::from(presented[0])];
         // Visit every candidate and select without branching on secret data.
         let mut found = subtle::Choice::from(0u8);
         let mut index = 0u32;
         for &i in bucket {
-            let hit = self.digests[i as usize].ct_eq(&presented);
+            let hit = self.keys[i as usize].digest.ct_eq(&presented);
             index.conditional_assign(&i, hit);
             found |= hit;
         }
-        if bool::from(found) {
-            self.principals.get(index as usize)
-        } else {
-            None
+        if !bool::from(found) {
+            return Err(GatewayError::InvalidCredentials);
         }
+        let entry = &self.keys[index as usize];
+        let principal = &self.principals[entry.client as usize];
+        if let Some(at) = entry.expires {
+            if SystemTime::now() >= at {
+                return Err(GatewayError::KeyExpired {
+                    client: principal.client.clone(),
+                    label: entry.label.to_string(),
+                    at: crate::units::rfc3339(at),
+                });
+            }
+        }
+        Ok((principal, &entry.label))
     }
+
+    /// The client a verified certificate names, if any: by its digest, else by subject CN or SAN.
+    fn by_certificate(&self, cert: &PeerCertificate) -> Option<u32> {
+        self.by_cert.get(&cert.sha256).copied().or_else(|| {
+            cert.names()
+                .find_map(|name| self.by_subject.get(name).copied())
+        })
+    }
+
+    /// Who sent this request: by its key (`x-api-key` or Bearer) and/or its verified client
+    /// certificate. Both present → they must name the same client.
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        cert: Option<&PeerCertificate>,
+    ) -> Result<(Principal, Credential), GatewayError> {
+        let by_cert = cert.and_then(|c| self.by_certificate(c).map(|i| (i, c)));
+        let key = match presented_key(headers) {
+            Ok(key) => Some(key),
+            Err(GatewayError::MissingCredentials) if by_cert.is_some() => None,
+            Err(GatewayError::MissingCredentials) if cert.is_some() => {
+                return Err(GatewayError::CertificateUnknown)
+            }
+            Err(error) => return Err(error),
+        };
+        let (index, credential) = match (by_cert, key) {
+            (Some((index, cert)), None) => (
+                index,
+                Credential::Certificate {
+                    sha256: Arc::from(crate::units::hex(&cert.sha256)),
+                },
+            ),
+            (by_cert, Some(key)) => {
+                let (principal, label) = self.authenticate(key)?;
+                let index = self
+                    .principals
+                    .iter()
+                    .position(|p| p.client == principal.client)
+                    .unwrap_or_default() as u32;
+                if by_cert.is_some_and(|(cert_client, _)| cert_client != index) {
+                    return Err(GatewayError::CredentialsDisagree);
+                }
+                (
+                    index,
+                    Credential::Key {
+                        label: label.clone(),
+                    },
+                )
+            }
+            (None, None) => return Err(GatewayError::MissingCredentials),
+        };
+        if let Some(Some(gauge)) = self.last_seen.get(index as usize) {
+            gauge.set(unix_seconds(SystemTime::now()));
+        }
+        Ok((self.principals[index as usize].clone(), credential))
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Lowercase hex SHA-256 of a raw key, as written in `clients[].key_sha256`.
@@ -159,8 +357,9 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// The authentication layer: every request must present a configured client's key; its
-/// [`Principal`] is inserted for the layers below.
+/// The authentication layer: every request must present a configured client's key (or a verified
+/// client certificate that names one); its [`Principal`] and [`Credential`] are inserted for the
+/// layers below.
 #[derive(Clone, Debug)]
 pub struct Authenticate {
     keys: Arc<ClientKeys>,
@@ -175,14 +374,12 @@ impl Authenticate {
 
 impl<B> Admit<B> for Authenticate {
     fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        let key = presented_key(req.headers())?;
-        let principal = self
+        let (principal, credential) = self
             .keys
-            .authenticate(key)
-            .cloned()
-            .ok_or(GatewayError::InvalidCredentials)?;
+            .identify(req.headers(), req.extensions().get::<PeerCertificate>())?;
         tracing::Span::current().record("client", principal.client.as_str());
         req.extensions_mut().insert(principal);
+        req.extensions_mut().insert(credential);
         Ok(())
     }
 }
@@ -193,11 +390,8 @@ mod tests {
     use http::HeaderValue;
 
     fn keys() -> ClientKeys {
-        let client = |id: &str, role: &str, key: &str| ClientSettings {
-            id: id.parse().unwrap(),
-            roles: vec![role.parse().unwrap()],
-            key_sha256: Sha256::digest(key.as_bytes()).into(),
-            max_in_flight: None,
+        let client = |id: &str, role: &str, key: &str| {
+            ClientSettings::with_key(id, &[role], Sha256::digest(key.as_bytes()).into())
         };
         ClientKeys::new(&[
             client("alice", "admin", "tlgw_alice_example_key"),
@@ -223,6 +417,7 @@ mod tests {
         assert_eq!(
             keys.authenticate(b"tlgw_alice_example_key")
                 .unwrap()
+                .0
                 .client
                 .as_str(),
             "alice"
@@ -230,32 +425,34 @@ mod tests {
         assert_eq!(
             keys.authenticate(b"tlgw_bob_example_key")
                 .unwrap()
+                .0
                 .client
                 .as_str(),
             "bob"
         );
-        assert!(keys.authenticate(b"tlgw_bob_example_kez").is_none());
-        assert!(keys.authenticate(b"").is_none());
-        assert!(ClientKeys::default().authenticate(b"anything").is_none());
+        assert!(keys.authenticate(b"tlgw_bob_example_kez").is_err());
+        assert!(keys.authenticate(b"").is_err());
+        assert!(ClientKeys::default().authenticate(b"anything").is_err());
     }
 
     #[test]
     fn every_one_of_many_clients_is_found_and_no_stranger() {
         let clients: Vec<ClientSettings> = (0..300)
-            .map(|i| ClientSettings {
-                id: format!("c{i}").parse().unwrap(),
-                roles: vec![],
-                key_sha256: Sha256::digest(format!("key-{i}").as_bytes()).into(),
-                max_in_flight: None,
+            .map(|i| {
+                ClientSettings::with_key(
+                    &format!("c{i}"),
+                    &[],
+                    Sha256::digest(format!("key-{i}").as_bytes()).into(),
+                )
             })
             .collect();
         let keys = ClientKeys::new(&clients);
         for i in 0..300 {
-            let found = keys.authenticate(format!("key-{i}").as_bytes()).unwrap();
+            let (found, _) = keys.authenticate(format!("key-{i}").as_bytes()).unwrap();
             assert_eq!(found.client.as_str(), format!("c{i}"));
         }
         for i in 300..1300 {
-            assert!(keys.authenticate(format!("key-{i}").as_bytes()).is_none());
+            assert!(keys.authenticate(format!("key-{i}").as_bytes()).is_err());
         }
     }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::approvals::notify::NotifySettings;
 use crate::audit::{AuditScope, AuditSettings, ScopeMatch};
-use crate::auth::ClientSettings;
+use crate::auth::{ClientKey, ClientSettings};
 use crate::classify::{ClassifySettings, UnknownRoutes};
 use crate::credentials::KeySource;
 use crate::forward::UpstreamOrigin;
@@ -32,6 +32,7 @@ use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, 
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
 use crate::state::{OnUnavailable, RedisSettings, StateSettings};
 use crate::telemetry::LogFormat;
+use crate::tls::{TlsSettings, TlsVersion};
 use crate::units::{parse_hex, BodyRate, ByteSize, ConfigDuration, Rate};
 
 /// A configuration error naming the file, the line (when known) and the key.
@@ -81,6 +82,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// `guards.protected`: resources no request may delete or change.
     pub protected: ProtectedSettings,
+    /// HTTPS on the client listener (and client certificates), if configured.
+    pub tls: Option<TlsSettings>,
 }
 
 /// The `approvals:` section.
@@ -206,6 +209,8 @@ struct RawConfig {
     state: Option<RawState>,
     #[serde(default)]
     approvals: Option<RawApprovals>,
+    #[serde(default)]
+    tls: Option<RawTls>,
 }
 
 #[derive(Deserialize)]
@@ -315,8 +320,29 @@ struct RawClient {
     id: ClientId,
     #[serde(default)]
     roles: Vec<Role>,
-    key_sha256: KeyDigest,
+    key_sha256: Option<KeyDigest>,
+    keys: Option<Vec<RawKey>>,
+    cert_sha256: Option<KeyDigest>,
+    cert_subject: Option<String>,
     max_in_flight: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    sha256: KeyDigest,
+    label: Option<String>,
+    expires: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    min_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -470,7 +496,8 @@ impl Validator<'_> {
             ));
         }
         let upstream = self.upstream(raw.upstream)?;
-        let clients = self.clients(raw.clients)?;
+        let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
+        let clients = self.clients(raw.clients, tls.as_ref())?;
         let known_clients: HashSet<ClientId> = clients.iter().map(|c| c.id.clone()).collect();
         let policy = self.policy(raw.policy, &known_clients)?;
         let (compiled_policy, findings) = Policy::compile(&policy).map_err(|problems| {
@@ -576,6 +603,28 @@ impl Validator<'_> {
             state,
             approvals,
             protected,
+            tls,
+        })
+    }
+
+    fn tls(&self, raw: RawTls) -> Result<TlsSettings, ConfigError> {
+        let min_version = match raw.min_version.as_deref() {
+            None | Some("1.2") => TlsVersion::Tls12,
+            Some("1.3") => TlsVersion::Tls13,
+            Some(other) => {
+                return Err((self.fail)(
+                    &[Seg::Key("tls"), Seg::Key("min_version")],
+                    format!(
+                        "{other:?} is not a TLS version the gateway offers: \"1.2\" or \"1.3\""
+                    ),
+                ))
+            }
+        };
+        Ok(TlsSettings {
+            cert_file: raw.cert_file,
+            key_file: raw.key_file,
+            client_ca_file: raw.client_ca_file,
+            min_version,
         })
     }
 
@@ -954,27 +1003,126 @@ impl Validator<'_> {
         Ok(limits)
     }
 
-    fn clients(&self, raw: Vec<RawClient>) -> Result<Vec<ClientSettings>, ConfigError> {
+    fn clients(
+        &self,
+        raw: Vec<RawClient>,
+        tls: Option<&TlsSettings>,
+    ) -> Result<Vec<ClientSettings>, ConfigError> {
         let mut ids = HashSet::new();
         let mut digests = HashSet::new();
+        let mut certificates = HashSet::new();
+        let mut subjects = HashSet::new();
         let mut clients = Vec::with_capacity(raw.len());
         for (i, client) in raw.into_iter().enumerate() {
+            let at = |key: &'static str| [Seg::Key("clients"), Seg::Index(i), Seg::Key(key)];
             if !ids.insert(client.id.clone()) {
                 return Err((self.fail)(
-                    &[Seg::Key("clients"), Seg::Index(i), Seg::Key("id")],
+                    &at("id"),
                     format!("duplicate client id {:?}", client.id.as_str()),
                 ));
             }
-            if !digests.insert(client.key_sha256) {
+            let short = client.key_sha256.is_some();
+            let keys = match (client.key_sha256, client.keys) {
+                (Some(_), Some(_)) => {
+                    return Err((self.fail)(
+                        &at("keys"),
+                        "give key_sha256 (one key) or keys (several, with labels), not both".into(),
+                    ))
+                }
+                (Some(digest), None) => vec![ClientKey::new(digest.0)],
+                (None, Some(raw_keys)) => {
+                    let mut labels = HashSet::new();
+                    let mut keys = Vec::with_capacity(raw_keys.len());
+                    for (k, key) in raw_keys.into_iter().enumerate() {
+                        let key_at = [
+                            Seg::Key("clients"),
+                            Seg::Index(i),
+                            Seg::Key("keys"),
+                            Seg::Index(k),
+                        ];
+                        let label = key.label.unwrap_or_else(|| format!("key-{}", k + 1));
+                        if label.is_empty()
+                            || label.len() > 64
+                            || !label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                        {
+                            return Err((self.fail)(
+                                &key_at,
+                                format!("label {label:?}: 1-64 of A-Z a-z 0-9 . _ -"),
+                            ));
+                        }
+                        if !labels.insert(label.clone()) {
+                            return Err((self.fail)(
+                                &key_at,
+                                format!("label {label:?} is used twice for this client"),
+                            ));
+                        }
+                        let expires = match key.expires {
+                            None => None,
+                            Some(text) => Some(humantime::parse_rfc3339_weak(&text).map_err(|e| {
+                                (self.fail)(
+                                    &key_at,
+                                    format!("expires {text:?} is not an RFC 3339 time such as 2027-03-01T00:00:00Z: {e}"),
+                                )
+                            })?),
+                        };
+                        keys.push(ClientKey {
+                            sha256: key.sha256.0,
+                            label,
+                            expires,
+                        });
+                    }
+                    keys
+                }
+                (None, None) => Vec::new(),
+            };
+            for key in &keys {
+                if !digests.insert(key.sha256) {
+                    return Err((self.fail)(
+                        &at(if short { "key_sha256" } else { "keys" }),
+                        "the same key digest is configured twice".into(),
+                    ));
+                }
+            }
+            let has_certificate = client.cert_sha256.is_some() || client.cert_subject.is_some();
+            if has_certificate && tls.is_none_or(|t| t.client_ca_file.is_none()) {
                 return Err((self.fail)(
-                    &[Seg::Key("clients"), Seg::Index(i), Seg::Key("key_sha256")],
-                    "the same key digest is configured for two clients".into(),
+                    &at(if client.cert_sha256.is_some() { "cert_sha256" } else { "cert_subject" }),
+                    "a client certificate can identify a client only with tls.client_ca_file (the CA that verifies it)".into(),
                 ));
+            }
+            if keys.is_empty() && !has_certificate {
+                return Err((self.fail)(
+                    &at("id"),
+                    format!(
+                        "client {:?} has no credential: give key_sha256, keys, cert_sha256 or cert_subject",
+                        client.id.as_str()
+                    ),
+                ));
+            }
+            if let Some(digest) = client.cert_sha256 {
+                if !certificates.insert(digest.0) {
+                    return Err((self.fail)(
+                        &at("cert_sha256"),
+                        "the same certificate is configured for two clients".into(),
+                    ));
+                }
+            }
+            if let Some(subject) = &client.cert_subject {
+                if subject.is_empty() || !subjects.insert(subject.clone()) {
+                    return Err((self.fail)(
+                        &at("cert_subject"),
+                        format!("cert_subject {subject:?} is empty or names two clients"),
+                    ));
+                }
             }
             clients.push(ClientSettings {
                 id: client.id,
                 roles: client.roles,
-                key_sha256: client.key_sha256.0,
+                keys,
+                cert_sha256: client.cert_sha256.map(|d| d.0),
+                cert_subject: client.cert_subject,
                 max_in_flight: client.max_in_flight.map(|n| n.max(1)),
             });
         }

@@ -32,6 +32,22 @@ pub enum GatewayError {
     /// More than one credential, or credentials that disagree.
     #[error("ambiguous credentials: send exactly one personal key, in x-api-key or Authorization: Bearer")]
     ConflictingCredentials,
+    /// The key is configured but past its `expires`.
+    #[error("key '{label}' of client {client} expired at {at}; use its successor (tl-gateway keygen makes one)")]
+    KeyExpired {
+        /// Whose key.
+        client: ClientId,
+        /// Its label.
+        label: String,
+        /// When it expired (RFC 3339).
+        at: String,
+    },
+    /// A verified client certificate that names no configured client, and no key.
+    #[error("the client certificate identifies no configured client: send your personal key, or ask for the certificate to be configured (clients[].cert_sha256 or cert_subject)")]
+    CertificateUnknown,
+    /// The client certificate and the key name different clients.
+    #[error("the client certificate and the API key belong to different clients")]
+    CredentialsDisagree,
     /// The method is refused for this target; `allowed` lists what the route takes (may be empty).
     #[error("method {method} is not allowed here")]
     MethodNotAllowed {
@@ -189,7 +205,10 @@ impl GatewayError {
         match self {
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
-            | GatewayError::ConflictingCredentials => StatusCode::UNAUTHORIZED,
+            | GatewayError::ConflictingCredentials
+            | GatewayError::KeyExpired { .. }
+            | GatewayError::CertificateUnknown
+            | GatewayError::CredentialsDisagree => StatusCode::UNAUTHORIZED,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             GatewayError::RequestAmbiguous(_) => StatusCode::BAD_REQUEST,
@@ -229,7 +248,10 @@ impl GatewayError {
         match self {
             GatewayError::MissingCredentials
             | GatewayError::InvalidCredentials
-            | GatewayError::ConflictingCredentials => "unauthorized",
+            | GatewayError::ConflictingCredentials
+            | GatewayError::CertificateUnknown
+            | GatewayError::CredentialsDisagree => "unauthorized",
+            GatewayError::KeyExpired { .. } => "key_expired",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PolicyDenied { .. } => "policy_denied",
             GatewayError::RequestAmbiguous(_) => "request_ambiguous",

@@ -27,3 +27,25 @@ pub struct ApprovalUsed {
     /// The clients who approved it.
     pub approvers: Vec<String>,
 }
+
+/// The client certificate a TLS connection presented and the handshake verified against
+/// `tls.client_ca_file` (inserted at the edge on every request of that connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// SHA-256 of the leaf certificate's DER.
+    pub sha256: [u8; 32],
+    /// Its subject common name.
+    pub common_name: Option<String>,
+    /// Its DNS and URI subject alternative names.
+    pub alt_names: Vec<String>,
+}
+
+impl PeerCertificate {
+    /// The names it carries: the CN first, then the SANs.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.common_name
+            .iter()
+            .map(String::as_str)
+            .chain(self.alt_names.iter().map(String::as_str))
+    }
+}

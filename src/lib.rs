@@ -47,4 +47,5 @@ pub mod server;
 pub mod stack;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod workers;

@@ -142,6 +142,17 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// `tl_gateway_accept_errors_total{listener}`: failed accepts (e.g. out of file descriptors).
     pub accept_errors: IntCounterVec,
+    /// `tl_gateway_client_key_expiry_timestamp_seconds{client,label}`: when each expiring key expires.
+    pub client_key_expiry: IntGaugeVec,
+    /// `tl_gateway_client_last_seen_timestamp_seconds{client}`: each client's last authenticated request.
+    pub client_last_seen: IntGaugeVec,
+    /// `tl_gateway_tls_certificate_expiry_timestamp_seconds`: the served certificate's notAfter.
+    pub tls_certificate_expiry: IntGauge,
+    /// `tl_gateway_tls_reloads_total{result}`: certificate reloads (`success`, `failure`).
+    pub tls_reloads: IntCounterVec,
+    /// `tl_gateway_tls_handshake_failures_total{reason}`: connections refused before HTTP
+    /// (`plain_http`, `handshake`, `timeout`).
+    pub tls_handshake_failures: IntCounterVec,
     /// `tl_gateway_approvals_total{rule,state}`: approvals reaching each state.
     pub approvals: IntCounterVec,
     /// `tl_gateway_approvals_pending`: approvals waiting for a decision (refreshed every few seconds).
@@ -350,6 +361,30 @@ impl Metrics {
                 "Connections the gateway closed or refused itself, by listener and reason.",
                 &["listener", "reason"],
             ),
+            client_key_expiry: r.gauge_vec(
+                "tl_gateway_client_key_expiry_timestamp_seconds",
+                "When each personal key with an expiry expires (Unix seconds), by client and key label.",
+                &["client", "label"],
+            ),
+            client_last_seen: r.gauge_vec(
+                "tl_gateway_client_last_seen_timestamp_seconds",
+                "When each client last made an authenticated request (Unix seconds; 0: not since start).",
+                &["client"],
+            ),
+            tls_certificate_expiry: r.gauge(
+                "tl_gateway_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the client listener serves expires (Unix seconds; 0 without TLS).",
+            ),
+            tls_reloads: r.counter_vec(
+                "tl_gateway_tls_reloads_total",
+                "Reloads of the TLS certificate, key and client CA files, by result.",
+                &["result"],
+            ),
+            tls_handshake_failures: r.counter_vec(
+                "tl_gateway_tls_handshake_failures_total",
+                "Connections to the TLS listener refused before HTTP, by reason (plain_http, handshake, timeout).",
+                &["reason"],
+            ),
             approvals: r.counter_vec(
                 "tl_gateway_approvals_total",
                 "Approvals reaching each state (pending, approved, denied, expired, used, cancelled), by rule.",
@@ -408,11 +443,18 @@ impl Metrics {
         for result in ["sent", "retried", "failed", "dropped"] {
             self.approval_notifications.with_label_values(&[result]);
         }
+        for result in ["success", "failure"] {
+            self.tls_reloads.with_label_values(&[result]);
+        }
+        for reason in ["plain_http", "handshake", "timeout"] {
+            self.tls_handshake_failures.with_label_values(&[reason]);
+        }
         for reason in [
             "request_ambiguous",
             "route_unknown",
             "method_not_allowed",
             "unauthorized",
+            "key_expired",
         ] {
             self.rejections.with_label_values(&[reason]);
         }

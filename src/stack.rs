@@ -171,7 +171,7 @@ impl StackParts {
             shared.metrics.clone(),
             protection.clone(),
         );
-        let clients = Arc::new(ClientKeys::new(&config.clients));
+        let clients = Arc::new(ClientKeys::with_metrics(&config.clients, &shared.metrics));
         StackParts {
             require_approval: RequireApprovalLayer::new(
                 shared.approvals.clone(),

@@ -25,10 +25,10 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use super::{view, ApprovalError, Approvals, State};
-use crate::auth::{presented_key, ClientKeys, Principal};
+use crate::auth::{ClientKeys, Principal};
 use crate::body::{self, GatewayBody};
 use crate::error::GatewayError;
-use crate::ext::RouteLabel;
+use crate::ext::{PeerCertificate, RouteLabel};
 use crate::ids::Role;
 
 /// Every path of the gateway's own API starts with this.
@@ -211,12 +211,11 @@ async fn handle(
     }
 }
 
-/// The caller, by the same rules as every request (one key, `x-api-key` or Bearer, constant-time).
+/// The caller, by the same rules as every request (one key, `x-api-key` or Bearer, constant-time;
+/// or a verified client certificate).
 fn authenticate(keys: &ClientKeys, req: &Request<GatewayBody>) -> Result<Principal, GatewayError> {
-    let key = presented_key(req.headers())?;
-    keys.authenticate(key)
-        .cloned()
-        .ok_or(GatewayError::InvalidCredentials)
+    keys.identify(req.headers(), req.extensions().get::<PeerCertificate>())
+        .map(|(principal, _)| principal)
 }
 
 /// An optional small JSON body `{"comment": "..."}`.

@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 
 use super::record::{Event, Phase};
 use super::AuditLog;
-use crate::auth::Principal;
+use crate::auth::{Credential, Principal};
 use crate::body::{self, BoxError, GatewayBody};
 use crate::classify::Operation;
 use crate::error::GatewayError;
@@ -162,9 +162,15 @@ impl Ticket {
         metrics: Arc<Metrics>,
         op: &Operation,
         principal: &Principal,
+        credential: Option<&Credential>,
         id: Option<&RequestId>,
         peer: Option<&ClientAddr>,
     ) -> Self {
+        let (key_label, certificate) = match credential {
+            Some(Credential::Key { label }) => (Some(label.to_string()), None),
+            Some(Credential::Certificate { sha256 }) => (None, Some(sha256.to_string())),
+            None => (None, None),
+        };
         let force = op
             .is(ASSETS_DELETE)
             .then(|| op.query.bool("force").unwrap_or(false));
@@ -184,6 +190,8 @@ impl Ticket {
                     .map(|r| r.as_str().to_owned())
                     .collect(),
                 client_ip: peer.map(|p| p.0.ip().to_string()),
+                key_label,
+                certificate,
                 method: op.method.as_str().to_owned(),
                 path: op.path.to_string(),
                 operation: op.route_id().to_owned(),
@@ -395,6 +403,7 @@ where
                     self.metrics.clone(),
                     op,
                     principal,
+                    req.extensions().get::<Credential>(),
                     req.extensions().get::<RequestId>(),
                     req.extensions().get::<ClientAddr>(),
                 )))

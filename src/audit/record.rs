@@ -60,6 +60,12 @@ pub struct Event {
     pub roles: Vec<String>,
     /// The client's address.
     pub client_ip: Option<String>,
+    /// The label of the personal key the request presented (never the key).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key_label: Option<String>,
+    /// Lowercase hex SHA-256 of the client certificate that identified the client.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub certificate: Option<String>,
     /// HTTP method.
     pub method: String,
     /// Canonical path.

@@ -37,12 +37,11 @@ const TWO_PERSON: &str = r#"policy:
 /// Carol and Dave: two more admins (approvers), added to the parsed configuration.
 fn more_admins(config: &mut Config) {
     for (id, key) in [("carol", CAROL_KEY), ("dave", DAVE_KEY)] {
-        config.clients.push(ClientSettings {
-            id: id.parse().unwrap(),
-            roles: vec!["admin".parse().unwrap()],
-            key_sha256: tl_gateway::units::parse_hex::<32>(&key_digest_hex(key)).unwrap(),
-            max_in_flight: None,
-        });
+        config.clients.push(ClientSettings::with_key(
+            id,
+            &["admin"],
+            tl_gateway::units::parse_hex::<32>(&key_digest_hex(key)).unwrap(),
+        ));
     }
 }
 

@@ -1,0 +1,406 @@
+//! HTTPS on the client listener: the certificate, its hot reload, client certificates, and the
+//! refusal of plain HTTP.
+//!
+//! With `tls:` the client listener speaks TLS only (rustls, ring provider, TLS 1.2 and 1.3 or 1.3
+//! only, ALPN `h2` and `http/1.1`). The certificate chain, key and client CA are files watched like
+//! the upstream key file: a replaced set (a Kubernetes secret swap, a cert-manager renewal) is used
+//! for new connections within about a second once the files are stable, with no restart; a set that
+//! does not load (key not matching the certificate, expired leaf, unreadable CA) keeps the last good
+//! one, is logged, and turns `/readyz` to 503 until fixed. With `client_ca_file` the handshake asks
+//! for a client certificate and refuses one that does not verify; none at all is fine (the key
+//! decides then). A verified leaf becomes a [`PeerCertificate`] on every request of the connection.
+//! A client speaking plain HTTP to the port gets a clean 400 `tls_required` and the connection is
+//! closed.
+
+pub mod demo;
+pub mod x509;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::ext::PeerCertificate;
+use crate::metrics::Metrics;
+
+/// The lowest TLS version offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// The `tls:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates must chain to (asks for client certificates).
+    pub client_ca_file: Option<PathBuf>,
+    /// The lowest TLS version offered.
+    pub min_version: TlsVersion,
+}
+
+/// What a loaded certificate says about itself (for `check`, logs and the expiry metric).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+    /// The leaf's serial, lowercase hex.
+    pub serial: String,
+    /// The leaf's subject CN and DNS SANs.
+    pub names: Vec<String>,
+}
+
+/// Build a rustls server configuration from the files; every check that can fail does.
+pub fn build(
+    settings: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(ServerConfig, Loaded), String> {
+    let chain = read_certificates(&settings.cert_file)?;
+    let leaf = x509::parse(&chain[0]).ok_or_else(|| {
+        format!(
+            "{}: the first certificate could not be read",
+            settings.cert_file.display()
+        )
+    })?;
+    let now = unix_now();
+    if leaf.not_after_unix <= now {
+        return Err(format!(
+            "{}: the certificate expired at {}",
+            settings.cert_file.display(),
+            crate::units::rfc3339(
+                UNIX_EPOCH + Duration::from_secs(leaf.not_after_unix.max(0) as u64)
+            )
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&settings.key_file).map_err(|e| {
+        format!(
+            "{}: no usable private key: {e}",
+            settings.key_file.display()
+        )
+    })?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{}: {e}", settings.key_file.display()))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} and {} do not belong together: {e}",
+            settings.cert_file.display(),
+            settings.key_file.display()
+        )
+    })?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match settings.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?;
+    let builder = match &settings.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in read_certificates(path)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            // No certificate is fine (the key decides); one that does not verify fails the
+            // handshake.
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut names: Vec<String> = leaf.subject_cn.into_iter().collect();
+    names.extend(leaf.dns_sans);
+    Ok((
+        config,
+        Loaded {
+            not_after: leaf.not_after_unix,
+            serial: leaf.serial_hex,
+            names,
+        },
+    ))
+}
+
+/// One certificate for every handshake (a reload swaps the whole configuration).
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no CERTIFICATE block", path.display()));
+    }
+    Ok(chain)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The files' identities: what a reload compares.
+type Stamps = Vec<Option<(SystemTime, u64)>>;
+
+fn stamps(settings: &TlsSettings) -> Stamps {
+    [
+        Some(&settings.cert_file),
+        Some(&settings.key_file),
+        settings.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+    .collect()
+}
+
+/// The client listener's TLS: the current configuration, swapped when the files change.
+#[derive(Debug)]
+pub struct ServerTls {
+    settings: TlsSettings,
+    provider: Arc<CryptoProvider>,
+    config: ArcSwap<ServerConfig>,
+    health: Mutex<Option<String>>,
+    /// The stamps of the set in use, and of a change seen but not yet stable.
+    seen: Mutex<(Stamps, Option<Stamps>)>,
+    metrics: Arc<Metrics>,
+}
+
+/// How often the files are looked at.
+pub const POLL: Duration = Duration::from_millis(500);
+
+impl ServerTls {
+    /// Load the files (at start: any problem is an error).
+    pub fn load(settings: TlsSettings, metrics: Arc<Metrics>) -> Result<Arc<ServerTls>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let before = stamps(&settings);
+        let (config, loaded) = build(&settings, &provider)?;
+        metrics.tls_certificate_expiry.set(loaded.not_after);
+        warn_if_expiring(&loaded);
+        tracing::info!(serial = %loaded.serial, names = ?loaded.names, "TLS certificate loaded");
+        Ok(Arc::new(ServerTls {
+            settings,
+            provider,
+            config: ArcSwap::from_pointee(config),
+            health: Mutex::new(None),
+            seen: Mutex::new((before, None)),
+            metrics,
+        }))
+    }
+
+    /// An acceptor with the current configuration (one `Arc` clone).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.load_full())
+    }
+
+    /// `Err(why)` while a replaced set of files could not be loaded (the last good one serves).
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.health.lock().map(|h| h.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(format!("tls: {why}")),
+            Err(_) => Err("tls: state poisoned".into()),
+        }
+    }
+
+    /// Look at the files; once a change has been stable for one poll, load it.
+    pub fn reload_if_changed(&self) {
+        let now = stamps(&self.settings);
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if now == seen.0 {
+            seen.1 = None;
+            return;
+        }
+        if seen.1.as_ref() != Some(&now) {
+            // Changed since the last look: a writer may still be at work (certificate first, key
+            // second). Try once it has stood still.
+            seen.1 = Some(now);
+            return;
+        }
+        seen.0 = now;
+        seen.1 = None;
+        drop(seen);
+        self.reload();
+    }
+
+    /// Load the files now (also on SIGHUP).
+    pub fn reload(&self) {
+        match build(&self.settings, &self.provider) {
+            Ok((config, loaded)) => {
+                self.config.store(Arc::new(config));
+                self.metrics.tls_certificate_expiry.set(loaded.not_after);
+                self.metrics
+                    .tls_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                if let Ok(mut health) = self.health.lock() {
+                    *health = None;
+                }
+                warn_if_expiring(&loaded);
+                tracing::info!(serial = %loaded.serial, names = ?loaded.names, "TLS certificate reloaded; new connections use it");
+            }
+            Err(why) => {
+                self.metrics
+                    .tls_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %why, "TLS files changed but do not load; still serving the last good certificate");
+                if let Ok(mut health) = self.health.lock() {
+                    *health = Some(why);
+                }
+            }
+        }
+    }
+
+    /// Watch the files every [`POLL`] in the background.
+    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.upgrade() {
+                    Some(tls) => tls.reload_if_changed(),
+                    None => return,
+                }
+            }
+        })
+    }
+
+    /// Count a connection refused before HTTP.
+    fn refused(&self, reason: &str) {
+        self.metrics
+            .tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Accept one connection: refuse plain HTTP (400 `tls_required`), then the handshake, both
+    /// before `deadline`. The verified client certificate, if any, comes with the stream.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        deadline: tokio::time::Instant,
+    ) -> Option<(TlsStream<TcpStream>, Option<PeerCertificate>)> {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == 0x16 => {}
+            Ok(Ok(1)) => {
+                self.refused("plain_http");
+                refuse_plain_http(stream).await;
+                return None;
+            }
+            Ok(_) => return None,
+            Err(_) => {
+                self.refused("timeout");
+                return None;
+            }
+        }
+        let stream = match tokio::time::timeout_at(deadline, self.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                self.refused("handshake");
+                tracing::debug!(%error, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                self.refused("timeout");
+                return None;
+            }
+        };
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| {
+                let info = x509::parse(leaf)?;
+                let mut alt_names = info.dns_sans;
+                alt_names.extend(info.uri_sans);
+                Some(PeerCertificate {
+                    sha256: Sha256::digest(leaf.as_ref()).into(),
+                    common_name: info.subject_cn,
+                    alt_names,
+                })
+            });
+        Some((stream, peer))
+    }
+}
+
+fn warn_if_expiring(loaded: &Loaded) {
+    let left = loaded.not_after - unix_now();
+    if left < 14 * 86_400 {
+        tracing::warn!(
+            serial = %loaded.serial,
+            days_left = left / 86_400,
+            "the TLS certificate expires within 14 days"
+        );
+    }
+}
+
+/// Answer a plain-HTTP request on the TLS port with a TwelveLabs-shaped 400 and close.
+async fn refuse_plain_http(mut stream: TcpStream) {
+    // Read what the client sent (briefly): closing with unread data would reset the connection
+    // and the client might never see the answer.
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
+    let body = r#"{"code":"tls_required","message":"this port speaks HTTPS only: use https://"}"#;
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// `check`: load the files as `serve` would, and say what they hold.
+pub fn check(settings: &TlsSettings) -> Result<Loaded, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    build(settings, &provider).map(|(_, loaded)| loaded)
+}
+
+#[cfg(test)]
+mod tests;
