@@ -87,13 +87,25 @@ pub struct Config {
 }
 
 /// The `approvals:` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalsConfig {
     /// The gateway's URL as clients reach it (`approval_required` messages, webhook links);
     /// default: taken from the request's `Host`.
     pub public_url: Option<String>,
     /// Where new requests and decisions are posted.
     pub notify: Option<NotifySettings>,
+    /// Pending approvals one requester may have at once (more: 429).
+    pub max_pending_per_client: usize,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            public_url: None,
+            notify: None,
+            max_pending_per_client: crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT,
+        }
+    }
 }
 
 /// The fixed upstream origin and how to authenticate to it.
@@ -218,6 +230,7 @@ struct RawConfig {
 struct RawApprovals {
     public_url: Option<String>,
     notify: Option<RawNotify>,
+    max_pending_per_client: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -683,6 +696,10 @@ impl Validator<'_> {
         Ok(ApprovalsConfig {
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             notify,
+            max_pending_per_client: raw
+                .max_pending_per_client
+                .unwrap_or(crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT)
+                .max(1),
         })
     }
 

@@ -141,6 +141,9 @@ pub enum GatewayError {
         /// What to do next: the id, who may approve, the command.
         message: String,
     },
+    /// The requester already has this many approvals pending.
+    #[error("you already have {0} approvals pending (approvals.max_pending_per_client): cancel one, or wait for a decision")]
+    ApprovalsPendingCap(usize),
     /// The approvals could not be read or written in the state store.
     #[error("approvals could not be checked ({0}); the request was not forwarded")]
     ApprovalsUnavailable(String),
@@ -237,6 +240,7 @@ impl GatewayError {
             | GatewayError::ResourceProtected { .. }
             | GatewayError::ApprovalForbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::ApprovalsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ApprovalsPendingCap(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::ApprovalNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::ApprovalNotPending { .. } => StatusCode::CONFLICT,
             GatewayError::ParameterInvalid(_) => StatusCode::BAD_REQUEST,
@@ -272,6 +276,7 @@ impl GatewayError {
             GatewayError::ClientDisconnected => "client_disconnected",
             GatewayError::ApprovalRequired { .. } => "approval_required",
             GatewayError::ApprovalsUnavailable(_) => "approvals_unavailable",
+            GatewayError::ApprovalsPendingCap(_) => "too_many_requests",
             GatewayError::ResourceProtected { .. } => "resource_protected",
             GatewayError::ApprovalForbidden(_) => "approval_forbidden",
             GatewayError::ApprovalNotFound(_) => "approval_not_found",
@@ -316,6 +321,11 @@ impl GatewayError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::ApprovalsPendingCap(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             }
             GatewayError::ApprovalRequired { id, .. } => {
                 if let Ok(value) = HeaderValue::from_str(id) {

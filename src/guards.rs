@@ -290,8 +290,32 @@ impl Protection {
         }
     }
 
-    /// Refuse a forced delete whose references reach into a protected index or collection.
+    /// Refuse a forced delete whose references reach into a protected index or collection — or
+    /// could: a listing cut short by `max_pages`, or an item without its index or collection id,
+    /// cannot show that it does not.
     pub fn check_references(&self, references: &References) -> Result<(), GatewayError> {
+        if self.needs_lookup() {
+            let unknown = !references.complete
+                || references
+                    .indexed_assets
+                    .iter()
+                    .any(|a| a.index_id.is_empty())
+                || references
+                    .entities
+                    .iter()
+                    .any(|e| e.collection_id.is_empty());
+            if unknown {
+                let mut message = "this forced delete may reach a protected index or entity collection: its references could not all be listed (guards.force_delete.max_pages) or named".to_owned();
+                if let Some(extra) = &self.message {
+                    message.push_str(". ");
+                    message.push_str(extra);
+                }
+                return Err(GatewayError::ResourceProtected {
+                    id: "unknown".into(),
+                    message: Arc::from(message),
+                });
+            }
+        }
         match self.protected_in_references(references) {
             None => Ok(()),
             Some(protected) => {
@@ -636,7 +660,13 @@ mod tests {
             protection.check_references(&references),
             Err(GatewayError::ResourceProtected { id, .. }) if id == "i1"
         ));
-        assert!(protection.check_references(&References::default()).is_ok());
+        let nothing = References {
+            complete: true,
+            ..References::default()
+        };
+        assert!(protection.check_references(&nothing).is_ok());
+        // A listing cut short cannot show the delete stays clear of the hold.
+        assert!(protection.check_references(&References::default()).is_err());
     }
 
     #[test]

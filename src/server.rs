@@ -134,11 +134,7 @@ impl Gateway {
         let notify = match &config.approvals.notify {
             None => None,
             Some(settings) => {
-                let base = config
-                    .approvals
-                    .public_url
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{}", config.listen));
+                let base = crate::stack::gateway_url(config);
                 Some(
                     Notifier::start(settings.clone(), &base, metrics.clone())
                         .map_err(|e| StartError::State(format!("approvals webhook: {e}")))?,

@@ -74,7 +74,13 @@ impl Shared {
         store: StateStore,
         notify: Option<Notifier>,
     ) -> Self {
-        let approvals = Approvals::new(store.clone(), audit.clone(), metrics.clone(), notify);
+        let approvals = Approvals::new(
+            store.clone(),
+            audit.clone(),
+            metrics.clone(),
+            notify,
+            config.approvals.max_pending_per_client,
+        );
         Shared {
             approvals,
             upstream_key,
@@ -99,6 +105,21 @@ pub fn upstream_settings(config: &Config) -> UpstreamSettings {
         queue_timeout: config.upstream.queue_timeout,
         pool_shards: crate::workers::count(config.server.worker_threads) + 1,
         max_idle_per_pool: config.upstream.max_idle_connections,
+    }
+}
+
+/// The gateway's URL as clients reach it (messages, webhook links): `approvals.public_url`, else
+/// the listen address when it is a specific one.
+pub fn gateway_url(config: &Config) -> String {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match &config.approvals.public_url {
+        Some(url) => url.clone(),
+        None if !config.listen.ip().is_unspecified() => format!("{scheme}://{}", config.listen),
+        None => "<gateway URL>".to_owned(),
     }
 }
 
@@ -175,9 +196,11 @@ impl StackParts {
         StackParts {
             require_approval: RequireApprovalLayer::new(
                 shared.approvals.clone(),
-                Some(guard.clone()),
+                // The blast radius is listed when the guard runs, or a legal hold needs it.
+                (config.force_delete.enabled || protection.needs_lookup()).then(|| guard.clone()),
                 protection.clone(),
-                config.approvals.public_url.clone(),
+                shared.metrics.clone(),
+                gateway_url(config),
             ),
             api: GatewayApiLayer::new(ApiSettings {
                 clients: clients.clone(),

@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use super::{view, ApprovalError, Approvals, State};
+use super::{view, Approvals, State};
 use crate::auth::{ClientKeys, Principal};
 use crate::body::{self, GatewayBody};
 use crate::error::GatewayError;
@@ -162,10 +162,7 @@ async fn handle(
                         ))
                     })?,
             };
-            let list = approvals
-                .list(&caller, state, limit)
-                .await
-                .map_err(|e| GatewayError::ApprovalsUnavailable(e.to_string()))?;
+            let list = approvals.list(&caller, state, limit).await?;
             let items: Vec<serde_json::Value> = list.iter().map(|a| view(a, &caller)).collect();
             Ok(json(
                 StatusCode::OK,
@@ -175,8 +172,7 @@ async fn handle(
         (Method::GET, ["approvals", id]) => {
             let approval = approvals
                 .load(id)
-                .await
-                .map_err(|e| GatewayError::ApprovalsUnavailable(e.to_string()))?
+                .await?
                 .map(|(_, a)| a)
                 .filter(|a| a.visible_to(&caller))
                 .ok_or_else(|| GatewayError::ApprovalNotFound((*id).to_owned()))?;
@@ -194,7 +190,7 @@ async fn handle(
                         .await
                 }
             };
-            let approval = result.map_err(api_error)?;
+            let approval = result?;
             Ok(json(StatusCode::OK, &view(&approval, &caller)))
         }
         (_, ["me"] | ["approvals"] | ["approvals", _]) => Err(GatewayError::MethodNotAllowed {
@@ -257,15 +253,6 @@ async fn read_decision(req: Request<GatewayBody>) -> Result<DecisionBody, Gatewa
         }
     }
     Ok(body)
-}
-
-fn api_error(error: ApprovalError) -> GatewayError {
-    match error {
-        ApprovalError::NotFound(id) => GatewayError::ApprovalNotFound(id),
-        ApprovalError::Forbidden(why) => GatewayError::ApprovalForbidden(why),
-        ApprovalError::NotPending { id, state } => GatewayError::ApprovalNotPending { id, state },
-        ApprovalError::Store(e) => GatewayError::ApprovalsUnavailable(e.to_string()),
-    }
 }
 
 /// The query of an API request: each key at most once.

@@ -6,20 +6,25 @@
 //! 1. **Asking.** The first time, the gateway records a *pending* approval bound to the requester and
 //!    to a SHA-256 of the exact canonical request (method and canonical target), and answers 403
 //!    `approval_required` with its id (also in `x-tl-gateway-approval-id`). Re-sending the identical
-//!    request while it is pending gets the same id.
-//! 2. **Deciding.** Clients holding one of the rule's `approver_roles` — never the requester —
+//!    request while it is pending gets the same id. A requester has at most
+//!    `approvals.max_pending_per_client` pending approvals (more: 429), so asking cannot be used to
+//!    flood the store, the audit log or the upstream (each ask of a forced delete lists references).
+//! 2. **Deciding.** Clients holding one of the rules' `approver_roles` — never the requester —
 //!    approve or deny it through the gateway's own API ([`api`]: `/tl-gateway/v1/approvals…`, the
-//!    CLI, the page). With `approvals: N`, N distinct approvers are needed.
+//!    CLI, the page). Every asking rule must be satisfied: each needs its own count of distinct
+//!    approvers holding one of its roles.
 //! 3. **Using.** Within `use_within` of the approval, the requester re-sends the identical request:
-//!    it passes that rule **exactly once** — the transition approved → used is one atomic
-//!    compare-and-swap in the state store, so two racing copies (even on two replicas sharing Redis)
-//!    forward one — and every other check (other rules, limits, guards, audit) still applies.
+//!    it passes **exactly once** — the transition approved → used is one atomic compare-and-swap in
+//!    the state store, so two racing copies (even on two replicas sharing Redis) forward one — and
+//!    every other check (other rules, limits, guards, audit) still applies. If one of those refuses
+//!    it before it reaches the upstream, the approval is given back (used → approved).
 //!
 //! Pending approvals expire after `ttl`, approved ones after `use_within`. Every transition is a
-//! chained audit record (phase `approval`), counted in `tl_gateway_approvals_total{rule,state}`, and
+//! chained audit record (phase `approval`), durable before the transition is answered (or it is
+//! undone and refused with 503 `audit_unavailable`), counted in `tl_gateway_approvals_total`, and
 //! new requests and decisions are posted to an optional webhook ([`notify`]). Approvals live in the
-//! state store: in memory by default (lost on restart), in Redis with `state.backend: redis` (shared
-//! by the replicas, surviving restarts, with expiring keys).
+//! state store: in memory by default (lost on restart), in Redis with `state.backend: redis`
+//! (shared by the replicas, surviving restarts, with expiring keys).
 
 pub mod api;
 pub mod notify;
@@ -37,7 +42,7 @@ use crate::auth::{judged, Principal};
 use crate::classify::Operation;
 use crate::error::GatewayError;
 pub use crate::ext::ApprovalUsed;
-use crate::guards::{ForceDeleteGuard, Protection, References};
+use crate::guards::{ForceDeleteGuard, Protection, References, PROTECTED_RULE};
 use crate::metrics::Metrics;
 use crate::policy::{ApprovalRequired, Decision};
 use crate::state::{StateStore, StoreError};
@@ -46,8 +51,17 @@ use crate::units::{hex, rfc3339};
 /// How long finished approvals are kept (for the page's decided tab and `approvals list`).
 pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
+/// Default `approvals.max_pending_per_client`.
+pub const DEFAULT_MAX_PENDING_PER_CLIENT: usize = 10;
+
 /// The index of every approval, by creation time.
 const INDEX: &str = "approvals";
+
+/// Approvals read per store round trip when listing.
+const PAGE: usize = 100;
+
+/// How long an audit record of a transition may take to become durable.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where an approval is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,12 +120,26 @@ impl State {
 pub struct Decided {
     /// Who.
     pub client: String,
+    /// Their roles when they decided (which requirements their approval counts for).
+    #[serde(default)]
+    pub roles: Vec<String>,
     /// `approve`, `deny` or `cancel`.
     pub decision: String,
     /// Their comment.
     pub comment: Option<String>,
     /// When (RFC 3339).
     pub at: String,
+}
+
+/// One asking rule, as stored with the approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    /// The rule.
+    pub rule: String,
+    /// Who may approve for it.
+    pub approver_roles: Vec<String>,
+    /// Distinct approvers it needs.
+    pub approvals: u32,
 }
 
 /// An approval as stored (and, with the caller's permissions added, as the API shows it).
@@ -123,7 +151,7 @@ pub struct Approval {
     pub state: State,
     /// Who asked.
     pub requester: String,
-    /// The rule that asks for approval.
+    /// The (first) rule that asks for approval.
     pub rule: String,
     /// The rule's message.
     pub message: Option<String>,
@@ -137,19 +165,21 @@ pub struct Approval {
     pub created_at: String,
     /// Pending: when it expires undecided; approved: when the re-send must have come.
     pub expires_at: String,
-    /// Who may approve.
+    /// Who may approve (every asking rule's roles).
     pub approver_roles: Vec<String>,
-    /// Distinct approvers needed.
+    /// Distinct approvers needed (the most any asking rule needs).
     pub approvals_required: u32,
+    /// Every asking rule (all must be satisfied).
+    pub requirements: Vec<Requirement>,
     /// Decisions so far, oldest first.
     pub decisions: Vec<Decided>,
     /// For a forced asset delete: what it would unlink (the blast radius), if it could be listed.
     pub references: Option<References>,
     /// When it was used.
     pub used_at: Option<String>,
-    /// Milliseconds since the epoch of `created_at` and `expires_at` (for ordering and expiry).
+    /// Milliseconds since the epoch of `created_at` (ordering).
     pub created_ms: u64,
-    /// See `expires_at`.
+    /// Milliseconds since the epoch of `expires_at` (expiry).
     pub deadline_ms: u64,
     /// How long an approval may wait for its re-send (ms).
     pub use_within_ms: u64,
@@ -191,6 +221,36 @@ impl Approval {
         self.requester == caller.client.as_str()
             && matches!(self.state, State::Pending | State::Approved)
     }
+
+    /// Whether every requirement has its count of distinct approvers holding one of its roles.
+    fn satisfied(&self) -> bool {
+        self.requirements.iter().all(|req| {
+            let count = self
+                .decisions
+                .iter()
+                .filter(|d| d.decision == "approve")
+                .filter(|d| d.roles.iter().any(|r| req.approver_roles.contains(r)))
+                .count();
+            count >= req.approvals as usize
+        })
+    }
+}
+
+/// The requirements of `required`, in their stored form.
+fn requirements_of(required: &ApprovalRequired) -> Vec<Requirement> {
+    required
+        .rules
+        .iter()
+        .map(|(rule, settings)| Requirement {
+            rule: rule.as_str().to_owned(),
+            approver_roles: settings
+                .approver_roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            approvals: settings.approvals,
+        })
+        .collect()
 }
 
 /// Milliseconds since the epoch.
@@ -211,6 +271,11 @@ fn doc_key(id: &str) -> String {
 /// The store key that finds a requester's approval for one exact request.
 fn request_key(requester: &str, sha: &str) -> String {
     format!("approval-request:{requester}:{sha}")
+}
+
+/// The index of one requester's approvals.
+fn requester_index(requester: &str) -> String {
+    format!("approvals-by:{requester}")
 }
 
 /// SHA-256 of the canonical request an approval is bound to.
@@ -242,6 +307,23 @@ pub enum ApprovalError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The transition's audit record could not be made durable; the transition was undone.
+    #[error("the audit log cannot record this change, so it was not made ({0})")]
+    Audit(String),
+}
+
+impl From<ApprovalError> for GatewayError {
+    fn from(error: ApprovalError) -> Self {
+        match error {
+            ApprovalError::NotFound(id) => GatewayError::ApprovalNotFound(id),
+            ApprovalError::Forbidden(why) => GatewayError::ApprovalForbidden(why),
+            ApprovalError::NotPending { id, state } => {
+                GatewayError::ApprovalNotPending { id, state }
+            }
+            ApprovalError::Store(e) => GatewayError::ApprovalsUnavailable(e.to_string()),
+            ApprovalError::Audit(why) => GatewayError::AuditUnavailable(why),
+        }
+    }
 }
 
 /// The approvals: their store, and everything a transition touches.
@@ -251,6 +333,7 @@ pub struct Approvals {
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     notify: Option<notify::Notifier>,
+    max_pending_per_client: usize,
 }
 
 /// The result of a request that needs approval: forward it, or refuse it with this pending approval.
@@ -268,82 +351,100 @@ impl Approvals {
         audit: Option<AuditLog>,
         metrics: Arc<Metrics>,
         notify: Option<notify::Notifier>,
+        max_pending_per_client: usize,
     ) -> Self {
         Approvals {
             store,
             audit,
             metrics,
             notify,
+            max_pending_per_client: max_pending_per_client.max(1),
         }
     }
 
     /// An approval as stored (the raw text is what a compare-and-swap must match), expired first
     /// if its time is up.
-    pub async fn load(&self, id: &str) -> Result<Option<(String, Approval)>, StoreError> {
+    pub async fn load(&self, id: &str) -> Result<Option<(String, Approval)>, ApprovalError> {
         let Some(raw) = self.store.get(&doc_key(id)).await? else {
             return Ok(None);
         };
+        self.settle(raw).await
+    }
+
+    /// Parse a stored approval and expire it if its deadline passed.
+    async fn settle(&self, raw: String) -> Result<Option<(String, Approval)>, ApprovalError> {
         let Ok(approval) = serde_json::from_str::<Approval>(&raw) else {
             return Ok(None);
         };
-        self.settle_expiry(raw, approval).await.map(Some)
-    }
-
-    /// If its deadline passed, move a pending or approved approval to `expired`.
-    async fn settle_expiry(
-        &self,
-        raw: String,
-        approval: Approval,
-    ) -> Result<(String, Approval), StoreError> {
         if approval.state.is_final() || now_ms() <= approval.deadline_ms {
-            return Ok((raw, approval));
+            return Ok(Some((raw, approval)));
         }
         let mut expired = approval.clone();
         expired.state = State::Expired;
         match self.transition(&raw, &expired, None, None).await? {
-            Some(new_raw) => Ok((new_raw, expired)),
+            Some(new_raw) => Ok(Some((new_raw, expired))),
             // Someone else moved it first: read what it is now.
             None => match self.store.get(&doc_key(&approval.id)).await? {
-                Some(now) => {
-                    let parsed = serde_json::from_str(&now).unwrap_or(expired);
-                    Ok((now, parsed))
-                }
-                None => Ok((raw, approval)),
+                Some(now) => Ok(serde_json::from_str(&now).ok().map(|a| (now, a))),
+                None => Ok(None),
             },
         }
     }
 
-    /// Store `new` in place of `raw` atomically; on success record the transition (audit, metric,
-    /// webhook) and return the new raw text. `actor` did it (default: the requester).
+    /// Store `new` in place of `raw` atomically, make its audit record durable (or undo it), count
+    /// and announce it; the new raw text, or `None` if `raw` was no longer there. `actor` did it
+    /// (default: the requester).
     async fn transition(
         &self,
         raw: &str,
         new: &Approval,
         actor: Option<&str>,
         comment: Option<&str>,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>, ApprovalError> {
         let text = serde_json::to_string(new)
             .map_err(|e| StoreError::Failed(format!("an approval could not be serialised: {e}")))?;
-        if !self
-            .store
-            .swap(&doc_key(&new.id), raw, &text, retention_of(new))
-            .await?
-        {
+        let key = doc_key(&new.id);
+        if !self.store.swap(&key, raw, &text, retention_of(new)).await? {
             return Ok(None);
         }
-        self.record(new, actor, comment);
+        if let Err(why) = self.audit_durably(new, actor, comment).await {
+            // Not recorded, so not done: put it back.
+            let old_ttl = serde_json::from_str::<Approval>(raw)
+                .map(|a| retention_of(&a))
+                .unwrap_or(RETENTION);
+            let _ = self.store.swap(&key, &text, raw, old_ttl).await;
+            return Err(ApprovalError::Audit(why));
+        }
+        self.announce(new, actor, comment);
         Ok(Some(text))
     }
 
-    /// Audit, count and announce a transition (or a new approval, or one approval of several).
-    fn record(&self, approval: &Approval, actor: Option<&str>, comment: Option<&str>) {
-        // One approval of several leaves it pending: a decision, not a new state.
+    /// The `approval` audit record of a change, durable before it is answered.
+    async fn audit_durably(
+        &self,
+        approval: &Approval,
+        actor: Option<&str>,
+        comment: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(log) = &self.audit else {
+            return Ok(());
+        };
+        let mut event = event_of(approval, actor.unwrap_or(&approval.requester));
+        event.comment = comment.map(str::to_owned);
+        match tokio::time::timeout(AUDIT_TIMEOUT, log.write_durable(event)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the audit log did not answer in time".into()),
+        }
+    }
+
+    /// Count, log and notify a recorded change.
+    fn announce(&self, approval: &Approval, actor: Option<&str>, comment: Option<&str>) {
+        // One approval of several leaves it pending (a decision, not a new state); `used` is
+        // counted once the request really went on (see the layer).
         let partly = approval.state == State::Pending && !approval.decisions.is_empty();
-        if !partly {
-            self.metrics
-                .approvals
-                .with_label_values(&[&approval.rule, approval.state.as_str()])
-                .inc();
+        if !partly && approval.state != State::Used {
+            self.count(approval, approval.state);
         }
         let actor = actor.unwrap_or(&approval.requester);
         tracing::info!(
@@ -353,174 +454,159 @@ impl Approvals {
             by = actor,
             rule = %approval.rule,
             "approval {}",
-            approval.state.as_str()
+            if partly { "approved in part" } else { approval.state.as_str() }
         );
-        if let Some(log) = &self.audit {
-            let mut event = self.event_of(approval, actor);
-            event.comment = comment.map(str::to_owned);
-            log.write(event);
-        }
         if let Some(notify) = &self.notify {
-            if matches!(
-                approval.state,
-                State::Pending | State::Approved | State::Denied
-            ) {
-                notify.send(approval, actor, comment);
+            notify.send(approval, actor, comment);
+        }
+    }
+
+    fn count(&self, approval: &Approval, state: State) {
+        self.metrics
+            .approvals
+            .with_label_values(&[&approval.rule, state.as_str()])
+            .inc();
+    }
+
+    /// How many of `requester`'s approvals are pending.
+    async fn pending_of(&self, requester: &str) -> Result<usize, ApprovalError> {
+        let index = requester_index(requester);
+        let ids = self.store.index_newest(&index, PAGE).await?;
+        let keys: Vec<String> = ids.iter().map(|id| doc_key(id)).collect();
+        let docs = self.store.get_many(&keys).await?;
+        let now = now_ms();
+        let mut pending = 0;
+        let mut gone = Vec::new();
+        for (id, doc) in ids.into_iter().zip(docs) {
+            match doc.and_then(|d| serde_json::from_str::<Approval>(&d).ok()) {
+                Some(a) if a.state == State::Pending && a.deadline_ms >= now => pending += 1,
+                Some(_) => {}
+                None => gone.push(id),
             }
         }
+        self.store.index_remove(&index, &gone).await?;
+        Ok(pending)
     }
 
-    /// The `approval` audit record of `approval` as `actor` moved it.
-    fn event_of(&self, approval: &Approval, actor: &str) -> Event {
-        let path = approval
-            .target
-            .split_once('?')
-            .map_or(approval.target.as_str(), |(path, _)| path);
-        Event {
-            time: rfc3339(SystemTime::now()),
-            request_id: approval.id.clone(),
-            phase: Some(Phase::Approval),
-            client: Some(actor.to_owned()),
-            method: approval.method.clone(),
-            path: path.to_owned(),
-            rule: Some(approval.rule.clone()),
-            approval_id: Some(approval.id.clone()),
-            state: Some(approval.state.as_str().to_owned()),
-            requester: Some(approval.requester.clone()),
-            approver: (actor != approval.requester).then(|| actor.to_owned()),
-            approvers: (!approval.approvers().is_empty()).then(|| approval.approvers()),
-            references: approval.references.clone(),
-            ..Event::default()
-        }
-    }
-
-    /// A request that `requirement` asks approval for: use its approval, or refuse it with the
-    /// pending one (created, or found again for an identical re-send).
-    async fn ask_or_use(
+    /// A request that `required` asks approval for: use its approval, or refuse it with the
+    /// pending one (created, or found again for an identical re-send). `lookup` lists what a
+    /// forced delete would unlink; it runs only when a new approval is asked for.
+    async fn ask_or_use<F, Fut>(
         &self,
-        requirement: &ApprovalRequired,
+        required: &ApprovalRequired,
         principal: &Principal,
         op: &Operation,
-        references: impl std::future::Future<Output = Result<Option<References>, GatewayError>>,
-    ) -> Result<Asked, GatewayError> {
-        let store_error = |e: StoreError| GatewayError::ApprovalsUnavailable(e.to_string());
+        lookup: F,
+    ) -> Result<Asked, GatewayError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<References>, GatewayError>>,
+    {
         let method = op.method.as_str().to_owned();
         let target = op.path_and_query();
         let sha = request_sha256(&method, &target);
+        let requirements = requirements_of(required);
         let key = request_key(principal.client.as_str(), &sha);
         // The pointer outlives a pending approval by `use_within`, so an approval given at the last
         // moment can still be found when its request is re-sent.
-        let ttl = requirement.settings.ttl + requirement.settings.use_within;
-        let mut references = Some(references);
+        let pointer_ttl = required.ttl + required.use_within;
+        let mut lookup = Some(lookup);
+        let mut references: Option<Option<References>> = None;
         for _ in 0..8 {
-            let found = self.store.get(&key).await.map_err(store_error)?;
-            let existing = match &found {
-                Some(id) => self.load(id).await.map_err(store_error)?,
-                None => None,
-            };
-            match (&found, existing) {
-                (Some(id), None) => {
-                    // Claimed a moment ago, its document not written yet: it is pending.
-                    return Ok(Asked::Pending(self.placeholder(
-                        id,
-                        requirement,
-                        principal,
-                        &method,
-                        &target,
-                        &sha,
-                    )));
-                }
-                (Some(_), Some((raw, approval))) => match approval.state {
-                    State::Pending => return Ok(Asked::Pending(approval)),
-                    State::Approved => {
-                        let mut used = approval.clone();
-                        used.state = State::Used;
-                        used.used_at = Some(rfc3339(SystemTime::now()));
-                        if let Some(used_raw) = self
-                            .transition(&raw, &used, None, None)
-                            .await
-                            .map_err(store_error)?
-                        {
-                            return Ok(Asked::Use(used, used_raw));
+            let found = self.store.get(&key).await.map_err(ApprovalError::from)?;
+            if let Some(id) = &found {
+                if let Some((raw, approval)) = self.load(id).await? {
+                    // Only an approval of this very request, by this requester, under the same
+                    // requirements counts (a reload may have changed them).
+                    let current = approval.requester == principal.client.as_str()
+                        && approval.request_sha256 == sha
+                        && approval.requirements == requirements;
+                    match approval.state {
+                        State::Pending if current => return Ok(Asked::Pending(approval)),
+                        State::Approved if current => {
+                            let mut used = approval.clone();
+                            used.state = State::Used;
+                            used.used_at = Some(rfc3339(SystemTime::now()));
+                            if let Some(used_raw) = self.transition(&raw, &used, None, None).await?
+                            {
+                                return Ok(Asked::Use(used, used_raw));
+                            }
+                            // Another copy used it first: look again (it is final now).
+                            continue;
                         }
-                        // Another copy used it first: look again (it is final now).
-                        continue;
+                        _ => {}
                     }
-                    _ => {}
-                },
-                (None, _) => {}
+                }
             }
-            // None, or a final one: claim the request key for a new approval.
+            // None, a final one, or a stale one: ask anew.
+            if self.pending_of(principal.client.as_str()).await? >= self.max_pending_per_client {
+                return Err(GatewayError::ApprovalsPendingCap(
+                    self.max_pending_per_client,
+                ));
+            }
+            if references.is_none() {
+                // Before claiming: a refusal here (a legal hold, a failed lookup) leaves nothing.
+                let list = lookup.take().map(|f| f());
+                references = Some(match list {
+                    Some(list) => list.await?,
+                    None => None,
+                });
+            }
             let id = new_id();
             let claimed = match &found {
-                None => self.store.insert(&key, &id, ttl).await,
-                Some(old) => self.store.swap(&key, old, &id, ttl).await,
+                None => self.store.insert(&key, &id, pointer_ttl).await,
+                Some(old) => self.store.swap(&key, old, &id, pointer_ttl).await,
             }
-            .map_err(store_error)?;
+            .map_err(ApprovalError::from)?;
             if !claimed {
                 continue;
             }
-            let references = match references.take() {
-                Some(lookup) => lookup.await?,
-                None => None,
-            };
-            let mut approval =
-                self.placeholder(&id, requirement, principal, &method, &target, &sha);
-            approval.references = references;
-            let text = serde_json::to_string(&approval)
-                .map_err(|_| GatewayError::Internal("an approval could not be serialised"))?;
-            self.store
-                .insert(&doc_key(&id), &text, retention_of(&approval))
-                .await
-                .map_err(store_error)?;
-            self.store
-                .index_add(INDEX, &id, approval.created_ms)
-                .await
-                .map_err(store_error)?;
-            self.record(&approval, None, None);
-            return Ok(Asked::Pending(approval));
+            let mut approval = new_approval(
+                &id,
+                required,
+                requirements.clone(),
+                principal,
+                &method,
+                &target,
+                &sha,
+            );
+            approval.references = references.clone().flatten();
+            match self.create(&approval).await {
+                Ok(()) => return Ok(Asked::Pending(approval)),
+                Err(error) => {
+                    // Abandon the claim: the next try starts clean.
+                    let _ = self.store.remove(&key, &id).await;
+                    return Err(error.into());
+                }
+            }
         }
         Err(GatewayError::ApprovalsUnavailable(
             "the approval changed too often while being checked; retry".into(),
         ))
     }
 
-    fn placeholder(
-        &self,
-        id: &str,
-        requirement: &ApprovalRequired,
-        principal: &Principal,
-        method: &str,
-        target: &str,
-        sha: &str,
-    ) -> Approval {
-        let created = now_ms();
-        let deadline = created + requirement.settings.ttl.as_millis() as u64;
-        Approval {
-            id: id.to_owned(),
-            state: State::Pending,
-            requester: principal.client.as_str().to_owned(),
-            rule: requirement.rule.as_str().to_owned(),
-            message: requirement.message.as_deref().map(str::to_owned),
-            method: method.to_owned(),
-            target: target.to_owned(),
-            request_sha256: sha.to_owned(),
-            created_at: time_of(created),
-            expires_at: time_of(deadline),
-            approver_roles: requirement
-                .settings
-                .approver_roles
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
-            approvals_required: requirement.settings.approvals,
-            decisions: Vec::new(),
-            references: None,
-            used_at: None,
-            created_ms: created,
-            deadline_ms: deadline,
-            use_within_ms: requirement.settings.use_within.as_millis() as u64,
-        }
+    /// Store a new pending approval and its indexes; record it.
+    async fn create(&self, approval: &Approval) -> Result<(), ApprovalError> {
+        let text = serde_json::to_string(approval)
+            .map_err(|e| StoreError::Failed(format!("an approval could not be serialised: {e}")))?;
+        self.store
+            .insert(&doc_key(&approval.id), &text, retention_of(approval))
+            .await?;
+        self.store
+            .index_add(INDEX, &approval.id, approval.created_ms)
+            .await?;
+        self.store
+            .index_add(
+                &requester_index(&approval.requester),
+                &approval.id,
+                approval.created_ms,
+            )
+            .await?;
+        self.audit_durably(approval, None, None)
+            .await
+            .map_err(ApprovalError::Audit)?;
+        self.announce(approval, None, None);
+        Ok(())
     }
 
     /// Approve or deny (`approve: false`) as `caller`.
@@ -535,9 +621,6 @@ impl Approvals {
             let Some((raw, approval)) = self.load(id).await? else {
                 return Err(ApprovalError::NotFound(id.to_owned()));
             };
-            if !approval.visible_to(caller) {
-                return Err(ApprovalError::NotFound(id.to_owned()));
-            }
             if approval.requester == caller.client.as_str() {
                 return Err(ApprovalError::Forbidden(
                     "you cannot decide your own request: another approver must".into(),
@@ -567,31 +650,17 @@ impl Approvals {
             let mut next = approval.clone();
             next.decisions.push(Decided {
                 client: caller.client.as_str().to_owned(),
+                roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
                 decision: if approve { "approve" } else { "deny" }.into(),
                 comment: comment.clone(),
                 at: rfc3339(SystemTime::now()),
             });
             if !approve {
                 next.state = State::Denied;
-            } else if next.approvers().len() as u32 >= next.approvals_required {
+            } else if next.satisfied() {
                 next.state = State::Approved;
                 next.deadline_ms = now_ms() + next.use_within_ms;
                 next.expires_at = time_of(next.deadline_ms);
-            }
-            if next.state == State::Pending {
-                // One of several approvals: stored, not a transition of state.
-                let text = serde_json::to_string(&next).map_err(|e| {
-                    StoreError::Failed(format!("an approval could not be serialised: {e}"))
-                })?;
-                if self
-                    .store
-                    .swap(&doc_key(id), &raw, &text, retention_of(&next))
-                    .await?
-                {
-                    self.record(&next, Some(caller.client.as_str()), comment.as_deref());
-                    return Ok(next);
-                }
-                continue;
             }
             if self
                 .transition(
@@ -617,9 +686,6 @@ impl Approvals {
             let Some((raw, approval)) = self.load(id).await? else {
                 return Err(ApprovalError::NotFound(id.to_owned()));
             };
-            if !approval.visible_to(caller) {
-                return Err(ApprovalError::NotFound(id.to_owned()));
-            }
             if approval.requester != caller.client.as_str() {
                 return Err(ApprovalError::Forbidden(
                     "only the requester can cancel an approval".into(),
@@ -635,6 +701,7 @@ impl Approvals {
             next.state = State::Cancelled;
             next.decisions.push(Decided {
                 client: caller.client.as_str().to_owned(),
+                roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
                 decision: "cancel".into(),
                 comment: None,
                 at: rfc3339(SystemTime::now()),
@@ -664,14 +731,13 @@ impl Approvals {
             .await
         {
             Ok(true) => {
-                let why = format!(
-                    "given back: the request was refused before it reached the upstream ({})",
-                    refusal.code()
-                );
                 tracing::info!(approval_id = %used.id, refusal = refusal.code(), "approval given back");
                 if let Some(log) = &self.audit {
-                    let mut event = self.event_of(&approved, &approved.requester);
-                    event.comment = Some(why);
+                    let mut event = event_of(&approved, &approved.requester);
+                    event.comment = Some(format!(
+                        "given back: the request was refused before it reached the upstream ({})",
+                        refusal.code()
+                    ));
                     log.write(event);
                 }
             }
@@ -682,24 +748,20 @@ impl Approvals {
         }
     }
 
-    /// The approvals `caller` may see, newest first, optionally only in `state`.
-    pub async fn list(
-        &self,
-        caller: &Principal,
-        state: Option<State>,
-        limit: usize,
-    ) -> Result<Vec<Approval>, StoreError> {
-        let ids = self.store.index_newest(INDEX, 2000).await?;
-        let mut found = Vec::new();
+    /// The approvals of the index, newest first, as stored (expired ones settled).
+    async fn scan(&self, limit: usize) -> Result<Vec<Approval>, ApprovalError> {
+        let ids = self.store.index_newest(INDEX, limit).await?;
+        let mut found = Vec::with_capacity(ids.len());
         let mut gone = Vec::new();
-        for id in ids {
-            match self.load(&id).await? {
-                None => gone.push(id),
-                Some((_, approval)) => {
-                    if approval.visible_to(caller) && state.is_none_or(|s| s == approval.state) {
-                        found.push(approval);
-                        if found.len() >= limit {
-                            break;
+        for chunk in ids.chunks(PAGE) {
+            let keys: Vec<String> = chunk.iter().map(|id| doc_key(id)).collect();
+            let docs = self.store.get_many(&keys).await?;
+            for (id, doc) in chunk.iter().zip(docs) {
+                match doc {
+                    None => gone.push(id.clone()),
+                    Some(raw) => {
+                        if let Some((_, approval)) = self.settle(raw).await? {
+                            found.push(approval);
                         }
                     }
                 }
@@ -710,23 +772,38 @@ impl Approvals {
         Ok(found)
     }
 
-    /// Expire what is due and refresh `tl_gateway_approvals_pending` (run every few seconds).
-    pub async fn sweep(&self) -> Result<(), StoreError> {
-        let ids = self.store.index_newest(INDEX, 2000).await?;
+    /// The approvals `caller` may see, newest first, optionally only in `state`.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, ApprovalError> {
+        Ok(self
+            .scan(SCAN_LIMIT)
+            .await?
+            .into_iter()
+            .filter(|a| a.visible_to(caller) && state.is_none_or(|s| s == a.state))
+            .take(limit)
+            .collect())
+    }
+
+    /// Expire what is due, forget what is past its retention, and refresh
+    /// `tl_gateway_approvals_pending` and `…_oldest_pending_seconds` (run every few seconds).
+    pub async fn sweep(&self) -> Result<(), ApprovalError> {
+        // Nothing outlives its deadline by more than the retention; no deadline is a month past
+        // its creation in any sane configuration.
+        let horizon = now_ms()
+            .saturating_sub((RETENTION + Duration::from_secs(31 * 86_400)).as_millis() as u64);
+        self.store.index_trim(INDEX, horizon).await?;
         let mut pending = 0;
         let mut oldest: Option<u64> = None;
-        let mut gone = Vec::new();
-        for id in ids {
-            match self.load(&id).await? {
-                None => gone.push(id),
-                Some((_, a)) if a.state == State::Pending => {
-                    pending += 1;
-                    oldest = Some(oldest.map_or(a.created_ms, |o| o.min(a.created_ms)));
-                }
-                Some(_) => {}
+        for approval in self.scan(SCAN_LIMIT).await? {
+            if approval.state == State::Pending {
+                pending += 1;
+                oldest = Some(oldest.map_or(approval.created_ms, |o| o.min(approval.created_ms)));
             }
         }
-        self.store.index_remove(INDEX, &gone).await?;
         self.metrics.approvals_pending.set(pending);
         self.metrics
             .approvals_oldest_pending
@@ -737,6 +814,75 @@ impl Approvals {
     }
 }
 
+/// Approvals looked at by a list or a sweep, at most (newest first).
+const SCAN_LIMIT: usize = 5000;
+
+fn new_approval(
+    id: &str,
+    required: &ApprovalRequired,
+    requirements: Vec<Requirement>,
+    principal: &Principal,
+    method: &str,
+    target: &str,
+    sha: &str,
+) -> Approval {
+    let created = now_ms();
+    let deadline = created + required.ttl.as_millis() as u64;
+    Approval {
+        id: id.to_owned(),
+        state: State::Pending,
+        requester: principal.client.as_str().to_owned(),
+        rule: required.rule.as_str().to_owned(),
+        message: required.message.as_deref().map(str::to_owned),
+        method: method.to_owned(),
+        target: target.to_owned(),
+        request_sha256: sha.to_owned(),
+        created_at: time_of(created),
+        expires_at: time_of(deadline),
+        approver_roles: required
+            .approver_roles()
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect(),
+        approvals_required: requirements.iter().map(|r| r.approvals).max().unwrap_or(1),
+        requirements,
+        decisions: Vec::new(),
+        references: None,
+        used_at: None,
+        created_ms: created,
+        deadline_ms: deadline,
+        use_within_ms: required.use_within.as_millis() as u64,
+    }
+}
+
+/// The `approval` audit record of `approval` as `actor` moved it.
+fn event_of(approval: &Approval, actor: &str) -> Event {
+    let path = approval
+        .target
+        .split_once('?')
+        .map_or(approval.target.as_str(), |(path, _)| path);
+    let approvers = approval.approvers();
+    Event {
+        time: rfc3339(SystemTime::now()),
+        request_id: approval.id.clone(),
+        phase: Some(Phase::Approval),
+        client: Some(actor.to_owned()),
+        method: approval.method.clone(),
+        path: path.to_owned(),
+        rule: Some(approval.rule.clone()),
+        approval_id: Some(approval.id.clone()),
+        state: Some(approval.state.as_str().to_owned()),
+        requester: Some(approval.requester.clone()),
+        approver: (actor != approval.requester).then(|| actor.to_owned()),
+        approvers: (!approvers.is_empty()).then_some(approvers),
+        // The blast radius, once: with the request.
+        references: (approval.state == State::Pending && approval.decisions.is_empty())
+            .then(|| approval.references.clone())
+            .flatten(),
+        ..Event::default()
+    }
+}
+
 /// How long to keep an approval: until its deadline, then [`RETENTION`] for the record.
 fn retention_of(approval: &Approval) -> Duration {
     let until = approval.deadline_ms.saturating_sub(now_ms());
@@ -744,9 +890,9 @@ fn retention_of(approval: &Approval) -> Duration {
 }
 
 /// The approvals layer: after policy and protection, before limits, guards and the intent. A
-/// request whose [`Decision`] asks for approval is forwarded only by using an approval (inserting
-/// [`ApprovalUsed`]); if a check below then refuses it before it reaches the upstream, the
-/// approval is given back (used → approved) so the requester can re-send once that is fixed.
+/// request whose [`Decision`] asks for approval is forwarded only by using an approved approval
+/// (inserting [`ApprovalUsed`]); if a check below then refuses it before it reaches the upstream,
+/// the approval is given back (used → approved) so the requester can re-send once that is fixed.
 /// Other requests pass unboxed.
 #[derive(Clone, Debug)]
 pub struct RequireApprovalLayer {
@@ -758,25 +904,28 @@ struct LayerShared {
     approvals: Approvals,
     guard: Option<ForceDeleteGuard>,
     protection: Arc<Protection>,
-    public_url: Option<String>,
+    metrics: Arc<Metrics>,
+    gateway_url: String,
 }
 
 impl RequireApprovalLayer {
     /// The layer. `guard` lists a forced asset delete's references for the approvers (its blast
     /// radius); `protection` refuses, at asking time, one that reaches a protected resource;
-    /// `public_url` is the gateway's URL in `approval_required` messages (default: from `Host`).
+    /// `gateway_url` is the gateway's URL in `approval_required` messages.
     pub fn new(
         approvals: Approvals,
         guard: Option<ForceDeleteGuard>,
         protection: Arc<Protection>,
-        public_url: Option<String>,
+        metrics: Arc<Metrics>,
+        gateway_url: String,
     ) -> Self {
         RequireApprovalLayer {
             shared: Arc::new(LayerShared {
                 approvals,
                 guard,
                 protection,
-                public_url,
+                metrics,
+                gateway_url,
             }),
         }
     }
@@ -800,7 +949,7 @@ pub struct RequireApproval<S> {
 }
 
 const UNJUDGED: &str =
-    "approvals could not be checked: request not classified or not authenticated";
+    "approvals could not be checked: request not classified, authenticated or judged by policy";
 
 impl<S, B> tower::Service<Request<B>> for RequireApproval<S>
 where
@@ -825,12 +974,17 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
-        let Some(requirement) = req
-            .extensions()
-            .get::<Decision>()
-            .and_then(|d| d.approval.clone())
-        else {
-            return Either::Left(self.inner.call(req));
+        // Fail closed: policy inserts a decision on every request it lets through.
+        let required = match req.extensions().get::<Decision>() {
+            None => {
+                return Either::Right(Box::pin(std::future::ready(Err(GatewayError::Internal(
+                    UNJUDGED,
+                )))))
+            }
+            Some(decision) => match &decision.approval {
+                None => return Either::Left(self.inner.call(req)),
+                Some(required) => required.clone(),
+            },
         };
         // The ready service goes with the request; this one keeps a fresh clone.
         let mut inner = self.inner.clone();
@@ -839,18 +993,13 @@ where
         Either::Right(Box::pin(async move {
             let (op, principal) = judged(&req, UNJUDGED)?;
             let (op, principal) = (op.clone(), principal.clone());
-            let lookup = references_for(&shared, &op);
             match shared
                 .approvals
-                .ask_or_use(&requirement, &principal, &op, lookup)
+                .ask_or_use(&required, &principal, &op, || references_for(&shared, &op))
                 .await?
             {
                 Asked::Pending(approval) => {
-                    let gateway = shared
-                        .public_url
-                        .clone()
-                        .unwrap_or_else(|| gateway_url_of(&req));
-                    Err(approval_required(&approval, &requirement, &gateway))
+                    Err(approval_required(&approval, &required, &shared.gateway_url))
                 }
                 Asked::Use(approval, raw) => {
                     req.extensions_mut().insert(ApprovalUsed {
@@ -859,10 +1008,11 @@ where
                     });
                     tracing::info!(approval_id = %approval.id, "approval used");
                     let result = inner.call(req).await;
-                    if let Err(error) = &result {
-                        if error.is_before_forwarding() {
+                    match &result {
+                        Err(error) if error.is_before_forwarding() => {
                             shared.approvals.give_back(&raw, &approval, error).await;
                         }
+                        _ => shared.approvals.count(&approval, State::Used),
                     }
                     result
                 }
@@ -885,11 +1035,28 @@ async fn references_for(
     };
     match guard.references(version, asset_id).await {
         Ok(references) => {
+            shared
+                .metrics
+                .guard_lookups
+                .with_label_values(&["ok"])
+                .inc();
             // A delete a legal hold forbids gets no approval at all.
-            shared.protection.check_references(&references)?;
+            if let Err(refusal) = shared.protection.check_references(&references) {
+                shared
+                    .metrics
+                    .policy_denials
+                    .with_label_values(&[PROTECTED_RULE])
+                    .inc();
+                return Err(refusal);
+            }
             Ok(Some(references))
         }
         Err(error) => {
+            shared
+                .metrics
+                .guard_lookups
+                .with_label_values(&["failed"])
+                .inc();
             tracing::warn!(%error, asset_id, "reference lookup for an approval failed");
             if shared.protection.needs_lookup() {
                 Err(GatewayError::GuardLookupFailed(error.status().as_u16()))
@@ -901,35 +1068,23 @@ async fn references_for(
     }
 }
 
-/// `http://HOST` as the client reached the gateway (for the message's command).
-fn gateway_url_of<B>(req: &Request<B>) -> String {
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        });
-    match host {
-        Some(host) => format!("http://{host}"),
-        None => "<gateway URL>".to_owned(),
-    }
-}
-
 /// The 403 `approval_required` for a pending approval.
 fn approval_required(
     approval: &Approval,
-    requirement: &ApprovalRequired,
+    required: &ApprovalRequired,
     gateway: &str,
 ) -> GatewayError {
     let roles = approval.approver_roles.join(", ");
     let so_far = approval.approvers().len();
-    let needed = if approval.approvals_required > 1 {
+    let needed = if approval.approvals_required > 1 || approval.requirements.len() > 1 {
         format!(
-            "{} approvals ({so_far} so far) by clients with a role in [{roles}]",
-            approval.approvals_required
+            "approvals ({so_far} so far) by clients with a role in [{roles}]: {}",
+            approval
+                .requirements
+                .iter()
+                .map(|r| format!("{} for rule '{}'", r.approvals, r.rule))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     } else {
         format!("approval by a client with a role in [{roles}] (not you)")
@@ -939,16 +1094,16 @@ fn approval_required(
         approval.id,
         approval.rule,
         approval.id,
-        humantime::format_duration(requirement.settings.use_within),
+        humantime::format_duration(required.use_within),
         approval.expires_at,
     );
-    if let Some(rule_message) = &requirement.message {
+    if let Some(rule_message) = &required.message {
         message.push(' ');
         message.push_str(rule_message);
     }
     GatewayError::ApprovalRequired {
         id: approval.id.clone(),
-        rule: requirement.rule.clone(),
+        rule: required.rule.clone(),
         message,
     }
 }

@@ -176,22 +176,29 @@ pub fn explain(
             };
             let verdict = match &decision.approval {
                 Some(approval) => {
-                    let roles = approval
-                        .settings
-                        .approver_roles
+                    let needs: Vec<String> = approval
+                        .rules
                         .iter()
-                        .map(|r| r.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let count = match approval.settings.approvals {
-                        1 => String::new(),
-                        n => format!(" ({n} distinct approvers)"),
-                    };
+                        .map(|(rule, settings)| {
+                            let roles = settings
+                                .approver_roles
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            match settings.approvals {
+                                1 => format!("requires approval by [{roles}] (rule {rule})"),
+                                n => format!(
+                                    "requires approval by [{roles}], {n} distinct approvers (rule {rule})"
+                                ),
+                            }
+                        })
+                        .collect();
                     let _ = writeln!(
                         out,
-                        "decision:  APPROVAL ({why}): requires approval by [{roles}]{count}, rule {} (403 approval_required until approved; then re-send within {})",
-                        approval.rule,
-                        humantime::format_duration(approval.settings.use_within)
+                        "decision:  APPROVAL ({why}): {} (403 approval_required until approved; then re-send within {})",
+                        needs.join(" and "),
+                        humantime::format_duration(approval.use_within)
                     );
                     Verdict::Approval(decision)
                 }

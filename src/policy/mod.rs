@@ -110,15 +110,37 @@ impl ApprovalSettings {
     pub const DEFAULT_USE_WITHIN: Duration = Duration::from_secs(15 * 60);
 }
 
-/// On an admitted [`Decision`]: the approval the request needs before it is forwarded.
+/// On an admitted [`Decision`]: the approval the request needs before it is forwarded. Every
+/// matching rule that asks for approval must be satisfied (adding a rule only restricts): each
+/// needs its own count of distinct approvers holding one of its roles; the shortest `ttl` and
+/// `use_within` apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRequired {
-    /// The rule asking for it (the first in file order).
+    /// The first asking rule in file order (names the approval).
     pub rule: RuleId,
-    /// Its approval settings.
-    pub settings: Arc<ApprovalSettings>,
-    /// The rule's message.
+    /// Every asking rule, in file order, with its settings.
+    pub rules: Vec<(RuleId, Arc<ApprovalSettings>)>,
+    /// The shortest `ttl` of them.
+    pub ttl: Duration,
+    /// The shortest `use_within` of them.
+    pub use_within: Duration,
+    /// The first asking rule's message.
     pub message: Option<Arc<str>>,
+}
+
+impl ApprovalRequired {
+    /// Every approver role of every asking rule (deduplicated, in order).
+    pub fn approver_roles(&self) -> Vec<&Role> {
+        let mut roles: Vec<&Role> = Vec::new();
+        for (_, settings) in &self.rules {
+            for role in &settings.approver_roles {
+                if !roles.contains(&role) {
+                    roles.push(role);
+                }
+            }
+        }
+        roles
+    }
 }
 
 /// A rule problem found while compiling (the `check` command reports these).
@@ -307,7 +329,7 @@ impl Policy {
             approval: None,
         };
         let mut refused: Option<&CompiledRule> = None;
-        let mut asks: Option<&CompiledRule> = None;
+        let mut asks: Vec<&CompiledRule> = Vec::new();
         let mut any_match = false;
         self.for_each_candidate(op, |rule| {
             if !rule.matches(op, principal) {
@@ -317,8 +339,8 @@ impl Policy {
             if rule.admits(principal) {
                 if rule.mode == RuleMode::Enforce {
                     any_match = true;
-                    if rule.approval.is_some() && asks.is_none_or(|r| rule.index < r.index) {
-                        asks = Some(rule);
+                    if rule.approval.is_some() {
+                        asks.push(rule);
                     }
                 }
                 return;
@@ -339,13 +361,24 @@ impl Policy {
             decision.message = rule.message.clone();
         } else if any_match {
             decision.effect = Effect::Allow;
-            decision.approval = asks.and_then(|rule| {
-                rule.approval.as_ref().map(|settings| ApprovalRequired {
-                    rule: rule.id.clone(),
-                    settings: settings.clone(),
-                    message: rule.message.clone(),
-                })
-            });
+            asks.sort_by_key(|r| r.index);
+            let rules: Vec<(RuleId, Arc<ApprovalSettings>)> = asks
+                .iter()
+                .filter_map(|r| r.approval.clone().map(|a| (r.id.clone(), a)))
+                .collect();
+            if let (Some(first), Some((rule, _))) = (asks.first(), rules.first()) {
+                decision.approval = Some(ApprovalRequired {
+                    rule: rule.clone(),
+                    ttl: rules.iter().map(|(_, a)| a.ttl).min().unwrap_or_default(),
+                    use_within: rules
+                        .iter()
+                        .map(|(_, a)| a.use_within)
+                        .min()
+                        .unwrap_or_default(),
+                    message: first.message.clone(),
+                    rules,
+                });
+            }
         } else if self.default == Effect::Deny {
             decision.rule = Some(RuleId::default_rule());
             decision.message = Some(Arc::from(

@@ -403,9 +403,10 @@ fn a_rule_with_approval_admits_and_names_the_approval_it_needs() {
     assert_eq!(decision.effect, Effect::Allow);
     let approval = decision.approval.expect("needs approval");
     assert_eq!(approval.rule.as_str(), "force-delete-two-person");
-    assert_eq!(approval.settings.approvals, 1);
-    assert_eq!(approval.settings.ttl, Duration::from_secs(7200));
-    assert_eq!(approval.settings.use_within, Duration::from_secs(900));
+    assert_eq!(approval.rules.len(), 1);
+    assert_eq!(approval.rules[0].1.approvals, 1);
+    assert_eq!(approval.ttl, Duration::from_secs(7200));
+    assert_eq!(approval.use_within, Duration::from_secs(900));
     // A plain delete matches no approval rule; a refused request asks for no approval.
     assert_eq!(decide(&c, "bob", "DELETE", "/v1.3/assets/a1"), "allow");
     let op = classifier
@@ -526,4 +527,53 @@ fn explain_and_test_show_approvals_and_protection() {
         report.contains("got approval by force-delete-two-person"),
         "{report}"
     );
+}
+
+#[test]
+fn every_rule_asking_for_approval_must_be_satisfied_and_the_shortest_times_apply() {
+    let extra = TWO_PERSON.replace(
+        "    - id: members-read-only-indexes",
+        r#"    - id: force-delete-security-too
+      match: { operation: assets.delete, query: { force: true } }
+      allow_roles: [admin, member]
+      approval:
+        approver_roles: [viewer]
+        approvals: 2
+        use_within: 5m
+    - id: members-read-only-indexes"#,
+    );
+    let c = config(&extra);
+    let classifier = Classifier::new(c.classify.clone());
+    let op = classifier
+        .classify(
+            &Method::DELETE,
+            http::Version::HTTP_11,
+            &"/v1.3/assets/a1?force=true".parse().unwrap(),
+            &http::HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+    let approval = c
+        .compiled_policy
+        .evaluate(&op, &principal(&c, "bob"))
+        .approval
+        .unwrap();
+    let rules: Vec<&str> = approval.rules.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        rules,
+        ["force-delete-two-person", "force-delete-security-too"]
+    );
+    assert_eq!(approval.rule.as_str(), "force-delete-two-person");
+    assert_eq!(
+        approval.ttl,
+        Duration::from_secs(3600),
+        "the default 1h beats 2h"
+    );
+    assert_eq!(approval.use_within, Duration::from_secs(300));
+    let roles: Vec<&str> = approval
+        .approver_roles()
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+    assert_eq!(roles, ["admin", "viewer"]);
 }

@@ -130,6 +130,16 @@ impl MemoryStore {
             .collect()
     }
 
+    /// Remove the members of `index` scored below `score`, and expired documents.
+    pub fn index_trim(&self, index: &str, score: u64) {
+        let now = self.now();
+        let mut state = self.lock();
+        if let Some(set) = state.indexes.get_mut(index) {
+            set.retain(|_, s| *s >= score);
+        }
+        state.docs.retain(|_, (_, expires)| *expires > now);
+    }
+
     /// Remove `members` from `index`.
     pub fn index_remove(&self, index: &str, members: &[String]) {
         if let Some(set) = self.lock().indexes.get_mut(index) {

@@ -174,6 +174,23 @@ impl StateStore {
         }
     }
 
+    /// The documents at `keys`, in order (one round trip).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            StateStore::Memory(memory) => Ok(keys.iter().map(|k| memory.get(k)).collect()),
+            StateStore::Redis(redis) => redis.get_many(keys).await,
+        }
+    }
+
+    /// Remove the document at `key` if it holds exactly `value` (an abandoned claim).
+    pub async fn remove(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        // A swap to an already expired value: atomic, and gone at once.
+        self.swap(key, value, "", Duration::from_millis(1)).await
+    }
+
     /// Store `value` at `key` for `ttl` unless something is there; whether it was stored.
     pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
         match self {
@@ -213,6 +230,17 @@ impl StateStore {
         match self {
             StateStore::Memory(memory) => Ok(memory.index_newest(index, limit)),
             StateStore::Redis(redis) => redis.index_newest(index, limit).await,
+        }
+    }
+
+    /// Remove the members of `index` scored below `score`.
+    pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
+        match self {
+            StateStore::Memory(memory) => {
+                memory.index_trim(index, score);
+                Ok(())
+            }
+            StateStore::Redis(redis) => redis.index_trim(index, score).await,
         }
     }
 

@@ -238,6 +238,19 @@ impl RedisStore {
         .await
     }
 
+    /// `MGET keys…`.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut connection = self.connection.clone();
+        let keys: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
+        self.run(async move {
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async::<Vec<Option<String>>>(&mut connection)
+                .await
+        })
+        .await
+    }
+
     /// `SET key value NX PX ttl`.
     pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
@@ -311,6 +324,22 @@ impl RedisStore {
                 .arg(last)
                 .query_async::<Vec<String>>(&mut connection)
                 .await
+        })
+        .await
+    }
+
+    /// `ZREMRANGEBYSCORE index -inf (score`.
+    pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let index = format!("{}{index}", self.prefix);
+        self.run(async move {
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(format!("({score}"))
+                .query_async::<i64>(&mut connection)
+                .await
+                .map(|_| ())
         })
         .await
     }

@@ -333,7 +333,17 @@ async fn nobody_approves_their_own_request_and_only_approvers_decide() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "approval_forbidden");
     let (status, body) = approve(&gateway, &id, BOB_KEY).await;
-    // Bob may not even see an approval he neither asked for nor may decide.
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "approval_forbidden");
+    // Bob does not see an approval he neither asked for nor may decide.
+    let (status, body) = api(
+        &gateway,
+        Method::GET,
+        &format!("approvals/{id}"),
+        BOB_KEY,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["code"], "approval_not_found");
     let (_, listed) = api(&gateway, Method::GET, "approvals", BOB_KEY, None).await;
@@ -1082,5 +1092,60 @@ async fn an_approval_is_never_asked_for_a_delete_a_legal_hold_forbids() {
     assert_eq!(body_json(response).await["code"], "resource_protected");
     let (_, listed) = api(&gateway, Method::GET, "approvals", ALICE_KEY, None).await;
     assert_eq!(listed["approvals"], serde_json::json!([]));
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_cannot_flood_the_approvers() {
+    let (emulator, upstream) = start_emulator().await;
+    let extra = format!("{TWO_PERSON}approvals:\n  max_pending_per_client: 3\n");
+    let gateway = TestGateway::start_with(&upstream, &extra, |_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            ask(
+                &gateway,
+                BOB_KEY,
+                &emulator.create_asset(&format!("a{i}.mp4")),
+            )
+            .await,
+        );
+    }
+    let response = forced_delete(&gateway, BOB_KEY, &emulator.create_asset("one-more.mp4")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(body_json(response).await["code"], "too_many_requests");
+    // Another requester is not affected; cancelling one makes room.
+    ask(&gateway, ALICE_KEY, &emulator.create_asset("alices.mp4")).await;
+    let (status, _) = api(
+        &gateway,
+        Method::POST,
+        &format!("approvals/{}/cancel", ids[0]),
+        BOB_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    ask(&gateway, BOB_KEY, &emulator.create_asset("room-again.mp4")).await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legal_hold_refuses_a_forced_delete_whose_references_cannot_all_be_listed() {
+    let h = held().await;
+    // free_asset is indexed in the free index only, but two more indexes hold it and the listing
+    // stops after one page of one item.
+    let other = h.emulator.create_index("other");
+    h.emulator.index_asset(&other, &h.free_asset).unwrap();
+    let config = format!(
+        "guards:\n  force_delete:\n    max_pages: 1\n    page_limit: 1\n  protected:\n    indexes: [{}]\n",
+        h.held_index
+    );
+    let gateway = TestGateway::start_with(&h.upstream, &config, |_| {}).await;
+    let response = forced_delete(&gateway, ALICE_KEY, &h.free_asset).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body = body_json(response).await;
+    assert_eq!(body["code"], "resource_protected", "{body}");
+    assert!(h.emulator.asset_exists(&h.free_asset));
     gateway.shutdown().await;
 }
