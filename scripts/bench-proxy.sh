@@ -8,7 +8,8 @@
 # Workloads: small GETs on keep-alive connections; 1 MiB uploads; permitted DELETEs. Prints req/s,
 # p50/p99/p99.9 and the CPU time (user, system) the process under test spent per request, the ratio
 # gateway/nginx and the latency added over direct, then the p99 added latency at half of the
-# gateway's maximum GET rate, and memory: idle RSS, RSS with 10,000 idle keep-alive connections
+# gateway's maximum GET rate, small GETs over HTTPS (gateway TLS vs nginx TLS, the same certificate,
+# keep-alive: the handshake is paid once per connection), and memory: idle RSS, RSS with 10,000 idle keep-alive connections
 # (gateway and nginx), and peak RSS during 16 concurrent 1 GiB uploads.
 #
 # Usage: scripts/bench-proxy.sh [SECONDS_PER_RUN] [ROUNDS]     (defaults 10 and 3)
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 rounds=${2:-3}
 need=()
+command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
@@ -38,7 +40,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-up=$(free_port); nx=$(free_port)
+up=$(free_port); nx=$(free_port); nxs=$(free_port)
+# One server certificate (ECDSA P-256, from a throwaway CA) for both TLS listeners.
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
+  -days 2 -subj "/CN=bench CA" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls.key" -out "$work/tls.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/tls.ext"
+openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -out "$work/tls.pem" -days 2 -extfile "$work/tls.ext" 2>/dev/null
 key=bench-upstream-key
 printf '%s\n' "$key" > "$work/key"
 body='{"data":[{"_id":"6298d673f1090f1100476d4c","filename":"keynote.mp4"}],"page_info":{"limit_per_page":10,"page":1,"total_page":1,"total_results":1}}'
@@ -76,6 +84,20 @@ http {
   upstream origin { server 127.0.0.1:$up; keepalive 128; }
   server {                      # nginx as the proxy to compare with
     listen 127.0.0.1:$nx;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-api-key "$key";
+      proxy_request_buffering off;
+    }
+  }
+  server {                      # the same over TLS, with the gateway's certificate and versions
+    listen 127.0.0.1:$nxs ssl;
+    ssl_certificate $work/tls.pem;
+    ssl_certificate_key $work/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:TLS:10m;
     location / {
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -122,6 +144,17 @@ PY
 }
 start_gateway gw "http://127.0.0.1:$up" ""
 start_gateway gwa "http://127.0.0.1:$up" audit
+# The gateway over TLS: the example configuration plus a tls: section with the shared certificate.
+start_tls_gateway() {
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$port/" -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$admin/" "$work/gw.yaml" > "$work/gws.yaml"
+  printf 'tls:\n  cert_file: %s\n  key_file: %s\n' "$work/tls.pem" "$work/tls.key" >> "$work/gws.yaml"
+  RUST_LOG=warn "$bin" serve --config "$work/gws.yaml" 2> "$work/gws.log" &
+  pid_gws=$!; pids+=("$pid_gws"); port_gws=$port
+  wait_http "http://127.0.0.1:$admin/healthz"
+}
+start_tls_gateway
 idle_rss=$(kib "$pid_gw" VmRSS)
 baseline=()
 if [ -n "${BASELINE:-}" ]; then
@@ -183,6 +216,8 @@ bench() { # workload script connections path targets...
         gateway) url="http://127.0.0.1:$port_gw$path"; procs=$pid_gw ;;
         gateway+audit) url="http://127.0.0.1:$port_gwa$path"; procs=$pid_gwa ;;
         baseline) url="http://127.0.0.1:$port_base$path"; procs=$pid_base ;;
+        nginx-tls) url="https://127.0.0.1:$nxs$path"; procs=$(pgrep -P "$(cat "$work/nginx.pid")") ;;
+        gateway-tls) url="https://127.0.0.1:$port_gws$path"; procs=$pid_gws ;;
       esac
       # shellcheck disable=SC2086 # one pid per word
       results["$workload|$target|$round"]=$(run "$target" "$url" "$script" "$conns" $procs)
@@ -197,7 +232,7 @@ summarise() { # workload targets...
     for round in $(seq 1 "$rounds"); do rows+=("${results["$workload|$target|$round"]}"); done
     for col in 1 2 3 4 5 6 7; do line+=("$(printf '%s\n' "${rows[@]}" | awk -v c=$col '{print $c}' | median)"); done
     printf '%-14s %10s %9s %9s %9s %7s %12s %12s\n' "$target" "${line[@]}"
-    printf -v "m_${workload}_${target//[+]/_}" '%s' "${line[*]}"
+    printf -v "m_${workload}_${target//[+-]/_}" '%s' "${line[*]}"
   done
 }
 
@@ -205,15 +240,19 @@ echo "tl-gateway proxy benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores
 bench get "$work/report.lua" 64 "/v1.3/assets?page=1" direct nginx gateway "${baseline[@]}"
 bench upload "$work/upload.lua" 16 "/v1.3/assets" direct nginx gateway
 bench delete "$work/delete.lua" 64 "" direct nginx gateway gateway+audit "${baseline[@]}"
+bench https "$work/report.lua" 64 "/v1.3/assets?page=1" nginx-tls gateway-tls
 summarise get direct nginx gateway "${baseline[@]}"
 summarise upload direct nginx gateway
 summarise delete direct nginx gateway gateway+audit "${baseline[@]}"
+summarise https nginx-tls gateway-tls
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 read -r g_rps g_p50 g_p99 _ _ g_user g_sys <<<"$m_get_gateway"; read -r n_rps _ _ _ _ n_user n_sys <<<"$m_get_nginx"; read -r d_rps d_p50 d_p99 _ _ _ _ <<<"$m_get_direct"
 echo
 echo "small GETs: gateway/nginx throughput ratio $(ratio "$g_rps" "$n_rps"); added latency over direct p50 $(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN{printf "%.3f", a-b}') ms, p99 $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN{printf "%.3f", a-b}') ms (at full load)"
 echo "CPU per small GET: gateway user $g_user + sys $g_sys µs, nginx user $n_user + sys $n_sys µs (gateway/nginx $(awk -v a="$g_user" -v b="$g_sys" -v c="$n_user" -v d="$n_sys" 'BEGIN{printf "%.2f", (a+b)/(c+d)}'))"
+read -r ts_rps ts_p50 ts_p99 _ _ ts_user ts_sys <<<"$m_https_gateway_tls"; read -r ns_rps ns_p50 ns_p99 _ _ ns_user ns_sys <<<"$m_https_nginx_tls"
+echo "small GETs over HTTPS (keep-alive): gateway/nginx throughput ratio $(ratio "$ts_rps" "$ns_rps"); p50 $ts_p50 vs $ns_p50 ms, p99 $ts_p99 vs $ns_p99 ms; CPU per GET gateway $(awk -v a="$ts_user" -v b="$ts_sys" 'BEGIN{print a+b}') µs, nginx $(awk -v a="$ns_user" -v b="$ns_sys" 'BEGIN{print a+b}') µs; TLS costs the gateway $(awk -v a="$ts_user" -v b="$ts_sys" -v c="$g_user" -v d="$g_sys" 'BEGIN{printf "%.1f", (a+b)-(c+d)}') µs per request"
 if [ -n "${BASELINE:-}" ]; then
   read -r b_rps _ _ _ _ b_user b_sys <<<"$m_get_baseline"
   echo "against the baseline ($BASELINE): small GETs gateway/baseline throughput $(ratio "$g_rps" "$b_rps"), baseline/nginx $(ratio "$b_rps" "$n_rps"); CPU per GET gateway $(awk -v a="$g_user" -v b="$g_sys" 'BEGIN{print a+b}') µs, baseline $(awk -v a="$b_user" -v b="$b_sys" 'BEGIN{print a+b}') µs"

@@ -18,6 +18,7 @@ use crate::body::{self, GatewayBody};
 use crate::credentials::UpstreamKey;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
+use crate::tls::ServerTls;
 
 /// What `/readyz` checks.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub struct Readiness {
     audit: Option<AuditLog>,
     store: StateStore,
     limits_fail_closed: Arc<AtomicBool>,
+    tls: Option<Arc<ServerTls>>,
     draining: AtomicBool,
 }
 
@@ -36,12 +38,14 @@ impl Readiness {
         audit: Option<AuditLog>,
         store: StateStore,
         limits_fail_closed: Arc<AtomicBool>,
+        tls: Option<Arc<ServerTls>>,
     ) -> Arc<Self> {
         Arc::new(Readiness {
             upstream_key,
             audit,
             store,
             limits_fail_closed,
+            tls,
             draining: AtomicBool::new(false),
         })
     }
@@ -75,8 +79,15 @@ impl Readiness {
             }
             Err(why) => Check::Degraded(format!("unavailable: {why}")),
         };
+        // A replaced certificate that does not load: the last good one serves, but someone must
+        // look (and a rolling update should not proceed).
+        let tls = match self.tls.as_ref().map(|t| t.readiness()) {
+            Some(Err(why)) => Check::Failed(why),
+            _ => Check::Ok,
+        };
         vec![
             ("config", Check::Ok),
+            ("tls", tls),
             ("upstream_key", upstream_key),
             ("audit", audit),
             ("state", state),

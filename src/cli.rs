@@ -50,6 +50,10 @@ enum Command {
         /// Admin listener.
         #[arg(long, default_value = "127.0.0.1:9464")]
         admin_listen: SocketAddr,
+        /// Serve HTTPS with a throwaway CA and certificate (and a client certificate that
+        /// identifies a third demo client).
+        #[arg(long)]
+        tls: bool,
     },
     /// Validate a configuration file and exit.
     Check {
@@ -99,6 +103,12 @@ enum Command {
         /// Comma-separated roles.
         #[arg(long, value_delimiter = ',', default_value = "member")]
         roles: Vec<String>,
+        /// A label for the key (e.g. laptop-2027): prints a `keys:` entry.
+        #[arg(long)]
+        label: Option<String>,
+        /// When the key expires: a duration from now (90d) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// GET a URL and exit 0 on a 2xx answer (container health checks without curl).
     Probe {
@@ -204,12 +214,18 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Demo {
             listen,
             admin_listen,
-        } => demo(listen, admin_listen).await,
+            tls,
+        } => demo(listen, admin_listen, tls).await,
         Command::Check { config } => check(&config),
         Command::Explain { .. } | Command::Test { .. } | Command::Audit { .. } => {
             Err("handled without a runtime".into())
         }
-        Command::Keygen { id, roles } => keygen(&id, &roles),
+        Command::Keygen {
+            id,
+            roles,
+            label,
+            expires,
+        } => keygen(&id, &roles, label.as_deref(), expires.as_deref()),
         Command::Emulator {
             listen,
             api_key,
@@ -373,7 +389,53 @@ fn check(path: &Path) -> Result<(), String> {
     if let Err(error) = UpstreamKey::load(&config.upstream.key_source) {
         println!("warning: {error}");
     }
+    // The certificate must load as `serve` would: the pair matches, it has not expired.
+    if let Some(tls) = &config.tls {
+        let loaded = crate::tls::check(tls)?;
+        let expires =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(loaded.not_after.max(0) as u64);
+        println!(
+            "tls: {} (serial {}, names {}) expires {}",
+            tls.cert_file.display(),
+            loaded.serial,
+            loaded.names.join(", "),
+            crate::units::rfc3339(expires)
+        );
+        if loaded.not_after - now_unix() < 14 * 86_400 {
+            println!("warning: the TLS certificate expires within 14 days");
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for client in &config.clients {
+        for key in &client.keys {
+            match key.expires {
+                Some(at) if at <= now => println!(
+                    "warning: key '{}' of client {} expired at {}",
+                    key.label,
+                    client.id,
+                    crate::units::rfc3339(at)
+                ),
+                Some(at) if at <= now + std::time::Duration::from_secs(7 * 86_400) => println!(
+                    "warning: key '{}' of client {} expires at {} (within 7 days)",
+                    key.label,
+                    client.id,
+                    crate::units::rfc3339(at)
+                ),
+                _ => {}
+            }
+        }
+    }
     Ok(())
+}
+
+fn listen_port(gateway: &Gateway) -> u16 {
+    gateway.local_addr().map_or(0, |a| a.port())
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A fresh random client key: `tlgw_` and 40 alphanumerics (≈ 238 bits).
@@ -381,12 +443,36 @@ pub fn new_client_key() -> String {
     format!("tlgw_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
 }
 
-fn keygen(id: &str, roles: &[String]) -> Result<(), String> {
+fn keygen(
+    id: &str,
+    roles: &[String],
+    label: Option<&str>,
+    expires: Option<&str>,
+) -> Result<(), String> {
     let id: ClientId = id.parse()?;
     let roles = roles
         .iter()
         .map(|r| r.parse::<Role>())
         .collect::<Result<Vec<_>, _>>()?;
+    let expires = match expires {
+        None => None,
+        Some(text) => Some(match humantime::parse_duration(text) {
+            Ok(duration) => std::time::SystemTime::now() + duration,
+            Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+                format!("--expires {text:?}: give a duration (90d) or an RFC 3339 time")
+            })?,
+        }),
+    };
+    if let Some(label) = label {
+        if label.is_empty()
+            || label.len() > 64
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(format!("--label {label:?}: 1-64 of A-Z a-z 0-9 . _ -"));
+        }
+    }
     let key = new_client_key();
     let roles = roles
         .iter()
@@ -396,10 +482,42 @@ fn keygen(id: &str, roles: &[String]) -> Result<(), String> {
     println!("# Personal key for {id}: hand it over once; the gateway stores only its digest.");
     println!("{key}");
     println!();
-    println!("# Add under `clients:` in the gateway configuration:");
+    if label.is_none() && expires.is_none() {
+        println!("# Add under `clients:` in the gateway configuration:");
+        println!("  - id: {id}");
+        println!("    roles: [{roles}]");
+        println!("    key_sha256: {}", key_digest_hex(&key));
+        return Ok(());
+    }
+    let label = label.unwrap_or("key");
+    // Whole seconds: the form the configuration reads back.
+    let expires = expires.map(|at| {
+        let seconds = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+        )
+        .to_string()
+    });
+    let entry = match &expires {
+        Some(at) => format!(
+            "{{ sha256: {}, label: {label}, expires: {at} }}",
+            key_digest_hex(&key)
+        ),
+        None => format!("{{ sha256: {}, label: {label} }}", key_digest_hex(&key)),
+    };
+    println!("# A new client: add under `clients:`");
     println!("  - id: {id}");
     println!("    roles: [{roles}]");
-    println!("    key_sha256: {}", key_digest_hex(&key));
+    println!("    keys:");
+    println!("      - {entry}");
+    println!();
+    println!(
+        "# Rotating an existing client's key: add the line below to its `keys:` (the old key keeps"
+    );
+    println!("# working until its own expires, or until you remove it).");
+    println!("      - {entry}");
     Ok(())
 }
 
@@ -462,16 +580,43 @@ pub fn private_temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("no free name")))
 }
 
-/// YAML for the demo gateway; keeps the demo on the same configuration path as `serve`.
-fn demo_config(
+/// What the demo's configuration is made of.
+struct DemoSetup<'a> {
     listen: SocketAddr,
     admin: SocketAddr,
-    upstream: &str,
-    key_env: &str,
-    alice: &str,
-    bob: &str,
-    audit: &Path,
-) -> String {
+    upstream: &'a str,
+    key_env: &'a str,
+    alice: &'a str,
+    bob: &'a str,
+    audit: &'a Path,
+    tls: Option<&'a crate::tls::demo::DemoPki>,
+}
+
+/// YAML for the demo gateway; keeps the demo on the same configuration path as `serve`.
+fn demo_config(setup: &DemoSetup<'_>) -> String {
+    let DemoSetup {
+        listen,
+        admin,
+        upstream,
+        key_env,
+        alice,
+        bob,
+        audit,
+        tls,
+    } = *setup;
+    let (tls, svc) = match tls {
+        None => (String::new(), String::new()),
+        Some(pki) => (
+            format!(
+                "tls:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n",
+                pki.cert.display(),
+                pki.key.display(),
+                pki.ca.display()
+            ),
+            // A service identified by its client certificate instead of a key.
+            format!("  - id: reporting\n    roles: [member]\n    cert_subject: {DEMO_CLIENT_CN}\n"),
+        ),
+    };
     format!(
         r#"listen: "{listen}"
 admin_listen: "{admin}"
@@ -485,7 +630,7 @@ clients:
   - id: bob
     roles: [member]
     key_sha256: {bob}
-policy:
+{svc}policy:
   default: allow
   rules:
     - id: force-delete-admins-only
@@ -497,14 +642,17 @@ policy:
       message: Force-deleting an asset unlinks it from every index and entity; ask an admin.
 audit:
   path: {audit}
-"#,
+{tls}"#,
         audit = audit.display(),
         alice = key_digest_hex(alice),
         bob = key_digest_hex(bob),
     )
 }
 
-async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {
+/// The common name of the demo's client certificate (`demo --tls`).
+const DEMO_CLIENT_CN: &str = "reporting.demo.internal";
+
+async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result<(), String> {
     telemetry::init(Default::default());
     let alice = new_client_key();
     let bob = new_client_key();
@@ -541,25 +689,42 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
             )
         }
     };
-    // A fresh audit log per demo run, outside the working directory.
-    let audit_path = private_temp_dir("tl-gateway-demo")
-        .map_err(|e| format!("cannot create the demo's audit directory: {e}"))?
-        .join("audit.jsonl");
-    let yaml = demo_config(
+    // A fresh audit log (and throwaway certificates) per demo run, outside the working directory.
+    let dir = private_temp_dir("tl-gateway-demo")
+        .map_err(|e| format!("cannot create the demo's directory: {e}"))?;
+    let audit_path = dir.join("audit.jsonl");
+    let pki = if tls {
+        Some(crate::tls::demo::write(&dir, DEMO_CLIENT_CN)?)
+    } else {
+        None
+    };
+    let yaml = demo_config(&DemoSetup {
         listen,
-        admin_listen,
-        &upstream_url,
-        "TWELVELABS_API_KEY",
-        &alice,
-        &bob,
-        &audit_path,
-    );
+        admin: admin_listen,
+        upstream: &upstream_url,
+        key_env: "TWELVELABS_API_KEY",
+        alice: &alice,
+        bob: &bob,
+        audit: &audit_path,
+        tls: pki.as_ref(),
+    });
     let config = Config::parse(Path::new("<demo>"), &yaml).map_err(|e| e.to_string())?;
     debug_assert!(matches!(config.upstream.key_source, KeySource::Env(_)));
     let gateway = Gateway::bind(&config, upstream_key)
         .await
         .map_err(|e| e.to_string())?;
-    let base = format!("http://{}", addr(gateway.local_addr()));
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let base = match &pki {
+        // The certificate names localhost; a loopback listener is reached by that name.
+        Some(_) if listen.ip().is_loopback() => {
+            format!("https://localhost:{}", listen_port(&gateway))
+        }
+        _ => format!("{scheme}://{}", addr(gateway.local_addr())),
+    };
+    let curl = match &pki {
+        Some(pki) => format!("curl --cacert {}", pki.ca.display()),
+        None => "curl".to_owned(),
+    };
     let admin = format!("http://{}", addr(gateway.admin_addr()));
 
     println!("tl-gateway demo");
@@ -591,18 +756,38 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
     }
     println!();
     println!("  try:");
-    println!("    curl -s {base}/v1.3/assets -H 'x-api-key: {bob}'");
-    println!("    curl -s -i {base}/v1.3/assets -H 'x-api-key: not-a-valid-key'");
+    println!("    {curl} -s {base}/v1.3/assets -H 'x-api-key: {bob}'");
+    println!("    {curl} -s -i {base}/v1.3/assets -H 'x-api-key: not-a-valid-key'");
     if let Some(seeded) = &seeded {
         println!(
-            "    curl -s -i -X DELETE '{base}/v1.3/assets/{}' -H 'x-api-key: {bob}'",
+            "    {curl} -s -i -X DELETE '{base}/v1.3/assets/{}' -H 'x-api-key: {bob}'",
             seeded.referenced_asset_id
+        );
+    }
+    if let Some(pki) = &pki {
+        println!(
+            "    {curl} -s {base}/v1.3/assets --cert {} --key {}    # as 'reporting', by its certificate",
+            pki.client_cert.display(),
+            pki.client_key.display()
         );
     }
     println!();
     println!("  python (pip install twelvelabs==1.3.6):");
-    println!("    from twelvelabs import TwelveLabs");
-    println!("    client = TwelveLabs(api_key=\"{bob}\", base_url=\"{base}/v1.3\")");
+    match &pki {
+        None => {
+            println!("    from twelvelabs import TwelveLabs");
+            println!("    client = TwelveLabs(api_key=\"{bob}\", base_url=\"{base}/v1.3\")");
+        }
+        Some(pki) => {
+            println!("    import httpx, ssl");
+            println!("    from twelvelabs import TwelveLabs");
+            println!(
+                "    trust = ssl.create_default_context(cafile=\"{}\")",
+                pki.ca.display()
+            );
+            println!("    client = TwelveLabs(api_key=\"{bob}\", base_url=\"{base}/v1.3\", httpx_client=httpx.Client(verify=trust))");
+        }
+    }
     println!("    print([asset.id for asset in client.assets.list()])");
     println!();
     println!("  Press Ctrl-C to stop.");

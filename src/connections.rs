@@ -223,6 +223,11 @@ impl Ticket {
     pub fn activity(&self) -> &Arc<Activity> {
         &self.activity
     }
+
+    /// When the connection must have sent its first request (a TLS handshake counts against it).
+    pub fn first_request_deadline(&self) -> Instant {
+        self.activity.accepted + self.admission.limits.first_request_timeout
+    }
 }
 
 impl Drop for Ticket {

@@ -132,6 +132,10 @@ impl Reloader {
                 state_needs_restart(&old.state, &config.state),
             ),
             (
+                "tls (file paths, client CA, min_version)",
+                old.tls != config.tls,
+            ),
+            (
                 "approvals.notify",
                 old.approvals.notify != config.approvals.notify,
             ),

@@ -28,7 +28,7 @@ use crate::connections::{
     self, AcceptBackoff, Admission, ConnectionLimits, ConnectionMetrics, Tracked,
 };
 use crate::credentials::{UpstreamKey, KEY_FILE_POLL};
-use crate::ext::ClientAddr;
+use crate::ext::{ClientAddr, PeerCertificate};
 use crate::forward::{ForwardSetupError, Forwarder};
 use crate::fragment::{FragmentInTarget, FragmentWatch, FragmentsSeen};
 use crate::headers;
@@ -38,6 +38,7 @@ use crate::reload::{ReloadStats, Reloader};
 use crate::stack::{build_stack, GatewayService, Shared, StackParts};
 use crate::state::redis::RedisStore;
 use crate::state::{StateSettings, StateStore};
+use crate::tls::ServerTls;
 use crate::units::BodyRate;
 use crate::workers::{self, Workers};
 
@@ -61,6 +62,9 @@ pub enum StartError {
     /// The state store could not be set up.
     #[error("{0}")]
     State(String),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The audit log could not be opened.
     #[error("cannot open the audit log {path}: {source}")]
     Audit {
@@ -83,6 +87,7 @@ pub struct Gateway {
     forwarder: Forwarder,
     config_path: Option<PathBuf>,
     reload_stats: Arc<ReloadStats>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Gateway {
@@ -92,6 +97,12 @@ impl Gateway {
         upstream_key: Arc<UpstreamKey>,
     ) -> Result<Gateway, StartError> {
         let metrics = Metrics::new();
+        let tls = config
+            .tls
+            .clone()
+            .map(|settings| ServerTls::load(settings, metrics.clone()))
+            .transpose()
+            .map_err(StartError::Tls)?;
         let audit = match &config.audit {
             None => None,
             Some(audit) => {
@@ -165,7 +176,9 @@ impl Gateway {
                 shared.audit.clone(),
                 shared.store.clone(),
                 shared.limits_fail_closed.clone(),
+                tls.clone(),
             ),
+            tls,
             shared,
             server: config.server.clone(),
             config: config.clone(),
@@ -261,8 +274,9 @@ impl Gateway {
             self.admin_listener,
             admin_settings,
             None,
+            None,
             std::future::pending::<()>(),
-            move |_peer, _fragments| {
+            move |_peer, _fragments, _certificate| {
                 let readiness = admin_readiness.clone();
                 let metrics = admin_metrics.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -282,16 +296,25 @@ impl Gateway {
             self.server.max_connections,
             &self.shared.metrics,
         );
+        let tls_watcher = self.tls.as_ref().map(ServerTls::watch);
         let result = serve_connections(
             self.listener,
             client_settings,
             Some(&workers),
+            self.tls.clone(),
             wait_for(stop_rx),
-            move |peer, fragments| {
+            move |peer, fragments, certificate| {
                 let stack = stack.clone();
                 hyper::service::service_fn(move |req: Request<Incoming>| {
                     let service: GatewayService = GatewayService::clone(&stack.load());
-                    service.oneshot(edge(req, peer, &fragments, idle, min_rate))
+                    service.oneshot(edge(
+                        req,
+                        peer,
+                        &fragments,
+                        certificate.as_deref(),
+                        idle,
+                        min_rate,
+                    ))
                 })
             },
         )
@@ -299,7 +322,11 @@ impl Gateway {
         workers.stop().await;
         admin.abort();
         sweeper.abort();
-        for watcher in key_watcher.into_iter().chain(config_watcher) {
+        for watcher in key_watcher
+            .into_iter()
+            .chain(config_watcher)
+            .chain(tls_watcher)
+        {
             watcher.abort();
         }
         // The last requests' outcomes are queued by now: make them durable before the process ends.
@@ -319,12 +346,16 @@ fn edge(
     req: Request<Incoming>,
     peer: SocketAddr,
     fragments: &FragmentsSeen,
+    certificate: Option<&PeerCertificate>,
     idle: Duration,
     min_rate: Option<BodyRate>,
 ) -> Request<GatewayBody> {
     let mut req = req.map(|b| body::boxed(TimedBody::client(b, idle, min_rate)));
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(ClientAddr(peer));
+    if let Some(certificate) = certificate {
+        req.extensions_mut().insert(certificate.clone());
+    }
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
     if fragments.take(target) {
         req.extensions_mut().insert(FragmentInTarget);
@@ -393,11 +424,15 @@ async fn serve_connections<F, S, B>(
     listener: TcpListener,
     settings: ListenerSettings,
     workers: Option<&Workers>,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
     make_service: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(SocketAddr, Arc<FragmentsSeen>) -> S,
+    F: Fn(SocketAddr, Arc<FragmentsSeen>, Option<Arc<PeerCertificate>>) -> S
+        + Send
+        + Sync
+        + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -420,6 +455,7 @@ where
         .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(settings.max_header_size.min(u64::from(u32::MAX)) as u32);
     let builder = Arc::new(builder);
+    let make_service = Arc::new(make_service);
     let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
@@ -453,23 +489,33 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let fragments = Arc::new(FragmentsSeen::default());
-        let service = Tracked::new(
-            make_service(peer, fragments.clone()),
-            ticket.activity().clone(),
-        );
         let builder = builder.clone();
+        let make_service = make_service.clone();
+        let tls = tls.clone();
         let serve = move |stream: TcpStream| async move {
-            let connection = builder
-                .serve_connection(TokioIo::new(FragmentWatch::new(stream, fragments)), service)
-                .into_owned();
-            let graceful = |c: std::pin::Pin<&mut _>| auto::Connection::graceful_shutdown(c);
-            match connections::watch(connection, ticket, graceful).await {
-                Some(Err(error)) => {
-                    tracing::debug!(%peer, error = %error, "connection ended with an error")
+            let fragments = Arc::new(FragmentsSeen::default());
+            match tls {
+                None => {
+                    let service = Tracked::new(
+                        make_service(peer, fragments.clone(), None),
+                        ticket.activity().clone(),
+                    );
+                    let io = FragmentWatch::new(stream, fragments);
+                    drive(&builder, io, service, ticket, peer).await;
                 }
-                Some(Ok(())) => {}
-                None => tracing::debug!(%peer, "connection closed by the gateway"),
+                Some(tls) => {
+                    // The handshake counts against the first-request deadline.
+                    let deadline = ticket.first_request_deadline();
+                    let Some((stream, certificate)) = tls.accept(stream, deadline).await else {
+                        return;
+                    };
+                    let service = Tracked::new(
+                        make_service(peer, fragments.clone(), certificate.map(Arc::new)),
+                        ticket.activity().clone(),
+                    );
+                    let io = FragmentWatch::new(stream, fragments);
+                    drive(&builder, io, service, ticket, peer).await;
+                }
             }
         };
         match workers {
@@ -502,6 +548,34 @@ where
         );
     }
     Ok(())
+}
+
+/// Serve one connection's HTTP under the connection watchdog (deadlines, drain).
+async fn drive<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    ticket: connections::Ticket,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    let graceful = |c: std::pin::Pin<&mut _>| auto::Connection::graceful_shutdown(c);
+    match connections::watch(connection, ticket, graceful).await {
+        Some(Err(error)) => {
+            tracing::debug!(%peer, error = %error, "connection ended with an error")
+        }
+        Some(Ok(())) => {}
+        None => tracing::debug!(%peer, "connection closed by the gateway"),
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -215,3 +215,75 @@ fn locate_finds_nested_keys_and_items() {
     assert_eq!(locate(MINIMAL, &path), Some(24));
     assert_eq!(locate(MINIMAL, &[Seg::Key("nothing")]), None);
 }
+
+#[test]
+fn keys_with_labels_and_expiry_and_certificate_identities_are_validated() {
+    let with = |clients: &str, extra: &str| {
+        let text = MINIMAL.replace(
+            "  - id: bob                      # key: tlgw_bob_example_key\n    roles: [member]\n    key_sha256: 7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531\n",
+            clients,
+        );
+        parse(&format!("{text}{extra}"))
+    };
+    let rotated = with(
+        "  - id: bob\n    keys:\n      - { sha256: 7d57a37f514defd6a6e7361ae2b3be5af72dad6d06820f70fd62ed46e768f531, label: laptop-2026, expires: 2027-03-01T00:00:00Z }\n      - { sha256: 0000000000000000000000000000000000000000000000000000000000000002, label: laptop-2027 }\n",
+        "",
+    )
+    .unwrap();
+    let bob = &rotated.clients[1];
+    assert_eq!(bob.keys.len(), 2);
+    assert_eq!(bob.keys[0].label, "laptop-2026");
+    assert_eq!(
+        bob.keys[0].expires,
+        Some(humantime::parse_rfc3339("2027-03-01T00:00:00Z").unwrap())
+    );
+    assert_eq!(bob.keys[1].expires, None);
+    assert_eq!(rotated.clients[0].keys[0].label, "default");
+
+    let problems = [
+        (
+            "  - id: bob\n    key_sha256: 0000000000000000000000000000000000000000000000000000000000000002\n    keys: [{ sha256: 0000000000000000000000000000000000000000000000000000000000000003 }]\n",
+            "not both",
+        ),
+        (
+            "  - id: bob\n    keys: [{ sha256: 0000000000000000000000000000000000000000000000000000000000000002, label: a }, { sha256: 0000000000000000000000000000000000000000000000000000000000000003, label: a }]\n",
+            "used twice",
+        ),
+        (
+            "  - id: bob\n    keys: [{ sha256: 0000000000000000000000000000000000000000000000000000000000000002, expires: next week }]\n",
+            "RFC 3339",
+        ),
+        (
+            "  - id: bob\n    keys: [{ sha256: d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6 }]\n",
+            "configured twice",
+        ),
+        ("  - id: bob\n    roles: [member]\n", "no credential"),
+        (
+            "  - id: bob\n    cert_subject: reporting.svc\n",
+            "only with tls.client_ca_file",
+        ),
+    ];
+    for (clients, why) in problems {
+        let error = with(clients, "")
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {clients}"));
+        assert!(error.to_string().contains(why), "{clients}: {error}");
+    }
+    let tls = "tls:\n  cert_file: /etc/tls/tls.crt\n  key_file: /etc/tls/tls.key\n  client_ca_file: /etc/tls/ca.crt\n  min_version: \"1.3\"\n";
+    let by_cert = with(
+        "  - id: bob\n    roles: [member]\n    cert_subject: reporting.svc\n",
+        tls,
+    )
+    .unwrap();
+    assert_eq!(
+        by_cert.clients[1].cert_subject.as_deref(),
+        Some("reporting.svc")
+    );
+    assert!(by_cert.clients[1].keys.is_empty());
+    assert_eq!(
+        by_cert.tls.unwrap().min_version,
+        crate::tls::TlsVersion::Tls13
+    );
+    let error = with("", &tls.replace("\"1.3\"", "\"1.1\"")).err().unwrap();
+    assert!(error.to_string().contains("tls.min_version"), "{error}");
+}

@@ -44,8 +44,15 @@ rate_limits:
 
 async fn gateway_with_traffic(upstream: &Upstream, audit: &std::path::Path) -> TestGateway {
     let extra = format!("{EXTRA}audit:\n  path: {}\n", audit.display());
-    let gateway =
-        TestGateway::start_with(&format!("http://{}", upstream.addr), &extra, |_| {}).await;
+    // A client whose key has an end date, so the key-expiry gauge (and its alert) has a series.
+    let gateway = TestGateway::start_with(&format!("http://{}", upstream.addr), &extra, |config| {
+        let mut dave = tl_gateway::auth::ClientSettings::with_key("dave", &["member"], [7; 32]);
+        dave.keys[0].label = "laptop-2027".into();
+        dave.keys[0].expires =
+            Some(std::time::SystemTime::now() + Duration::from_secs(30 * 86_400));
+        config.clients.push(dave);
+    })
+    .await;
     assert_eq!(
         get(&gateway.url("/v1.3/assets"), Some(BOB_KEY))
             .await

@@ -18,3 +18,4 @@ mod reload;
 mod sdk;
 mod state;
 mod support;
+mod tls;
