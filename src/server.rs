@@ -504,17 +504,22 @@ where
                     drive(&builder, io, service, ticket, peer).await;
                 }
                 Some(tls) => {
-                    // The handshake counts against the first-request deadline.
-                    let deadline = ticket.first_request_deadline();
-                    let Some((stream, certificate)) = tls.accept(stream, deadline).await else {
-                        return;
-                    };
-                    let service = Tracked::new(
-                        make_service(peer, fragments.clone(), certificate.map(Arc::new)),
-                        ticket.activity().clone(),
-                    );
-                    let io = FragmentWatch::new(stream, fragments);
-                    drive(&builder, io, service, ticket, peer).await;
+                    // Boxed: a TLS connection's state (rustls, the handshake) would otherwise size
+                    // every plain connection's task as well.
+                    Box::pin(async move {
+                        // The handshake counts against the first-request deadline.
+                        let deadline = ticket.first_request_deadline();
+                        let Some((stream, certificate)) = tls.accept(stream, deadline).await else {
+                            return;
+                        };
+                        let service = Tracked::new(
+                            make_service(peer, fragments.clone(), certificate.map(Arc::new)),
+                            ticket.activity().clone(),
+                        );
+                        let io = FragmentWatch::new(stream, fragments);
+                        drive(&builder, io, service, ticket, peer).await;
+                    })
+                    .await
                 }
             }
         };
