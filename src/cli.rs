@@ -588,6 +588,7 @@ struct DemoSetup<'a> {
     key_env: &'a str,
     alice: &'a str,
     bob: &'a str,
+    carol: &'a str,
     audit: &'a Path,
     tls: Option<&'a crate::tls::demo::DemoPki>,
 }
@@ -601,6 +602,7 @@ fn demo_config(setup: &DemoSetup<'_>) -> String {
         key_env,
         alice,
         bob,
+        carol,
         audit,
         tls,
     } = *setup;
@@ -630,22 +632,28 @@ clients:
   - id: bob
     roles: [member]
     key_sha256: {bob}
+  - id: carol
+    roles: [admin]
+    key_sha256: {carol}
 {svc}policy:
   default: allow
   rules:
-    - id: force-delete-admins-only
+    - id: force-delete-two-person
       match:
         method: DELETE
         path: /v1.3/assets/{{asset_id}}
         query: {{ force: true }}
-      allow_roles: [admin]
-      message: Force-deleting an asset unlinks it from every index and entity; ask an admin.
+      allow_roles: [admin, member]
+      message: Force-deleting an asset unlinks it from every index and entity.
+      approval:
+        approver_roles: [admin]
 audit:
   path: {audit}
 {tls}"#,
         audit = audit.display(),
         alice = key_digest_hex(alice),
         bob = key_digest_hex(bob),
+        carol = key_digest_hex(carol),
     )
 }
 
@@ -656,6 +664,7 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result
     telemetry::init(Default::default());
     let alice = new_client_key();
     let bob = new_client_key();
+    let carol = new_client_key();
     let real_key = std::env::var("TWELVELABS_API_KEY")
         .ok()
         .filter(|k| !k.trim().is_empty());
@@ -705,6 +714,7 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result
         key_env: "TWELVELABS_API_KEY",
         alice: &alice,
         bob: &bob,
+        carol: &carol,
         audit: &audit_path,
         tls: pki.as_ref(),
     });
@@ -735,6 +745,7 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result
         }
     }
     println!("  gateway:  {base}/v1.3");
+    println!("  page:     {base}/tl-gateway/ui/  (approvals; sign in with a key below)");
     println!("  admin:    {admin}/readyz  {admin}/metrics");
     println!(
         "  audit:    {}  (tl-gateway audit verify {})",
@@ -745,6 +756,7 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result
     println!("  client  role    key");
     println!("  alice   admin   {alice}");
     println!("  bob     member  {bob}");
+    println!("  carol   admin   {carol}");
     if let Some(seeded) = &seeded {
         println!();
         println!(
@@ -762,6 +774,13 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result
         println!(
             "    {curl} -s -i -X DELETE '{base}/v1.3/assets/{}' -H 'x-api-key: {bob}'",
             seeded.referenced_asset_id
+        );
+        println!(
+            "    {curl} -s -i -X DELETE '{base}/v1.3/assets/{}?force=true' -H 'x-api-key: {bob}'",
+            seeded.referenced_asset_id
+        );
+        println!(
+            "    # → 403 approval_required: open the page as alice or carol, approve, re-send"
         );
     }
     if let Some(pki) = &pki {

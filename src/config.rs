@@ -84,6 +84,23 @@ pub struct Config {
     pub protected: ProtectedSettings,
     /// HTTPS on the client listener (and client certificates), if configured.
     pub tls: Option<TlsSettings>,
+    /// The `ui:` section (the approvals page).
+    pub ui: UiConfig,
+}
+
+/// The `ui:` section: who may read the recent destructive calls on the approvals page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiConfig {
+    /// Roles that may read `GET /tl-gateway/v1/audit/recent` (default `[admin]`).
+    pub audit_roles: Vec<Role>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            audit_roles: vec!["admin".parse().expect("a valid role")],
+        }
+    }
 }
 
 /// The `approvals:` section.
@@ -223,6 +240,14 @@ struct RawConfig {
     approvals: Option<RawApprovals>,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    ui: Option<RawUi>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUi {
+    audit_roles: Option<Vec<Role>>,
 }
 
 #[derive(Deserialize)]
@@ -617,6 +642,11 @@ impl Validator<'_> {
             approvals,
             protected,
             tls,
+            ui: raw.ui.map_or_else(UiConfig::default, |ui| UiConfig {
+                audit_roles: ui
+                    .audit_roles
+                    .unwrap_or_else(|| UiConfig::default().audit_roles),
+            }),
         })
     }
 

@@ -34,6 +34,7 @@ pub mod overload;
 pub mod policy;
 pub mod ratelimit;
 pub mod request_id;
+pub mod ui;
 
 // Composition, listeners and process.
 pub mod admin;

@@ -205,7 +205,8 @@ impl StackParts {
             api: GatewayApiLayer::new(ApiSettings {
                 clients: clients.clone(),
                 approvals: shared.approvals.clone(),
-                audit_roles: Arc::from(vec!["admin".parse().expect("a valid role")]),
+                audit_roles: Arc::from(config.ui.audit_roles.clone()),
+                audit_log: shared.audit.as_ref().map(|a| a.path().to_path_buf()),
             }),
             protection,
             clients,

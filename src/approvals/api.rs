@@ -8,6 +8,8 @@
 //! | `GET /tl-gateway/v1/approvals/{id}` | the approval |
 //! | `POST /tl-gateway/v1/approvals/{id}/approve` · `/deny` | optional `{"comment": "..."}`; the approval after the decision |
 //! | `POST /tl-gateway/v1/approvals/{id}/cancel` | the requester withdraws it |
+//! | `GET /tl-gateway/v1/audit/recent?limit=N` | `{"records": [...]}`: the newest N (≤ 500) audit records of destructive calls on this replica, newest first, for roles in `ui.audit_roles` (others: 403 `policy_denied`) |
+//! | `GET /tl-gateway/ui/` | the approvals page ([`crate::ui`]), no key needed |
 //!
 //! Errors are TwelveLabs-shaped: 401 `unauthorized`, 403 `approval_forbidden`, 404
 //! `approval_not_found`, 409 `approval_not_pending`, 400 `parameter_invalid`, 503
@@ -15,6 +17,7 @@
 //! route table, the policy or the upstream.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,7 +32,7 @@ use crate::auth::{ClientKeys, Principal};
 use crate::body::{self, GatewayBody};
 use crate::error::GatewayError;
 use crate::ext::{PeerCertificate, RouteLabel};
-use crate::ids::Role;
+use crate::ids::{Role, RuleId};
 
 /// Every path of the gateway's own API starts with this.
 pub const PREFIX: &str = "/tl-gateway/";
@@ -43,6 +46,9 @@ const MAX_COMMENT: usize = 2000;
 /// Most approvals one list returns.
 const MAX_LIST: usize = 500;
 
+/// Most audit records `audit/recent` returns.
+const MAX_AUDIT_RECORDS: usize = 500;
+
 /// What the API needs: the clients' keys, the approvals, and who may read the audit log.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
@@ -52,6 +58,8 @@ pub struct ApiSettings {
     pub approvals: Approvals,
     /// Roles that may read recent audit records (`ui.audit_roles`).
     pub audit_roles: Arc<[Role]>,
+    /// The live audit file, when the audit log is on.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Layer answering `/tl-gateway/…` itself and passing everything else on.
@@ -124,6 +132,12 @@ async fn handle(
     req: Request<GatewayBody>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let path = req.uri().path().to_owned();
+    if crate::ui::is_page(&path) {
+        if let Some(label) = req.extensions().get::<RouteLabel>() {
+            let _ = label.0.set("tl_gateway.ui");
+        }
+        return crate::ui::serve(req.method(), &path);
+    }
     let rest = path
         .strip_prefix("/tl-gateway/v1/")
         .ok_or(GatewayError::RouteUnknown)?;
@@ -193,10 +207,66 @@ async fn handle(
             let approval = result?;
             Ok(json(StatusCode::OK, &view(&approval, &caller)))
         }
-        (_, ["me"] | ["approvals"] | ["approvals", _]) => Err(GatewayError::MethodNotAllowed {
-            method,
-            allowed: vec![Method::GET],
-        }),
+        (Method::GET, ["audit", "recent"]) => {
+            if !caller
+                .roles
+                .iter()
+                .any(|r| settings.audit_roles.contains(r))
+            {
+                return Err(GatewayError::PolicyDenied {
+                    rule: RuleId::builtin("ui.audit_roles"),
+                    message: Some(
+                        format!(
+                            "reading the audit log needs one of the roles [{}]",
+                            settings
+                                .audit_roles
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                        .into(),
+                    ),
+                });
+            }
+            let query = Query::parse(req.uri().query())?;
+            let limit = match query.get("limit") {
+                None => 50,
+                Some(n) => n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_AUDIT_RECORDS).contains(n))
+                    .ok_or_else(|| {
+                        GatewayError::ParameterInvalid(format!(
+                            "limit must be a number from 1 to {MAX_AUDIT_RECORDS}"
+                        ))
+                    })?,
+            };
+            let records = match settings.audit_log.clone() {
+                None => Vec::new(),
+                Some(live) => tokio::task::spawn_blocking(move || {
+                    crate::audit::recent(&live, limit, |record| {
+                        // Calls, not approval bookkeeping (the approvals tabs show that).
+                        record.get("phase").and_then(|p| p.as_str()) != Some("approval")
+                    })
+                })
+                .await
+                .map_err(|e| GatewayError::AuditUnavailable(format!("reading the audit log: {e}")))?
+                .map_err(|e| {
+                    GatewayError::AuditUnavailable(format!("the audit log could not be read: {e}"))
+                })?,
+            };
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "records": records }),
+            ))
+        }
+        (_, ["me"] | ["approvals"] | ["approvals", _] | ["audit", "recent"]) => {
+            Err(GatewayError::MethodNotAllowed {
+                method,
+                allowed: vec![Method::GET],
+            })
+        }
         (_, ["approvals", _, "approve" | "deny" | "cancel"]) => {
             Err(GatewayError::MethodNotAllowed {
                 method,

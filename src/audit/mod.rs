@@ -796,14 +796,20 @@ pub fn rotated_files(live: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The newest `limit` records of the log at `live` (the live file, then the newest rotated one if
-/// the live file holds fewer), newest first, as written (with `seq` and hashes). Reads at most a
-/// few MiB; for the approvals page, not for verification.
-pub fn recent(live: &Path, limit: usize) -> std::io::Result<Vec<serde_json::Value>> {
+/// The newest `limit` records of the log at `live` that `keep` accepts (the live file, then the
+/// newest rotated one if the live file holds fewer), newest first, as written (with `seq` and
+/// hashes). Reads at most a few MiB of each file's end, never the whole log; for the approvals
+/// page, not for verification.
+pub fn recent(
+    live: &Path,
+    limit: usize,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> std::io::Result<Vec<serde_json::Value>> {
     const WINDOW: u64 = 4 * 1024 * 1024;
     let parse = |text: &str| -> Vec<serde_json::Value> {
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|r| keep(r))
             .collect()
     };
     let mut records = parse(&read_tail(live, WINDOW)?);

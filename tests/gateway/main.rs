@@ -19,3 +19,4 @@ mod sdk;
 mod state;
 mod support;
 mod tls;
+mod ui;

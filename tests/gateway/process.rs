@@ -353,7 +353,7 @@ async fn demo_prints_working_keys_and_curl_lines() {
         .map(|l| l.trim())
         .filter(|l| l.starts_with("curl "))
         .collect();
-    assert_eq!(curl_lines.len(), 3, "{text}");
+    assert_eq!(curl_lines.len(), 4, "{text}");
     let run = |line: &str| {
         let output = Command::new("sh")
             .arg("-c")
@@ -376,6 +376,22 @@ async fn demo_prints_working_keys_and_curl_lines() {
     // 3. A member's plain delete of the referenced asset reaches the upstream, whose 409 passes through.
     let conflict = run(curl_lines[2]);
     assert!(conflict.starts_with("HTTP/1.1 409"), "{conflict}");
+    // 4. A member's forced delete asks for an admin's approval, on the page the demo prints.
+    let asked = run(curl_lines[3]);
+    assert!(asked.starts_with("HTTP/1.1 403"), "{asked}");
+    assert!(asked.contains(r#""code":"approval_required""#), "{asked}");
+    assert!(asked.contains("/tl-gateway/ui/"), "{asked}");
+    let page = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("page:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the demo prints the approvals page");
+    let html = run(&format!("curl -s -i {page}"));
+    assert!(html.starts_with("HTTP/1.1 200"), "{html}");
+    assert!(
+        html.contains("content-security-policy: default-src 'self'"),
+        "{html}"
+    );
 
     // The demo audits: the 409'd delete left an intent and (once the response ended) an outcome.
     let audit = printed

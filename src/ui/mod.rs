@@ -1,0 +1,178 @@
+//! The approvals page: static HTML, CSS and JavaScript embedded in the binary and served under
+//! `/tl-gateway/ui/` on the client listener, without a key (the page asks for one and sends it to
+//! the JSON API under `/tl-gateway/v1/` in `x-api-key`; it keeps it in `sessionStorage` only).
+//!
+//! Every answer carries a strict Content-Security-Policy (no inline script or style, no other
+//! origin, no framing), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`. The
+//! page sets no cookie, so there is no CSRF surface: the API reads the key from a header a
+//! cross-site form cannot set.
+
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use crate::body::{self, GatewayBody};
+use crate::error::GatewayError;
+
+/// Where the page lives.
+pub const PREFIX: &str = "/tl-gateway/ui/";
+
+/// The policy every answer of the page carries.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+frame-ancestors 'none'";
+
+/// One embedded file.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    text: &'static str,
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "",
+        content_type: "text/html; charset=utf-8",
+        text: include_str!("index.html"),
+    },
+    Asset {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        text: include_str!("index.html"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        text: include_str!("app.js"),
+    },
+    Asset {
+        name: "app.css",
+        content_type: "text/css; charset=utf-8",
+        text: include_str!("app.css"),
+    },
+];
+
+/// Whether `path` belongs to the page (`/tl-gateway/ui` or below it).
+pub fn is_page(path: &str) -> bool {
+    path == "/tl-gateway/ui" || path.starts_with(PREFIX)
+}
+
+/// The answer for a request to the page: a file, a redirect from `/tl-gateway/ui` to the
+/// directory (so the page's relative links resolve), 404 for anything else, 405 for methods other
+/// than GET and HEAD.
+pub fn serve(method: &Method, path: &str) -> Result<Response<GatewayBody>, GatewayError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(GatewayError::MethodNotAllowed {
+            method: method.clone(),
+            allowed: vec![Method::GET, Method::HEAD],
+        });
+    }
+    if path == "/tl-gateway/ui" {
+        let mut response = secured(Response::new(body::empty()));
+        *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static(PREFIX));
+        return Ok(response);
+    }
+    let name = path.strip_prefix(PREFIX).unwrap_or(path);
+    let asset = ASSETS
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or(GatewayError::RouteUnknown)?;
+    let mut response = secured(Response::new(if method == Method::HEAD {
+        body::empty()
+    } else {
+        body::full(asset.text)
+    }));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(asset.text.len()));
+    Ok(response)
+}
+
+/// The headers every answer of the page carries.
+fn secured(mut response: Response<GatewayBody>) -> Response<GatewayBody> {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The page changes with the binary: always revalidate, never keep it past an upgrade.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_the_page_with_its_security_headers() {
+        let response = serve(&Method::GET, "/tl-gateway/ui/").unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+        let js = serve(&Method::GET, "/tl-gateway/ui/app.js").unwrap();
+        assert_eq!(
+            js.headers()[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn redirects_to_the_directory_and_refuses_the_rest() {
+        let response = serve(&Method::GET, "/tl-gateway/ui").unwrap();
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(response.headers()[header::LOCATION], PREFIX);
+        assert!(matches!(
+            serve(&Method::GET, "/tl-gateway/ui/../v1/me"),
+            Err(GatewayError::RouteUnknown)
+        ));
+        assert!(matches!(
+            serve(&Method::POST, "/tl-gateway/ui/"),
+            Err(GatewayError::MethodNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn the_page_has_no_inline_script_or_style() {
+        let html = include_str!("index.html");
+        for tag in html.split("<script").skip(1) {
+            let head = &tag[..tag.find('>').unwrap()];
+            assert!(head.contains("src="), "inline script: <script{head}>");
+        }
+        assert!(!html.contains("<style") && !html.contains(" style="));
+        // No inline event handler (` onclick=`, ` onload=`, …) either.
+        for (at, _) in html.match_indices(" on") {
+            let name: String = html[at + 3..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            let after = html[at + 3 + name.len()..].chars().next();
+            assert!(
+                name.is_empty() || after != Some('='),
+                "inline handler on{name}"
+            );
+        }
+        // The script never writes HTML from data.
+        let js = include_str!("app.js");
+        assert!(!js.contains("innerHTML") && !js.contains("outerHTML"));
+        assert!(!js.contains("document.write") && !js.contains("eval("));
+    }
+}
