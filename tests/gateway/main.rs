@@ -20,3 +20,4 @@ mod state;
 mod support;
 mod tls;
 mod ui;
+mod upstream_pool;

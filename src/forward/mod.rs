@@ -1,22 +1,23 @@
 //! Forwarding: the canonical request to the fixed upstream origin, over rustls, streamed both ways.
 //!
-//! The upstream URI is built from configuration (scheme, host, port) and the classified
-//! [`Operation`] (path and query); the client's `Host` or target never chooses where a connection goes.
-//! Requests go upstream as HTTP/1.1. No redirects are followed and proxy environment variables are
-//! ignored (hyper's connector reads none).
+//! Where a connection goes comes from configuration only (scheme, host, port); the request line's
+//! target is the classified [`Operation`]'s path and query, in origin form, and `Host` is the
+//! configured authority: the client's `Host` or target never chooses either. Requests go upstream
+//! as HTTP/1.1 on connections owned by the serving worker that uses them ([`pool`]). No redirects
+//! are followed and proxy environment variables are ignored.
+
+pub mod pool;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tower::Service;
+
+use self::pool::{Pools, SendError};
 
 use crate::body::{self, GatewayBody};
 use crate::classify::Operation;
@@ -95,14 +96,13 @@ pub struct UpstreamSettings {
 #[error("cannot set up TLS for the upstream: {0}")]
 pub struct ForwardSetupError(#[from] rustls::Error);
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, GatewayBody>;
-
 /// The innermost service: sends the canonical request upstream and streams the response back.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    /// One pool per serving worker (index [`crate::workers::current`]): an upstream connection is
-    /// driven by the thread of the requests that use it, so no request wakes another thread.
-    clients: Arc<[HttpClient]>,
+    /// Idle connections per serving worker (index [`crate::workers::current`]): an upstream
+    /// connection is driven by the thread of the requests that use it, so no request wakes another
+    /// thread.
+    pools: Arc<Pools>,
     settings: Arc<UpstreamSettings>,
     host: HeaderValue,
     slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -111,41 +111,46 @@ pub struct Forwarder {
 impl Forwarder {
     /// Build a forwarder with its own connection pool.
     pub fn new(settings: UpstreamSettings) -> Result<Self, ForwardSetupError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        // One crypto provider, passed explicitly: no process-wide default is needed or assumed.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let clients = (0..settings.pool_shards.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(settings.max_idle_per_pool)
-                    .build(https.clone())
-            })
-            .collect();
+        let origin = &settings.origin;
+        let https = origin.scheme == Scheme::HTTPS;
+        let tls = if https {
+            // One crypto provider, passed explicitly: no process-wide default is needed or assumed.
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        let port = origin
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let pools = Arc::new(Pools::new(
+            origin.authority.host(),
+            port,
+            tls,
+            settings.connect_timeout,
+            settings.pool_shards,
+            settings.max_idle_per_pool,
+        )?);
         let host = HeaderValue::from_str(settings.origin.authority.as_str())
             .map_err(|_| rustls::Error::General("upstream authority is not a valid Host".into()))?;
         let slots = settings
             .max_concurrency
             .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         Ok(Forwarder {
-            clients,
+            pools,
             settings: Arc::new(settings),
             host,
             slots,
         })
-    }
-
-    /// The calling thread's connection pool.
-    fn client(&self) -> &HttpClient {
-        &self.clients[crate::workers::current() % self.clients.len()]
     }
 
     /// The settings this forwarder was built with.
@@ -161,11 +166,8 @@ impl Forwarder {
         limit: usize,
     ) -> Result<(http::StatusCode, bytes::Bytes), GatewayError> {
         use http_body_util::BodyExt;
-        let uri = Uri::builder()
-            .scheme(self.settings.origin.scheme.clone())
-            .authority(self.settings.origin.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        let uri = PathAndQuery::try_from(path_and_query)
+            .map(Uri::from)
             .map_err(|_| GatewayError::Internal("a lookup target does not form a URI"))?;
         let request = Request::get(uri)
             .header(header::HOST, self.host.clone())
@@ -175,11 +177,10 @@ impl Forwarder {
             .map_err(|_| GatewayError::Internal("a lookup request could not be built"))?;
         let timeout = self.settings.request_timeout;
         let exchange = async {
-            let response = self.client().request(request).await.map_err(|error| {
-                GatewayError::UpstreamUnavailable(if error.is_connect() {
-                    UpstreamFailure::Connect
-                } else {
-                    UpstreamFailure::Exchange
+            let response = self.pools.send(request).await.map_err(|error| {
+                GatewayError::UpstreamUnavailable(match error {
+                    SendError::Connect(_) => UpstreamFailure::Connect,
+                    SendError::Exchange(_) => UpstreamFailure::Exchange,
                 })
             })?;
             let status = response.status();
@@ -195,12 +196,10 @@ impl Forwarder {
             .map_err(|_| GatewayError::UpstreamTimeout(timeout.as_millis()))?
     }
 
+    /// The request line's target: the canonical path and query, in origin form.
     fn upstream_uri(&self, operation: &Operation) -> Result<Uri, GatewayError> {
-        Uri::builder()
-            .scheme(self.settings.origin.scheme.clone())
-            .authority(self.settings.origin.authority.clone())
-            .path_and_query(operation.path_and_query())
-            .build()
+        PathAndQuery::try_from(operation.path_and_query())
+            .map(Uri::from)
             .map_err(|_| GatewayError::Internal("the canonical target does not form a URI"))
     }
 }
@@ -235,38 +234,29 @@ impl Service<Request<GatewayBody>> for Forwarder {
         let timeout = self.settings.request_timeout;
         let idle = self.settings.body_idle_timeout;
         let queue_timeout = self.settings.queue_timeout;
-        // Without an upstream concurrency limit the request is handed to the pool right away.
-        let send = match &self.slots {
-            None => Dispatch::Now(self.client().request(upstream_request)),
-            Some(slots) => Dispatch::Queued(Box::new((
-                self.client().clone(),
-                upstream_request,
-                slots.clone(),
-            ))),
-        };
+        let pools = self.pools.clone();
+        let slots = self.slots.clone();
         Box::pin(async move {
             // Upstream back-pressure: wait (bounded) for a slot, held until the response headers.
-            let (_slot, response) = match send {
-                Dispatch::Now(response) => (None, response),
-                Dispatch::Queued(queued) => {
-                    let (client, request, slots) = *queued;
+            let _slot = match slots {
+                None => None,
+                Some(slots) => {
                     match tokio::time::timeout(queue_timeout, slots.acquire_owned()).await {
-                        Ok(Ok(permit)) => (Some(permit), client.request(request)),
+                        Ok(Ok(permit)) => Some(permit),
                         _ => return Err(GatewayError::UpstreamBusy),
                     }
                 }
             };
-            let response = match tokio::time::timeout(timeout, response).await {
+            let response = match tokio::time::timeout(timeout, pools.send(upstream_request)).await {
                 Err(_) => return Err(GatewayError::UpstreamTimeout(timeout.as_millis())),
                 Ok(Err(error)) => {
                     if let Some(client) = ClientBodyError::find(&error) {
                         tracing::info!(error = %client, "request body failed on the client's side");
                         return Err(client.to_gateway_error());
                     }
-                    let failure = if error.is_connect() {
-                        UpstreamFailure::Connect
-                    } else {
-                        UpstreamFailure::Exchange
+                    let failure = match error {
+                        SendError::Connect(_) => UpstreamFailure::Connect,
+                        SendError::Exchange(_) => UpstreamFailure::Exchange,
                     };
                     tracing::warn!(kind = failure.as_str(), error = %ErrorChain(&error), "upstream request failed");
                     return Err(GatewayError::UpstreamUnavailable(failure));
@@ -281,18 +271,6 @@ impl Service<Request<GatewayBody>> for Forwarder {
             ))
         })
     }
-}
-
-/// A request on its way to the pool: sent at once, or waiting for an upstream slot first.
-enum Dispatch {
-    Now(hyper_util::client::legacy::ResponseFuture),
-    Queued(
-        Box<(
-            HttpClient,
-            Request<GatewayBody>,
-            Arc<tokio::sync::Semaphore>,
-        )>,
-    ),
 }
 
 /// Display an error with its sources, for logs.
