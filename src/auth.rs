@@ -323,9 +323,11 @@ pub fn key_digest_hex(key: &str) -> String {
 
 /// The personal key a request presents: exactly one, in `x-api-key` or `Authorization: Bearer`.
 pub fn presented_key(headers: &HeaderMap) -> Result<&[u8], GatewayError> {
-    let mut keys = Vec::with_capacity(1);
+    // The first key, how many were sent, and whether any differs from the first (compared in
+    // constant time); no list is built.
+    let mut seen = Presented::default();
     for value in headers.get_all("x-api-key") {
-        keys.push(value.as_bytes());
+        seen.add(value.as_bytes());
     }
     for value in headers.get_all(header::AUTHORIZATION) {
         let bytes = value.as_bytes();
@@ -333,15 +335,32 @@ pub fn presented_key(headers: &HeaderMap) -> Result<&[u8], GatewayError> {
         if !scheme_ok {
             return Err(GatewayError::InvalidCredentials);
         }
-        keys.push(trim_ascii(&bytes[7..]));
+        seen.add(trim_ascii(&bytes[7..]));
     }
-    match keys.as_slice() {
-        [] => Err(GatewayError::MissingCredentials),
-        [[]] => Err(GatewayError::MissingCredentials),
-        [key] => Ok(key),
+    match seen.first {
+        None => Err(GatewayError::MissingCredentials),
+        Some([]) if seen.count == 1 => Err(GatewayError::MissingCredentials),
         // The same key in both headers is harmless; anything else is ambiguous.
-        [first, rest @ ..] if rest.iter().all(|k| k.ct_eq(first).into()) => Ok(first),
-        _ => Err(GatewayError::ConflictingCredentials),
+        Some(_) if seen.differ => Err(GatewayError::ConflictingCredentials),
+        Some(key) => Ok(key),
+    }
+}
+
+/// The keys a request presents, as [`presented_key`] reads them.
+#[derive(Default)]
+struct Presented<'a> {
+    first: Option<&'a [u8]>,
+    count: usize,
+    differ: bool,
+}
+
+impl<'a> Presented<'a> {
+    fn add(&mut self, key: &'a [u8]) {
+        self.count += 1;
+        match self.first {
+            None => self.first = Some(key),
+            Some(first) => self.differ |= !bool::from(key.ct_eq(first)),
+        }
     }
 }
 

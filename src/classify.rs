@@ -103,20 +103,27 @@ impl Query {
     /// The query string sent upstream: true booleans as `true`, false ones omitted.
     pub fn serialize(&self) -> Option<String> {
         let mut out = String::new();
+        self.write_to(&mut out);
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The pieces of [`Query::serialize`], in order, to `out`.
+    fn write_to(&self, out: &mut impl TargetSink) {
+        let mut first = true;
         for (key, value) in &self.pairs {
             let value = match value {
                 ParamValue::Bool(true) => "true",
                 ParamValue::Bool(false) => continue,
                 ParamValue::Raw(raw) => raw,
             };
-            if !out.is_empty() {
-                out.push('&');
+            if !first {
+                out.put("&");
             }
-            out.push_str(key);
-            out.push('=');
-            out.push_str(value);
+            first = false;
+            out.put(key);
+            out.put("=");
+            out.put(value);
         }
-        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -165,9 +172,58 @@ impl Operation {
 
     /// Path plus `?query`, as sent upstream.
     pub fn path_and_query(&self) -> String {
-        match self.query.serialize() {
-            Some(q) => format!("{}?{}", self.path, q),
-            None => self.path.to_string(),
+        let mut out = String::with_capacity(self.path.len() + 64);
+        self.write_target(&mut out);
+        out
+    }
+
+    /// Whether `target` (a path and query) is exactly [`Operation::path_and_query`]: then the
+    /// request's own target can be forwarded as it is, without building the same bytes again.
+    pub fn target_is(&self, target: &str) -> bool {
+        let mut compare = Compare {
+            rest: target,
+            equal: true,
+        };
+        self.write_target(&mut compare);
+        compare.equal && compare.rest.is_empty()
+    }
+
+    fn write_target(&self, out: &mut impl TargetSink) {
+        out.put(&self.path);
+        if self
+            .query
+            .pairs
+            .iter()
+            .any(|(_, v)| *v != ParamValue::Bool(false))
+        {
+            out.put("?");
+            self.query.write_to(out);
+        }
+    }
+}
+
+/// Where the pieces of a canonical target go: a string being built, or a comparison.
+trait TargetSink {
+    fn put(&mut self, piece: &str);
+}
+
+impl TargetSink for String {
+    fn put(&mut self, piece: &str) {
+        self.push_str(piece);
+    }
+}
+
+/// Compares the pieces with a given target as they come, allocating nothing.
+struct Compare<'a> {
+    rest: &'a str,
+    equal: bool,
+}
+
+impl TargetSink for Compare<'_> {
+    fn put(&mut self, piece: &str) {
+        match self.rest.strip_prefix(piece) {
+            Some(rest) if self.equal => self.rest = rest,
+            _ => self.equal = false,
         }
     }
 }
@@ -254,17 +310,21 @@ impl Classifier {
         }
         let path = uri.path();
         let segments = split_path(path)?;
-        let (version_segment, rest) = segments.split_first().ok_or(GatewayError::RouteUnknown)?;
+        let (version_segment, rest) = segments
+            .as_slice()
+            .split_first()
+            .ok_or(GatewayError::RouteUnknown)?;
         let known_version = self
             .settings
             .api_versions
             .iter()
             .any(|v| v == version_segment);
-        let lookup = if known_version && *version_segment == RouteTable::VERSION {
-            self.table.lookup(&method, rest)
-        } else {
-            Lookup::NotFound
-        };
+        let lookup =
+            if known_version && *version_segment == RouteTable::VERSION && !segments.overflow {
+                self.table.lookup(&method, rest)
+            } else {
+                Lookup::NotFound
+            };
         let (route, params) = match lookup {
             Lookup::Found { route, params } => (
                 Some(route),
@@ -360,8 +420,10 @@ impl Classifier {
                     }
                 }
             }
-            let lower = key.to_ascii_lowercase();
-            if METHOD_OVERRIDE_PARAMS.contains(&lower.as_str()) {
+            if METHOD_OVERRIDE_PARAMS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(key))
+            {
                 return Err(ambiguous("method-override parameters are not accepted"));
             }
             let declared = route.and_then(|r| r.query_param(key));
@@ -480,7 +542,7 @@ fn classify_method(method: &Method) -> Result<Method, GatewayError> {
 }
 
 /// Split a path into segments, refusing anything a server could read another way.
-fn split_path(path: &str) -> Result<Vec<&str>, GatewayError> {
+fn split_path(path: &str) -> Result<Segments<'_>, GatewayError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(ambiguous(
             "the request target must be a path starting with /",
@@ -502,15 +564,41 @@ fn split_path(path: &str) -> Result<Vec<&str>, GatewayError> {
             }
         }
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    for segment in &segments {
-        match *segment {
+    let mut segments = Segments {
+        items: [""; Segments::MAX],
+        len: 0,
+        overflow: false,
+    };
+    for segment in rest.split('/') {
+        match segment {
             "" => return Err(ambiguous("an empty path segment ('//' or a trailing '/')")),
             "." | ".." => return Err(ambiguous("a dot segment ('.' or '..') in the path")),
             _ => {}
         }
+        if segments.len < Segments::MAX {
+            segments.items[segments.len] = segment;
+            segments.len += 1;
+        } else {
+            segments.overflow = true;
+        }
     }
     Ok(segments)
+}
+
+/// A path's segments, kept on the stack: every one is checked, the first [`Segments::MAX`] kept
+/// (no TwelveLabs route is nearly that long, so a longer path matches no route).
+struct Segments<'a> {
+    items: [&'a str; Segments::MAX],
+    len: usize,
+    overflow: bool,
+}
+
+impl<'a> Segments<'a> {
+    const MAX: usize = 16;
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.items[..self.len]
+    }
 }
 
 /// The classification layer: every request becomes its canonical [`Operation`], or is refused.

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -18,9 +17,11 @@ use tower::{Layer, Service};
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// A request's id, as a typed request extension.
+/// A request's id, as a typed request extension. Held as the header value it is sent and echoed
+/// as, so the request, the response and every record share one buffer (cloning it allocates
+/// nothing).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// Longest client-supplied id that is propagated.
@@ -28,8 +29,16 @@ impl RequestId {
 
     /// A fresh random id (32 hex digits).
     pub fn generate() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let value: u128 = rand::random();
-        RequestId(format!("{value:032x}").into())
+        let mut digits = [0u8; 32];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((value >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        // One allocation, shared by every clone.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
+            .expect("hex digits are a valid header value");
+        RequestId(value)
     }
 
     /// Accept a client-supplied id if it is 1–128 characters of `[A-Za-z0-9._:-]`.
@@ -40,30 +49,28 @@ impl RequestId {
             && bytes
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        plain
-            .then(|| std::str::from_utf8(bytes).ok().map(|s| RequestId(s.into())))
-            .flatten()
+        plain.then(|| RequestId(value.clone()))
     }
 
     /// A fixed id (tests).
     pub fn from_static(value: &'static str) -> Self {
-        RequestId(value.into())
+        RequestId(HeaderValue::from_static(value))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only plain ASCII ids are ever constructed.
+        self.0.to_str().unwrap_or_default()
     }
 
     fn header_value(&self) -> HeaderValue {
-        // Only plain ASCII ids are ever constructed, so this cannot fail.
-        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        self.0.clone()
     }
 }
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

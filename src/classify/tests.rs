@@ -71,6 +71,9 @@ fn sdk_targets_classify_to_routes_and_forward_unchanged() {
         let op = run(method, target).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
         assert_eq!(op.route_id(), route, "{target}");
         assert_eq!(op.path_and_query(), target, "{target}");
+        // Already canonical: the request's own target is forwarded as it is.
+        assert!(op.target_is(target), "{target}");
+        assert!(!op.target_is(&format!("{target}&")) && !op.target_is(&target[1..]));
     }
     let op = run("DELETE", "/v1.3/assets/abc?force=true").unwrap();
     assert_eq!(op.param("asset_id"), Some("abc"));
@@ -89,6 +92,9 @@ fn every_true_spelling_counts_as_true_and_is_forwarded_canonically() {
             "/v1.3/assets/abc?force=true",
             "{spelling}"
         );
+        // A rewritten target is rebuilt, never the client's own spelling forwarded.
+        let target = format!("/v1.3/assets/abc?force={spelling}");
+        assert_eq!(op.target_is(&target), spelling == "true", "{spelling}");
     }
 }
 
@@ -98,6 +104,8 @@ fn false_spellings_are_omitted_upstream() {
         let op = run("DELETE", &format!("/v1.3/assets/abc?force={spelling}")).unwrap();
         assert_eq!(op.query.bool("force"), Some(false), "{spelling}");
         assert_eq!(op.path_and_query(), "/v1.3/assets/abc", "{spelling}");
+        assert!(!op.target_is(&format!("/v1.3/assets/abc?force={spelling}")));
+        assert!(op.target_is("/v1.3/assets/abc"));
     }
 }
 

@@ -216,7 +216,13 @@ impl Service<Request<GatewayBody>> for Forwarder {
     fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let uri = match parts.extensions.get::<Operation>() {
-            Some(operation) => self.upstream_uri(operation),
+            // The canonical target is byte for byte the request's own: forward that (no copy).
+            Some(operation) => match parts.uri.path_and_query() {
+                Some(target) if operation.target_is(target.as_str()) => {
+                    Ok(Uri::from(target.clone()))
+                }
+                _ => self.upstream_uri(operation),
+            },
             None => Err(GatewayError::Internal(
                 "request reached the forwarder unclassified",
             )),
