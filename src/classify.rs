@@ -70,7 +70,8 @@ pub enum ParamValue {
 /// A canonical query: parameters in the order received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
-    pairs: Vec<(Box<str>, ParamValue)>,
+    /// Keys the route declares are its `&'static` names (no copy); others are copied.
+    pairs: Vec<(std::borrow::Cow<'static, str>, ParamValue)>,
 }
 
 impl Query {
@@ -409,7 +410,7 @@ impl Classifier {
                     });
                 match filter {
                     Some(_) if !query.contains(key) => {
-                        query.pairs.push((key.into(), ParamValue::Raw(plain_value(value)?.into())));
+                        query.pairs.push((key.to_owned().into(), ParamValue::Raw(plain_value(value)?.into())));
                         continue;
                     }
                     Some(_) => return Err(ambiguous("a repeated query parameter")),
@@ -474,7 +475,11 @@ impl Classifier {
                 }
                 _ => ParamValue::Raw(plain_value(value)?.into()),
             };
-            query.pairs.push((key.into(), value));
+            let key = match declared {
+                Some(param) => std::borrow::Cow::Borrowed(param.name),
+                None => std::borrow::Cow::Owned(key.to_owned()),
+            };
+            query.pairs.push((key, value));
         }
         Ok(query)
     }

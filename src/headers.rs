@@ -112,17 +112,28 @@ pub fn remove_client_credentials(headers: &mut HeaderMap) {
                 .iter()
                 .any(|p| normalised_starts_with(name, p))
     };
-    // Most requests carry exactly one credential and nothing else to remove: collect only then.
-    if !headers.keys().any(|name| doomed(name.as_str())) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| doomed(name.as_str()))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
+    // One doomed name at a time, copied to the stack (a custom name's clone would allocate).
+    loop {
+        let mut buf = [0u8; 128];
+        let len = match headers.keys().find(|name| doomed(name.as_str())) {
+            None => return,
+            Some(name) if name.as_str().len() <= buf.len() => {
+                let text = name.as_str().as_bytes();
+                buf[..text.len()].copy_from_slice(text);
+                text.len()
+            }
+            Some(name) => {
+                let name = name.clone();
+                headers.remove(name);
+                continue;
+            }
+        };
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(name) => {
+                headers.remove(name);
+            }
+            Err(_) => return,
+        }
     }
 }
 

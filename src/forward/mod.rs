@@ -218,6 +218,12 @@ impl Service<Request<GatewayBody>> for Forwarder {
         let uri = match parts.extensions.get::<Operation>() {
             // The canonical target is byte for byte the request's own: forward that (no copy).
             Some(operation) => match parts.uri.path_and_query() {
+                // Already origin form (HTTP/1): kept as it is.
+                Some(target)
+                    if operation.target_is(target.as_str()) && parts.uri.scheme().is_none() =>
+                {
+                    Ok(std::mem::take(&mut parts.uri))
+                }
                 Some(target) if operation.target_is(target.as_str()) => {
                     Ok(Uri::from(target.clone()))
                 }
