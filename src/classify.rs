@@ -320,12 +320,17 @@ impl Classifier {
             .api_versions
             .iter()
             .any(|v| v == version_segment);
-        let lookup =
-            if known_version && *version_segment == RouteTable::VERSION && !segments.overflow {
-                self.table.lookup(&method, rest)
-            } else {
-                Lookup::NotFound
-            };
+        let lookup = if known_version && *version_segment == RouteTable::VERSION {
+            match self.table.lookup(&method, rest) {
+                // A bad id in the segments kept is refused however long the path is; a path
+                // longer than any route matches none.
+                bad @ Lookup::BadParam { .. } => bad,
+                _ if segments.overflow => Lookup::NotFound,
+                found => found,
+            }
+        } else {
+            Lookup::NotFound
+        };
         let (route, params) = match lookup {
             Lookup::Found { route, params } => (
                 Some(route),

@@ -112,27 +112,29 @@ pub fn remove_client_credentials(headers: &mut HeaderMap) {
                 .iter()
                 .any(|p| normalised_starts_with(name, p))
     };
-    // One doomed name at a time, copied to the stack (a custom name's clone would allocate).
+    // One doomed name at a time. Its text is copied to the stack to remove it by name (cloning a
+    // custom name would allocate); should that ever not remove it, the name itself is cloned.
     loop {
         let mut buf = [0u8; 128];
         let len = match headers.keys().find(|name| doomed(name.as_str())) {
             None => return,
-            Some(name) if name.as_str().len() <= buf.len() => {
-                let text = name.as_str().as_bytes();
-                buf[..text.len()].copy_from_slice(text);
-                text.len()
-            }
             Some(name) => {
-                let name = name.clone();
-                headers.remove(name);
-                continue;
+                let text = name.as_str().as_bytes();
+                let fits = text.len() <= buf.len();
+                if fits {
+                    buf[..text.len()].copy_from_slice(text);
+                }
+                fits.then_some(text.len())
             }
         };
-        match std::str::from_utf8(&buf[..len]) {
-            Ok(name) => {
-                headers.remove(name);
+        let removed = len
+            .and_then(|len| std::str::from_utf8(&buf[..len]).ok())
+            .and_then(|name| headers.remove(name))
+            .is_some();
+        if !removed {
+            if let Some(name) = headers.keys().find(|name| doomed(name.as_str())).cloned() {
+                headers.remove(&name);
             }
-            Err(_) => return,
         }
     }
 }

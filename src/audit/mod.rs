@@ -806,23 +806,26 @@ pub fn recent(
     keep: impl Fn(&serde_json::Value) -> bool,
 ) -> std::io::Result<Vec<serde_json::Value>> {
     const WINDOW: u64 = 4 * 1024 * 1024;
-    let parse = |text: &str| -> Vec<serde_json::Value> {
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|r| keep(r))
-            .collect()
+    // From the newest line back, parsing only until `limit` records are kept.
+    let take = |text: &str, newest: &mut Vec<serde_json::Value>| {
+        for line in text.lines().rev() {
+            if newest.len() >= limit {
+                break;
+            }
+            if let Ok(record) = serde_json::from_str::<serde_json::Value>(line) {
+                if keep(&record) {
+                    newest.push(record);
+                }
+            }
+        }
     };
-    let mut records = parse(&read_tail(live, WINDOW)?);
-    if records.len() < limit {
+    let mut newest = Vec::with_capacity(limit.min(64));
+    take(&read_tail(live, WINDOW)?, &mut newest);
+    if newest.len() < limit {
         if let Some(previous) = rotated_files(live).last() {
-            let mut older = parse(&read_tail(previous, WINDOW)?);
-            older.append(&mut records);
-            records = older;
+            take(&read_tail(previous, WINDOW)?, &mut newest);
         }
     }
-    let skip = records.len().saturating_sub(limit);
-    let mut newest: Vec<serde_json::Value> = records.into_iter().skip(skip).collect();
-    newest.reverse();
     Ok(newest)
 }
 

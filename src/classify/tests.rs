@@ -360,3 +360,15 @@ fn escaped_values_of_keys_a_text_rule_compares_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_path_longer_than_any_route_still_has_its_ids_checked() {
+    let tail = "/x".repeat(20);
+    // A bad id early in a long path is refused, as in a short one.
+    let err = run("GET", &format!("/v1.3/assets/a:b{tail}")).unwrap_err();
+    assert!(matches!(err, GatewayError::RequestAmbiguous(_)), "{err:?}");
+    // A good one makes an unknown route (forwarded as safe under the default), never a match.
+    let op = run("GET", &format!("/v1.3/assets/a1{tail}")).unwrap();
+    assert!(op.route.is_none());
+    assert_eq!(op.path_and_query(), format!("/v1.3/assets/a1{tail}"));
+}

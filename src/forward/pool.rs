@@ -91,34 +91,58 @@ impl std::fmt::Debug for Connector {
 
 impl Connector {
     async fn connect(&self) -> Result<SendRequest<GatewayBody>, ConnectError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, self.tcp())
-            .await
-            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        let tcp = self.tcp().await?;
         match &self.tls {
             None => handshake(tcp).await,
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(ConnectError::Tls)?;
+                // The handshake has its own connect_timeout: a stalled one is a connect failure.
+                let tls = tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+                .map_err(ConnectError::Tls)?;
                 handshake(tls).await
             }
         }
     }
 
+    /// Resolve, then try each address in turn, each with an equal share of what is left of
+    /// `connect_timeout` (as hyper-util's connector does), so one silent address cannot use it all.
     async fn tcp(&self) -> Result<TcpStream, ConnectError> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout_at(
+            deadline,
+            tokio::net::lookup_host((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+        .map_err(ConnectError::Tcp)?
+        .collect();
         let mut last = None;
-        for addr in tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(ConnectError::Tcp)?
-        {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
+        for (i, addr) in addrs.iter().enumerate() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let share = left / (addrs.len() - i) as u32;
+            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
-                Err(error) => last = Some(error),
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => {
+                    last = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{addr}: no answer within {share:?}"),
+                    ))
+                }
             }
+        }
+        if addrs.is_empty() {
+            return Err(ConnectError::Tcp(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} resolved to no address", self.host),
+            )));
         }
         Err(ConnectError::Tcp(last.unwrap_or_else(|| {
             std::io::Error::new(
@@ -289,6 +313,10 @@ impl Pools {
 
     fn keep(&self, shard: usize, sender: SendRequest<GatewayBody>) {
         let mut idle = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= self.max_idle {
+            // Make room from connections that closed or aged while idle.
+            idle.retain(|entry| !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT);
+        }
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 sender,

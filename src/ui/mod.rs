@@ -68,9 +68,10 @@ pub fn serve(method: &Method, path: &str) -> Result<Response<GatewayBody>, Gatew
     if path == "/tl-gateway/ui" {
         let mut response = secured(Response::new(body::empty()));
         *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        // Relative, so it holds behind a proxy that serves the gateway under a path prefix.
         response
             .headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static(PREFIX));
+            .insert(header::LOCATION, HeaderValue::from_static("ui/"));
         return Ok(response);
     }
     let name = path.strip_prefix(PREFIX).unwrap_or(path);
@@ -139,7 +140,7 @@ mod tests {
     fn redirects_to_the_directory_and_refuses_the_rest() {
         let response = serve(&Method::GET, "/tl-gateway/ui").unwrap();
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(response.headers()[header::LOCATION], PREFIX);
+        assert_eq!(response.headers()[header::LOCATION], "ui/");
         assert!(matches!(
             serve(&Method::GET, "/tl-gateway/ui/../v1/me"),
             Err(GatewayError::RouteUnknown)
