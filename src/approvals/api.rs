@@ -164,18 +164,7 @@ async fn handle(
                     ))
                 })?),
             };
-            let limit = match query.get("limit") {
-                None => 100,
-                Some(n) => n
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIST).contains(n))
-                    .ok_or_else(|| {
-                        GatewayError::ParameterInvalid(format!(
-                            "limit must be a number from 1 to {MAX_LIST}"
-                        ))
-                    })?,
-            };
+            let limit = query.limit(100, MAX_LIST)?;
             let list = approvals.list(&caller, state, limit).await?;
             let items: Vec<serde_json::Value> = list.iter().map(|a| view(a, &caller)).collect();
             Ok(json(
@@ -230,18 +219,7 @@ async fn handle(
                 });
             }
             let query = Query::parse(req.uri().query())?;
-            let limit = match query.get("limit") {
-                None => 50,
-                Some(n) => n
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_AUDIT_RECORDS).contains(n))
-                    .ok_or_else(|| {
-                        GatewayError::ParameterInvalid(format!(
-                            "limit must be a number from 1 to {MAX_AUDIT_RECORDS}"
-                        ))
-                    })?,
-            };
+            let limit = query.limit(50, MAX_AUDIT_RECORDS)?;
             let records = match settings.audit_log.clone() {
                 None => Vec::new(),
                 Some(live) => tokio::task::spawn_blocking(move || {
@@ -353,6 +331,22 @@ impl Query {
             pairs.push((key.to_owned(), value.to_owned()));
         }
         Ok(Query(pairs))
+    }
+
+    /// `limit`: `default` when absent, else a number from 1 to `max`.
+    fn limit(&self, default: usize, max: usize) -> Result<usize, GatewayError> {
+        match self.get("limit") {
+            None => Ok(default),
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    GatewayError::ParameterInvalid(format!(
+                        "limit must be a number from 1 to {max}"
+                    ))
+                }),
+        }
     }
 
     fn get(&self, key: &str) -> Option<&str> {

@@ -24,7 +24,7 @@ use crate::support::*;
 const CAROL_KEY: &str = "tlgw_carol_second_admin_key";
 const DAVE_KEY: &str = "tlgw_dave_third_admin_key";
 
-const TWO_PERSON: &str = r#"policy:
+pub const TWO_PERSON: &str = r#"policy:
   rules:
     - id: force-delete-two-person
       match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
@@ -45,7 +45,7 @@ fn more_admins(config: &mut Config) {
     }
 }
 
-fn two_person(audit: &Path, extra: &str) -> String {
+pub fn two_person(audit: &Path, extra: &str) -> String {
     format!("{TWO_PERSON}audit:\n  path: {}\n{extra}", audit.display())
 }
 
@@ -135,35 +135,16 @@ async fn metrics(gateway: &TestGateway) -> String {
 
 /// Run `tests/sdk/sdk_approval.py MODE` as `key` against the gateway; its output.
 async fn sdk(gateway: &TestGateway, mode: &str, key: &str, asset: &str, previous: &str) -> String {
-    let python = python();
-    let (mode, key, asset, previous, base) = (
-        mode.to_owned(),
-        key.to_owned(),
-        asset.to_owned(),
-        previous.to_owned(),
-        gateway.url("/v1.3"),
-    );
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/sdk/sdk_approval.py"))
-            .arg(&mode)
-            .env("TL_BASE_URL", base)
-            .env("TL_API_KEY", key)
-            .env("TL_ASSET", asset)
-            .env("TL_PREVIOUS_APPROVAL", previous)
-            .env_remove("TWELVELABS_BASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "SDK step failed:\n{text}");
-    text
+    let mut command = Command::new(python());
+    command
+        .arg(repo_root().join("tests/sdk/sdk_approval.py"))
+        .arg(mode)
+        .env("TL_BASE_URL", gateway.url("/v1.3"))
+        .env("TL_API_KEY", key)
+        .env("TL_ASSET", asset)
+        .env("TL_PREVIOUS_APPROVAL", previous)
+        .env_remove("TWELVELABS_BASE_URL");
+    run_checked(command, "SDK step").await
 }
 
 fn approval_id_in(output: &str) -> String {

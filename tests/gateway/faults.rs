@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use tl_gateway::body;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::process::GatewayProcess;
@@ -25,15 +25,9 @@ where
         while let Ok((mut stream, _)) = listener.accept().await {
             let behave = behave.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                if read_request_head(&mut stream).await.is_some() {
+                    behave(stream).await;
                 }
-                behave(stream).await;
             });
         }
     });

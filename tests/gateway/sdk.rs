@@ -29,32 +29,15 @@ async fn run_sdk_script(
     referenced: &str,
     expect_force: &str,
 ) -> String {
-    let python = python();
-    let (key, referenced, expect_force) = (
-        key.to_owned(),
-        referenced.to_owned(),
-        expect_force.to_owned(),
-    );
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/sdk/sdk_e2e.py"))
-            .env("TL_BASE_URL", base_url)
-            .env("TL_API_KEY", key)
-            .env("TL_REFERENCED_ASSET", referenced)
-            .env("TL_EXPECT_FORCE", expect_force)
-            .env_remove("TWELVELABS_BASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "SDK end-to-end failed:\n{text}");
-    text
+    let mut command = Command::new(python());
+    command
+        .arg(repo_root().join("tests/sdk/sdk_e2e.py"))
+        .env("TL_BASE_URL", base_url)
+        .env("TL_API_KEY", key)
+        .env("TL_REFERENCED_ASSET", referenced)
+        .env("TL_EXPECT_FORCE", expect_force)
+        .env_remove("TWELVELABS_BASE_URL");
+    run_checked(command, "SDK end-to-end").await
 }
 
 pub async fn start_emulator() -> (Emulator, String) {

@@ -5,28 +5,15 @@
 //! (`TL_GATEWAY_CHROMIUM` overrides the path); without them it fails, it never skips.
 //! `TL_GATEWAY_SCREENSHOT=docs/approvals-ui.png` keeps the screenshot it takes for the README.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use http::{header, Method, StatusCode};
 use tl_gateway::body;
 
+use crate::approvals::two_person as config;
 use crate::sdk::{python, start_emulator};
 use crate::support::*;
-
-const TWO_PERSON: &str = r#"policy:
-  rules:
-    - id: force-delete-two-person
-      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
-      allow_roles: [admin, member]
-      message: "Forced deletes unlink indexed assets and entities for good."
-      approval:
-        approver_roles: [admin]
-"#;
-
-fn config(audit: &Path, extra: &str) -> String {
-    format!("{TWO_PERSON}audit:\n  path: {}\n{extra}", audit.display())
-}
 
 async fn api_get(gateway: &TestGateway, path: &str, key: &str) -> (StatusCode, serde_json::Value) {
     let response = get(&gateway.url(&format!("/tl-gateway/v1/{path}")), Some(key)).await;
@@ -219,29 +206,17 @@ async fn an_admin_approves_a_members_forced_delete_in_a_real_browser() {
         Some(path) => repo_root().join(path),
         None => dir.path().join("approvals-ui.png"),
     };
-    let base = gateway.url("");
-    let shot = screenshot.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(repo_root().join("tests/browser/approvals_ui.py"))
-            .args(["--gateway", &base])
-            .args(["--admin-key", ALICE_KEY])
-            .args(["--member-key", BOB_KEY])
-            .arg("--screenshot")
-            .arg(&shot)
-            .arg("--chromium")
-            .arg(&chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "browser test failed:\n{text}");
+    let mut command = Command::new(python);
+    command
+        .arg(repo_root().join("tests/browser/approvals_ui.py"))
+        .args(["--gateway", &gateway.url("")])
+        .args(["--admin-key", ALICE_KEY])
+        .args(["--member-key", BOB_KEY])
+        .arg("--screenshot")
+        .arg(&screenshot)
+        .arg("--chromium")
+        .arg(&chromium);
+    let text = run_checked(command, "browser test").await;
     assert!(text.contains("approvals UI: all checks passed"), "{text}");
     // What the browser did happened for real: exactly one forced delete (the approved one) reached
     // the emulator, with the gateway's key.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -33,14 +33,9 @@ impl ScriptedUpstream {
                 let lines = task_lines.clone();
                 tokio::spawn(async move {
                     loop {
-                        let mut head = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            match stream.read(&mut byte).await {
-                                Ok(1) => head.push(byte[0]),
-                                _ => return,
-                            }
-                        }
+                        let Some(head) = read_request_head(&mut stream).await else {
+                            return;
+                        };
                         let text = String::from_utf8_lossy(&head).into_owned();
                         let line = text.lines().next().unwrap_or_default().to_owned();
                         lines.lock().unwrap().push(line.clone());
