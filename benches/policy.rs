@@ -79,6 +79,7 @@ fn bench_evaluate(c: &mut Criterion) {
             let bob = Principal {
                 client: "bob".parse().unwrap(),
                 roles: vec!["member".parse().unwrap()].into(),
+                credential: None,
             };
             let policy = config.compiled_policy.clone();
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
@@ -175,6 +176,7 @@ fn bench_rate_limits(c: &mut Criterion) {
     let principal = |id: &str, role: &str| Principal {
         client: id.parse().unwrap(),
         roles: vec![role.parse().unwrap()].into(),
+        credential: None,
     };
     let cases = [
         (

@@ -91,6 +91,9 @@ pub struct Principal {
     pub client: ClientId,
     /// The client's roles.
     pub roles: Arc<[Role]>,
+    /// How this request proved who it is (for the audit log); `None` for a principal named
+    /// without a request (`explain`, policy tests).
+    pub credential: Option<Credential>,
 }
 
 impl Principal {
@@ -100,7 +103,7 @@ impl Principal {
     }
 }
 
-/// How a request proved who it is (a request extension beside [`Principal`], for the audit log).
+/// How a request proved who it is (part of its [`Principal`], for the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     /// A personal key, by its label (never the key).
@@ -193,6 +196,7 @@ impl ClientKeys {
                 .map(|c| Principal {
                     client: c.id.clone(),
                     roles: c.roles.clone().into(),
+                    credential: None,
                 })
                 .collect(),
             buckets,
@@ -268,7 +272,7 @@ impl ClientKeys {
         &self,
         headers: &HeaderMap,
         cert: Option<&PeerCertificate>,
-    ) -> Result<(Principal, Credential), GatewayError> {
+    ) -> Result<Principal, GatewayError> {
         let by_cert = cert.and_then(|c| self.by_certificate(c).map(|i| (i, c)));
         let key = match presented_key(headers) {
             Ok(key) => Some(key),
@@ -307,7 +311,12 @@ impl ClientKeys {
         if let Some(Some(gauge)) = self.last_seen.get(index as usize) {
             gauge.set(unix_seconds(SystemTime::now()));
         }
-        Ok((self.principals[index as usize].clone(), credential))
+        let principal = &self.principals[index as usize];
+        Ok(Principal {
+            client: principal.client.clone(),
+            roles: principal.roles.clone(),
+            credential: Some(credential),
+        })
     }
 }
 
@@ -393,12 +402,11 @@ impl Authenticate {
 
 impl<B> Admit<B> for Authenticate {
     fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        let (principal, credential) = self
+        let principal = self
             .keys
             .identify(req.headers(), req.extensions().get::<PeerCertificate>())?;
         tracing::Span::current().record("client", principal.client.as_str());
         req.extensions_mut().insert(principal);
-        req.extensions_mut().insert(credential);
         Ok(())
     }
 }

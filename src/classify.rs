@@ -64,14 +64,83 @@ pub enum ParamValue {
     /// A boolean, already read conservatively.
     Bool(bool),
     /// Any other value, exactly as received (validated, not decoded).
-    Raw(Box<str>),
+    Raw(ShortStr),
+}
+
+/// A string kept inline when it is short (most query values: page numbers, ids, names), on the
+/// heap otherwise, so that classifying a typical request copies no value to the heap.
+#[derive(Clone)]
+pub enum ShortStr {
+    /// Up to [`ShortStr::INLINE`] bytes.
+    Inline {
+        /// Bytes used.
+        len: u8,
+        /// The UTF-8 text, then zeros.
+        bytes: [u8; ShortStr::INLINE],
+    },
+    /// Longer text.
+    Heap(Box<str>),
+}
+
+impl ShortStr {
+    /// The longest text kept inline.
+    pub const INLINE: usize = 22;
+}
+
+impl From<&str> for ShortStr {
+    fn from(text: &str) -> Self {
+        if text.len() <= ShortStr::INLINE {
+            let mut bytes = [0; ShortStr::INLINE];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            ShortStr::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            ShortStr::Heap(text.into())
+        }
+    }
+}
+
+impl std::ops::Deref for ShortStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            // Copied whole from a `&str`, so always UTF-8.
+            ShortStr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            ShortStr::Heap(text) => text,
+        }
+    }
+}
+
+impl PartialEq for ShortStr {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for ShortStr {}
+
+impl std::fmt::Debug for ShortStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for ShortStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
 }
 
 /// A canonical query: parameters in the order received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
-    /// Keys the route declares are its `&'static` names (no copy); others are copied.
-    pairs: Vec<(std::borrow::Cow<'static, str>, ParamValue)>,
+    /// Keys the route declares are its `&'static` names (no copy); others are copied. Two pairs
+    /// fit without a heap allocation.
+    pairs: smallvec::SmallVec<[(std::borrow::Cow<'static, str>, ParamValue); 2]>,
 }
 
 impl Query {

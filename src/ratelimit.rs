@@ -430,6 +430,7 @@ mod tests {
         Principal {
             client: "bob".parse().unwrap(),
             roles: vec!["member".parse().unwrap()].into(),
+            credential: None,
         }
     }
 

@@ -6,15 +6,20 @@
 //! layer receives its own settings and handles through its constructor.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::{header, Request, Response};
 use tokio::sync::Semaphore;
-use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::classify::{NeverClassifyEos, ServerErrorsFailureClass};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{
+    DefaultOnBodyChunk, DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer,
+};
 use tracing::Level;
 
 use crate::approvals::api::{ApiSettings, GatewayApiLayer};
@@ -23,7 +28,7 @@ use crate::approvals::{Approvals, RequireApprovalLayer};
 use crate::audit::layer::{AuditLayer, RecordIntent};
 use crate::audit::{AuditLog, AuditScope};
 use crate::auth::{Authenticate, ClientKeys};
-use crate::body::{self, GatewayBody};
+use crate::body::GatewayBody;
 use crate::classify::{Classifier, Classify};
 use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
@@ -39,9 +44,68 @@ use crate::ratelimit::{Limited, RateLimits};
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::state::StateStore;
 
+/// The body of every response the stack returns: the layers' [`GatewayBody`] as the trace layer
+/// hands it on (it logs the body's end), not boxed a second time.
+pub type ResponseBody = tower_http::trace::ResponseBody<
+    GatewayBody,
+    NeverClassifyEos<ServerErrorsFailureClass>,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    DefaultOnFailure,
+>;
+
+/// The response future of [`GatewayService`]: the one allocation the type erasure costs.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static>>;
+
 /// The complete request path as one cloneable service.
-pub type GatewayService =
-    BoxCloneSyncService<Request<GatewayBody>, Response<GatewayBody>, Infallible>;
+///
+/// Cloning it is a reference count (the stack is shared, not copied into a new box as tower's
+/// `BoxCloneSyncService` does), and each request boxes only its response future: the stack's
+/// layers are cheap to clone (handles behind `Arc`s), so each call clones the concrete stack on
+/// the stack and drives it with `oneshot` inside that one box.
+#[derive(Clone)]
+pub struct GatewayService(Arc<dyn CallStack>);
+
+impl std::fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayService")
+    }
+}
+
+/// The erased stack: one call per request.
+trait CallStack: Send + Sync {
+    fn call(&self, req: Request<GatewayBody>) -> ResponseFuture;
+}
+
+impl<S> CallStack for S
+where
+    S: Service<Request<GatewayBody>, Response = Response<ResponseBody>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: Request<GatewayBody>) -> ResponseFuture {
+        Box::pin(self.clone().oneshot(req))
+    }
+}
+
+impl Service<Request<GatewayBody>> for GatewayService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    /// Always ready: readiness (the in-flight limit, load shedding) is awaited inside each call.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> ResponseFuture {
+        self.0.call(req)
+    }
+}
 
 /// Handles that live as long as the process and survive reloads.
 #[derive(Clone, Debug)]
@@ -252,7 +316,6 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-        .map_response(|response: Response<_>| response.map(body::boxed))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<GatewayBody>| {
@@ -296,5 +359,5 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(RecordIntent::layer())
         .layer(SwapCredentials::layer(parts.upstream_key))
         .service(parts.forwarder);
-    BoxCloneSyncService::new(stack)
+    GatewayService(Arc::new(stack))
 }

@@ -259,7 +259,6 @@ async fn handle(
 /// or a verified client certificate).
 fn authenticate(keys: &ClientKeys, req: &Request<GatewayBody>) -> Result<Principal, GatewayError> {
     keys.identify(req.headers(), req.extensions().get::<PeerCertificate>())
-        .map(|(principal, _)| principal)
 }
 
 /// An optional small JSON body `{"comment": "..."}`.

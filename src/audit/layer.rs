@@ -403,7 +403,7 @@ where
                     self.metrics.clone(),
                     op,
                     principal,
-                    req.extensions().get::<Credential>(),
+                    principal.credential.as_ref(),
                     req.extensions().get::<RequestId>(),
                     req.extensions().get::<ClientAddr>(),
                 )))

@@ -66,6 +66,12 @@ fn sdk_targets_classify_to_routes_and_forward_unchanged() {
             "assets.list",
         ),
         ("HEAD", "/v1.3/assets/a1", "assets.retrieve"),
+        // Values at, and just past, the length kept inline.
+        (
+            "GET",
+            "/v1.3/assets?asset_ids=abcdefghijklmnopqrstuv&asset_ids=abcdefghijklmnopqrstuvw&asset_ids=6298d673f1090f1100476d4c",
+            "assets.list",
+        ),
     ];
     for (method, target, route) in cases {
         let op = run(method, target).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
@@ -75,6 +81,16 @@ fn sdk_targets_classify_to_routes_and_forward_unchanged() {
         assert!(op.target_is(target), "{target}");
         assert!(!op.target_is(&format!("{target}&")) && !op.target_is(&target[1..]));
     }
+    let op = run(
+        "GET",
+        "/v1.3/assets?page=1&filename=a-name-longer-than-twenty-two.mp4",
+    )
+    .unwrap();
+    assert_eq!(op.query.text("page"), Some("1"));
+    assert_eq!(
+        op.query.text("filename"),
+        Some("a-name-longer-than-twenty-two.mp4")
+    );
     let op = run("DELETE", "/v1.3/assets/abc?force=true").unwrap();
     assert_eq!(op.param("asset_id"), Some("abc"));
     assert_eq!(op.query.bool("force"), Some(true));

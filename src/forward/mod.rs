@@ -20,10 +20,10 @@ use tower::Service;
 use self::pool::{Pools, SendError};
 
 use crate::body::{self, GatewayBody};
+use crate::body::{ClientBodyError, TimedBody};
 use crate::classify::Operation;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
-use crate::overload::{ClientBodyError, TimedBody};
 
 /// `scheme://host[:port]` of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]

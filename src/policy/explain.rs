@@ -71,6 +71,7 @@ pub fn principal_for(clients: &[ClientSettings], client: &str) -> Result<Princip
         .map(|c| Principal {
             client: c.id.clone(),
             roles: c.roles.clone().into(),
+            credential: None,
         })
         .ok_or_else(|| ExplainError::UnknownClient(client.to_owned()))
 }

@@ -30,6 +30,7 @@ fn principal(config: &Config, id: &str) -> Principal {
     Principal {
         client: c.id.clone(),
         roles: c.roles.clone().into(),
+        credential: None,
     }
 }
 

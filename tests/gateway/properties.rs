@@ -43,6 +43,7 @@ fn world() -> &'static World {
         let principal = |client: &str, role: &str| Principal {
             client: client.parse().unwrap(),
             roles: Arc::from(vec![role.parse().unwrap()]),
+            credential: None,
         };
         World {
             classifier: Classifier::new(config.classify.clone()),
