@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 
 use crate::units::BodyRate;
@@ -21,14 +23,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The request and response body type of every layer.
 ///
-/// The request body a client sends is held as it is (no box per request: it is the one body
-/// every proxied request has); any other body is boxed.
+/// The two bodies every proxied exchange has — the client's request body and the upstream's
+/// response body — are held as they are (no box per request); any other body is boxed.
 pub struct GatewayBody {
     kind: Kind,
 }
 
 enum Kind {
     Client(TimedBody<Incoming>),
+    Upstream(TimedBody<ReturnToPool>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -37,6 +40,13 @@ impl GatewayBody {
     pub fn client(body: TimedBody<Incoming>) -> Self {
         GatewayBody {
             kind: Kind::Client(body),
+        }
+    }
+
+    /// An upstream response body with its deadline (the forwarder's wrapping).
+    pub fn upstream(body: TimedBody<ReturnToPool>) -> Self {
+        GatewayBody {
+            kind: Kind::Upstream(body),
         }
     }
 }
@@ -51,6 +61,7 @@ impl std::fmt::Debug for GatewayBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.kind {
             Kind::Client(_) => "GatewayBody::Client",
+            Kind::Upstream(_) => "GatewayBody::Upstream",
             Kind::Boxed(_) => "GatewayBody::Boxed",
         })
     }
@@ -66,6 +77,7 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Client(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
             Kind::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -73,6 +85,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Client(body) => body.is_end_stream(),
+            Kind::Upstream(body) => body.is_end_stream(),
             Kind::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -80,8 +93,84 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Client(body) => body.size_hint(),
+            Kind::Upstream(body) => body.size_hint(),
             Kind::Boxed(body) => body.size_hint(),
         }
+    }
+}
+
+/// Where an upstream connection goes back when the response it carried has been read to its
+/// end: the forwarder's per-worker pool (`forward::pool`).
+pub trait ConnectionPool: Send + Sync {
+    /// Keep `sender` for reuse in `shard`, if it is still usable and there is room.
+    fn put(self: Arc<Self>, shard: usize, sender: SendRequest<GatewayBody>);
+}
+
+/// A connection lent to one exchange, and the pool it returns to.
+pub struct Checkout {
+    /// The connection.
+    pub sender: SendRequest<GatewayBody>,
+    /// Its pool.
+    pub pool: Arc<dyn ConnectionPool>,
+    /// Which of the pool's shards (serving workers) it belongs to.
+    pub shard: usize,
+}
+
+/// An upstream response body that gives its connection back to its pool when it has been read
+/// to its end; dropped early or failed, the connection is closed instead. (The pool makes it;
+/// it is defined here so that [`GatewayBody`] carries it without a box.)
+pub struct ReturnToPool {
+    inner: Incoming,
+    connection: Option<Checkout>,
+}
+
+impl ReturnToPool {
+    /// `inner`, whose connection is `checkout`; an already complete body returns it at once.
+    pub fn new(inner: Incoming, checkout: Checkout) -> Self {
+        let mut body = ReturnToPool {
+            inner,
+            connection: Some(checkout),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(checkout) = self.connection.take() {
+            checkout.pool.put(checkout.shard, checkout.sender);
+        }
+    }
+}
+
+impl Body for ReturnToPool {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Err(_)) => self.connection = None,
+            Some(Ok(_)) => {
+                if self.inner.is_end_stream() {
+                    self.release();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::error::GatewayError;
-use crate::ext::RouteLabel;
+use crate::ext::RequestScope;
 use crate::fragment::FragmentInTarget;
 use crate::gate::{Admit, GateLayer};
 use crate::routes::{BodyKind, Lookup, ParamKind, Route, RouteTable};
@@ -708,8 +708,8 @@ impl<B: http_body::Body> Admit<B> for Classify {
             has_body,
         )?;
         tracing::Span::current().record("operation", operation.route_id());
-        if let Some(label) = req.extensions().get::<RouteLabel>() {
-            let _ = label.0.set(operation.route_id());
+        if let Some(scope) = req.extensions().get::<RequestScope>() {
+            scope.set_route(operation.route_id());
         }
         req.extensions_mut().insert(operation);
         Ok(())

@@ -6,13 +6,43 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-/// The client's socket address (inserted at the edge by the server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// The route id of a request, filled in by the classifier for the layers outside it (metrics).
+/// What the edge knows about a request and what inner layers learn about it for the layers
+/// outside them: the client's socket address (set by the server at the edge) and the request's
+/// route id (filled in by the classifier or the gateway's own API, read by metrics once the
+/// response is there). One shared allocation per request; clones share it.
 #[derive(Clone, Debug, Default)]
-pub struct RouteLabel(pub Arc<OnceLock<&'static str>>);
+pub struct RequestScope(Arc<Scope>);
+
+#[derive(Debug, Default)]
+struct Scope {
+    client_addr: Option<SocketAddr>,
+    route: OnceLock<&'static str>,
+}
+
+impl RequestScope {
+    /// The scope of a request from `client_addr`.
+    pub fn new(client_addr: SocketAddr) -> Self {
+        RequestScope(Arc::new(Scope {
+            client_addr: Some(client_addr),
+            route: OnceLock::new(),
+        }))
+    }
+
+    /// The client's socket address, when the request came through a listener.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.0.client_addr
+    }
+
+    /// Record the request's route id (the first one recorded stays).
+    pub fn set_route(&self, id: &'static str) {
+        let _ = self.0.route.set(id);
+    }
+
+    /// The route id, once known.
+    pub fn route(&self) -> Option<&'static str> {
+        self.0.route.get().copied()
+    }
+}
 
 /// On a response the gateway made itself: its error code (set by the rescue layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use prometheus::{
 };
 use tower::{Layer, Service};
 
-use crate::ext::{ErrorCode, RouteLabel};
+use crate::ext::{ErrorCode, RequestScope};
 
 /// Kinds of failed exchanges with the upstream (`tl_gateway_upstream_errors_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,13 +543,20 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let label = RouteLabel::default();
-        req.extensions_mut().insert(label.clone());
+        // The edge made the request's scope; a request that did not come through it gets one.
+        let scope = match req.extensions().get::<RequestScope>() {
+            Some(scope) => scope.clone(),
+            None => {
+                let scope = RequestScope::default();
+                req.extensions_mut().insert(scope.clone());
+                scope
+            }
+        };
         MetricsFuture {
             method: method_label(req.method()),
             inner: self.inner.call(req),
             started: Instant::now(),
-            label,
+            scope,
             metrics: self.metrics.clone(),
         }
     }
@@ -562,7 +569,7 @@ pin_project_lite::pin_project! {
         inner: F,
         started: Instant,
         method: &'static str,
-        label: RouteLabel,
+        scope: RequestScope,
         metrics: Arc<Metrics>,
     }
 }
@@ -577,7 +584,7 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
-            let operation = this.label.0.get().copied().unwrap_or("unknown");
+            let operation = this.scope.route().unwrap_or("unknown");
             let class = status_class(response.status().as_u16());
             this.metrics
                 .requests

@@ -29,7 +29,7 @@ use crate::connections::{
     self, AcceptBackoff, Admission, ConnectionLimits, ConnectionMetrics, Tracked,
 };
 use crate::credentials::{UpstreamKey, KEY_FILE_POLL};
-use crate::ext::{ClientAddr, PeerCertificate};
+use crate::ext::{PeerCertificate, RequestScope};
 use crate::forward::{ForwardSetupError, Forwarder};
 use crate::fragment::{FragmentInTarget, FragmentWatch, FragmentsSeen};
 use crate::headers;
@@ -352,7 +352,7 @@ fn edge(
 ) -> Request<GatewayBody> {
     let mut req = req.map(|b| GatewayBody::client(TimedBody::client(b, idle, min_rate)));
     headers::remove_hop_by_hop(req.headers_mut());
-    req.extensions_mut().insert(ClientAddr(peer));
+    req.extensions_mut().insert(RequestScope::new(peer));
     if let Some(certificate) = certificate {
         req.extensions_mut().insert(certificate.clone());
     }

@@ -31,7 +31,7 @@ use super::{view, Approvals, State};
 use crate::auth::{ClientKeys, Principal};
 use crate::body::{self, GatewayBody};
 use crate::error::GatewayError;
-use crate::ext::{PeerCertificate, RouteLabel};
+use crate::ext::{PeerCertificate, RequestScope};
 use crate::ids::{Role, RuleId};
 
 /// Every path of the gateway's own API starts with this.
@@ -112,8 +112,8 @@ where
         if !req.uri().path().starts_with(PREFIX) {
             return futures_util::future::Either::Left(self.inner.call(req));
         }
-        if let Some(label) = req.extensions().get::<RouteLabel>() {
-            let _ = label.0.set("tl_gateway.api");
+        if let Some(scope) = req.extensions().get::<RequestScope>() {
+            scope.set_route("tl_gateway.api");
         }
         let settings = self.settings.clone();
         futures_util::future::Either::Right(Box::pin(handle(settings, req)))
@@ -133,8 +133,8 @@ async fn handle(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let path = req.uri().path().to_owned();
     if crate::ui::is_page(&path) {
-        if let Some(label) = req.extensions().get::<RouteLabel>() {
-            let _ = label.0.set("tl_gateway.ui");
+        if let Some(scope) = req.extensions().get::<RequestScope>() {
+            scope.set_route("tl_gateway.ui");
         }
         return crate::ui::serve(req.method(), &path);
     }

@@ -30,7 +30,7 @@ use crate::auth::{Credential, Principal};
 use crate::body::{self, BoxError, GatewayBody};
 use crate::classify::Operation;
 use crate::error::GatewayError;
-use crate::ext::{ApprovalUsed, ClientAddr};
+use crate::ext::{ApprovalUsed, RequestScope};
 use crate::gate::{AdmitAsync, AsyncGateLayer};
 use crate::guards::Lookup;
 use crate::metrics::Metrics;
@@ -164,7 +164,7 @@ impl Ticket {
         principal: &Principal,
         credential: Option<&Credential>,
         id: Option<&RequestId>,
-        peer: Option<&ClientAddr>,
+        scope: Option<&RequestScope>,
     ) -> Self {
         let (key_label, certificate) = match credential {
             Some(Credential::Key { label }) => (Some(label.to_string()), None),
@@ -189,7 +189,9 @@ impl Ticket {
                     .iter()
                     .map(|r| r.as_str().to_owned())
                     .collect(),
-                client_ip: peer.map(|p| p.0.ip().to_string()),
+                client_ip: scope
+                    .and_then(RequestScope::client_addr)
+                    .map(|addr| addr.ip().to_string()),
                 key_label,
                 certificate,
                 method: op.method.as_str().to_owned(),
@@ -405,7 +407,7 @@ where
                     principal,
                     principal.credential.as_ref(),
                     req.extensions().get::<RequestId>(),
-                    req.extensions().get::<ClientAddr>(),
+                    req.extensions().get::<RequestScope>(),
                 )))
             }
             _ => None,

@@ -19,8 +19,7 @@ use tower::Service;
 
 use self::pool::{Pools, SendError};
 
-use crate::body::{self, GatewayBody};
-use crate::body::{ClientBodyError, TimedBody};
+use crate::body::{self, ClientBodyError, GatewayBody, TimedBody};
 use crate::classify::Operation;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
@@ -279,7 +278,7 @@ impl Service<Request<GatewayBody>> for Forwarder {
             headers::remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(
                 parts,
-                body::boxed(TimedBody::upstream(body, idle)),
+                GatewayBody::upstream(TimedBody::upstream(body, idle)),
             ))
         })
     }
