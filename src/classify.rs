@@ -67,69 +67,70 @@ pub enum ParamValue {
     Raw(ShortStr),
 }
 
-/// A string kept inline when it is short (most query values: page numbers, ids, names), on the
-/// heap otherwise, so that classifying a typical request copies no value to the heap.
+/// A string kept inline when it is at most `N` bytes, on the heap otherwise: classifying a
+/// typical request copies neither its path nor its query values to the heap.
 #[derive(Clone)]
-pub enum ShortStr {
-    /// Up to [`ShortStr::INLINE`] bytes.
+pub enum InlineStr<const N: usize> {
+    /// Up to `N` bytes.
     Inline {
         /// Bytes used.
         len: u8,
         /// The UTF-8 text, then zeros.
-        bytes: [u8; ShortStr::INLINE],
+        bytes: [u8; N],
     },
     /// Longer text.
     Heap(Box<str>),
 }
 
-impl ShortStr {
-    /// The longest text kept inline.
-    pub const INLINE: usize = 22;
-}
+/// A query value: page numbers, ids and names fit inline.
+pub type ShortStr = InlineStr<22>;
 
-impl From<&str> for ShortStr {
+/// A canonical path: every v1.3 route with 24-character ids fits inline.
+pub type PathStr = InlineStr<94>;
+
+impl<const N: usize> From<&str> for InlineStr<N> {
     fn from(text: &str) -> Self {
-        if text.len() <= ShortStr::INLINE {
-            let mut bytes = [0; ShortStr::INLINE];
+        if text.len() <= N && N <= usize::from(u8::MAX) {
+            let mut bytes = [0; N];
             bytes[..text.len()].copy_from_slice(text.as_bytes());
-            ShortStr::Inline {
+            InlineStr::Inline {
                 len: text.len() as u8,
                 bytes,
             }
         } else {
-            ShortStr::Heap(text.into())
+            InlineStr::Heap(text.into())
         }
     }
 }
 
-impl std::ops::Deref for ShortStr {
+impl<const N: usize> std::ops::Deref for InlineStr<N> {
     type Target = str;
     fn deref(&self) -> &str {
         match self {
             // Copied whole from a `&str`, so always UTF-8.
-            ShortStr::Inline { len, bytes } => {
+            InlineStr::Inline { len, bytes } => {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
-            ShortStr::Heap(text) => text,
+            InlineStr::Heap(text) => text,
         }
     }
 }
 
-impl PartialEq for ShortStr {
+impl<const N: usize> PartialEq for InlineStr<N> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl Eq for ShortStr {}
+impl<const N: usize> Eq for InlineStr<N> {}
 
-impl std::fmt::Debug for ShortStr {
+impl<const N: usize> std::fmt::Debug for InlineStr<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&**self, f)
     }
 }
 
-impl std::fmt::Display for ShortStr {
+impl<const N: usize> std::fmt::Display for InlineStr<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self)
     }
@@ -205,7 +206,7 @@ pub struct Operation {
     /// The matched route; `None` for an unknown route forwarded under `routes.unknown`.
     pub route: Option<&'static Route>,
     /// Canonical path, e.g. `/v1.3/assets/6298d673f1090f1100476d4c`.
-    pub path: Arc<str>,
+    pub path: PathStr,
     /// Path parameters, e.g. `asset_id`.
     pub params: Vec<(&'static str, Box<str>)>,
     /// Canonical query.

@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::body::{self, GatewayBody};
-use crate::ext::ErrorCode;
+use crate::ext::{ErrorCode, RequestScope};
 use crate::ids::{ClientId, RuleId};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::request_id::RequestId;
@@ -461,7 +461,11 @@ where
     }
 
     fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
-        let request_id = req.extensions().get::<RequestId>().cloned();
+        let request_id = req
+            .extensions()
+            .get::<RequestScope>()
+            .and_then(RequestScope::request_id)
+            .cloned();
         let state = match self.not_ready.take() {
             Some(error) => RescueState::Failed { error: Some(error) },
             None => RescueState::Called {

@@ -6,16 +6,19 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-/// What the edge knows about a request and what inner layers learn about it for the layers
-/// outside them: the client's socket address (set by the server at the edge) and the request's
-/// route id (filled in by the classifier or the gateway's own API, read by metrics once the
-/// response is there). One shared allocation per request; clones share it.
+use http::HeaderValue;
+
+/// Who and what a request is, for logs, errors, metrics and audit: the client's socket address
+/// (set by the server at the edge), the request id (set by the request-id layer) and the route
+/// id (filled in by the classifier or the gateway's own API, read by metrics once the response
+/// is there). One shared allocation per request, inserted once; clones share it.
 #[derive(Clone, Debug, Default)]
 pub struct RequestScope(Arc<Scope>);
 
 #[derive(Debug, Default)]
 struct Scope {
     client_addr: Option<SocketAddr>,
+    request_id: OnceLock<RequestId>,
     route: OnceLock<&'static str>,
 }
 
@@ -24,6 +27,7 @@ impl RequestScope {
     pub fn new(client_addr: SocketAddr) -> Self {
         RequestScope(Arc::new(Scope {
             client_addr: Some(client_addr),
+            request_id: OnceLock::new(),
             route: OnceLock::new(),
         }))
     }
@@ -31,6 +35,16 @@ impl RequestScope {
     /// The client's socket address, when the request came through a listener.
     pub fn client_addr(&self) -> Option<SocketAddr> {
         self.0.client_addr
+    }
+
+    /// Record the request id (the first one recorded stays).
+    pub fn set_request_id(&self, id: RequestId) {
+        let _ = self.0.request_id.set(id);
+    }
+
+    /// The request id, once the request-id layer has set it.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.0.request_id.get()
     }
 
     /// Record the request's route id (the first one recorded stays).
@@ -77,5 +91,63 @@ impl PeerCertificate {
             .iter()
             .map(String::as_str)
             .chain(self.alt_names.iter().map(String::as_str))
+    }
+}
+
+/// A request's id (set by the request-id layer in the [`RequestScope`]). Held as the header value it is sent and echoed
+/// as, so the request, the response and every record share one buffer (cloning it allocates
+/// nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// Longest client-supplied id that is propagated.
+    pub const MAX_LEN: usize = 128;
+
+    /// A fresh random id (32 hex digits).
+    pub fn generate() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let value: u128 = rand::random();
+        let mut digits = [0u8; 32];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((value >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        // One allocation, shared by every clone.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
+            .expect("hex digits are a valid header value");
+        RequestId(value)
+    }
+
+    /// Accept a client-supplied id if it is 1–128 characters of `[A-Za-z0-9._:-]`.
+    pub fn parse(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let plain = !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        plain.then(|| RequestId(value.clone()))
+    }
+
+    /// A fixed id (tests).
+    pub fn from_static(value: &'static str) -> Self {
+        RequestId(HeaderValue::from_static(value))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only plain ASCII ids are ever constructed.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as the header value it is sent and echoed as (shares the buffer).
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -1,11 +1,10 @@
 //! Overload protection: a global in-flight limit that sheds load with 503 `overloaded`, a per-client
-//! in-flight cap (429 `too_many_requests`), and the answer to a request body that failed.
+//! in-flight cap (429 `too_many_requests`), body idle timeouts for both directions, and a minimum
+//! rate for request bodies.
 //!
-//! Body idle timeouts for both directions and the minimum rate for request bodies are kept by
-//! [`TimedBody`](crate::body::TimedBody) (in `body`, beside the body type that carries it); a
-//! request body is wrapped in one once at the edge, which turns every failure of the client's body
-//! (malformed chunking, a connection cut mid-upload, idle or too slow) into a [`ClientBodyError`];
-//! the forwarder recognises it in the upstream client's error and answers 400
+//! Request bodies are wrapped once at the edge in [`ClientBody`], which turns every failure of the
+//! client's body (malformed chunking, a connection cut mid-upload, idle or too slow) into a
+//! [`ClientBodyError`]; the forwarder recognises it in the upstream client's error and answers 400
 //! `request_body_invalid` or 408 `request_body_timeout` instead of blaming the upstream.
 
 use std::collections::HashMap;
@@ -13,16 +12,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::{self, Either, Ready};
 use http::Request;
+use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::auth::{ClientSettings, Principal};
-use crate::body::ClientBodyError;
+use crate::body::BoxError;
 use crate::error::GatewayError;
 use crate::ids::ClientId;
+use crate::units::BodyRate;
 
 /// The global in-flight limit: tower's concurrency limit (on the semaphore every stack built from
 /// one start-up shares) with load shedding, so a request beyond `server.max_in_flight` is refused at
@@ -78,8 +82,36 @@ impl<F: Future> Future for Held<F> {
     }
 }
 
-/// How request-body failures are answered (the type lives with the body, in `body`).
+/// Why a client's request body failed (the client's fault, not the upstream's).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// Nothing arrived for `server.body_idle_timeout`.
+    #[error("the request body sent nothing for {} s", .0.as_secs_f64())]
+    Idle(Duration),
+    /// Less than `server.min_body_rate` arrived while the gateway waited for it.
+    #[error("the request body arrived slower than {} bytes/s over {} s (server.min_body_rate)", .0.bytes_per_second, .0.window.as_secs())]
+    TooSlow(BodyRate),
+    /// The client went away before its body was complete.
+    #[error("the client disconnected before its request body was complete")]
+    Aborted,
+    /// The body was malformed (e.g. bad chunked encoding).
+    #[error("the request body is malformed: {0}")]
+    Invalid(BoxError),
+}
+
 impl ClientBodyError {
+    /// Find a client body error in an error's source chain.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(error) = current {
+            if let Some(found) = error.downcast_ref::<ClientBodyError>() {
+                return Some(found);
+            }
+            current = error.source();
+        }
+        None
+    }
+
     /// The gateway's answer to a request whose body failed like this.
     pub fn to_gateway_error(&self) -> GatewayError {
         match self {
@@ -89,6 +121,190 @@ impl ClientBodyError {
             ClientBodyError::Invalid(_) => GatewayError::RequestBodyInvalid(self.to_string()),
             ClientBodyError::Aborted => GatewayError::ClientDisconnected,
         }
+    }
+}
+
+/// The upstream's response body stalled (sent nothing for the body idle timeout).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's response body sent nothing for {} s", .0.as_secs_f64())]
+pub struct UpstreamBodyIdle(pub Duration);
+
+/// Whose body a [`TimedBody`] carries: failures are that side's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// A client's request body: errors become [`ClientBodyError`]s.
+    Client,
+    /// The upstream's response body: its errors pass through; idleness is [`UpstreamBodyIdle`].
+    Upstream,
+}
+
+/// A body with deadlines: an idle timeout both ways, and for a client's request body a minimum
+/// rate, with every failure marked as the client's.
+///
+/// The timer is armed only when the body first has to wait, so the common small, already-complete
+/// body costs no timer at all. The rate only counts time spent waiting for the sender: while the
+/// receiver is slow to take the body, it is not read, and that time is not the sender's.
+pub struct TimedBody<B> {
+    inner: B,
+    side: Side,
+    idle: Duration,
+    rate: Option<BodyRate>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// When the current wait for the sender began.
+    waiting_since: Option<tokio::time::Instant>,
+    /// Waiting time and bytes in the current rate window.
+    window_waited: Duration,
+    window_bytes: u64,
+}
+
+impl<B> TimedBody<B> {
+    /// A client's request body: idle timeout and minimum rate.
+    pub fn client(inner: B, idle: Duration, rate: Option<BodyRate>) -> Self {
+        TimedBody::new(inner, Side::Client, idle, rate)
+    }
+
+    /// The upstream's response body: idle timeout.
+    pub fn upstream(inner: B, idle: Duration) -> Self {
+        TimedBody::new(inner, Side::Upstream, idle, None)
+    }
+
+    fn new(inner: B, side: Side, idle: Duration, rate: Option<BodyRate>) -> Self {
+        TimedBody {
+            inner,
+            side,
+            idle,
+            rate,
+            sleep: None,
+            waiting_since: None,
+            window_waited: Duration::ZERO,
+            window_bytes: 0,
+        }
+    }
+
+    /// When the current wait fails: (deadline, whether it is the rate window's end).
+    fn deadline(&self, since: tokio::time::Instant) -> (tokio::time::Instant, bool) {
+        let idle = since + self.idle;
+        match self.rate {
+            Some(rate) if self.window_bytes < required(rate) => {
+                let window_end = since + rate.window.saturating_sub(self.window_waited);
+                if window_end < idle {
+                    (window_end, true)
+                } else {
+                    (idle, false)
+                }
+            }
+            _ => (idle, false),
+        }
+    }
+
+    /// The error a stall ends the body with.
+    fn stalled(&self, rate_window: bool) -> BoxError {
+        match (self.side, rate_window, self.rate) {
+            (Side::Client, true, Some(rate)) => Box::new(ClientBodyError::TooSlow(rate)),
+            (Side::Client, _, _) => Box::new(ClientBodyError::Idle(self.idle)),
+            (Side::Upstream, _, _) => Box::new(UpstreamBodyIdle(self.idle)),
+        }
+    }
+}
+
+/// Whether a body error means the client went away (EOF or reset mid-body), not malformed data.
+fn is_cut_off(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+        if hyper.is_incomplete_message() || hyper.is_canceled() {
+            return true;
+        }
+    }
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+        }
+        current = error.source();
+    }
+    false
+}
+
+fn required(rate: BodyRate) -> u64 {
+    rate.bytes_per_second
+        .saturating_mul(rate.window.as_secs().max(1))
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let now = tokio::time::Instant::now();
+                if let Some(since) = self.waiting_since.take() {
+                    self.window_waited += now.duration_since(since);
+                }
+                self.window_bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(rate) = self.rate {
+                    if self.window_waited >= rate.window {
+                        if self.window_bytes < required(rate) {
+                            return Poll::Ready(Some(Err(self.stalled(true))));
+                        }
+                        self.window_waited = Duration::ZERO;
+                        self.window_bytes = 0;
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let error: BoxError = error.into();
+                Poll::Ready(Some(Err(match self.side {
+                    Side::Upstream => error,
+                    Side::Client if is_cut_off(&*error) => Box::new(ClientBodyError::Aborted),
+                    Side::Client => Box::new(ClientBodyError::Invalid(error)),
+                })))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let since = *self
+                    .waiting_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                let (deadline, rate_window) = self.deadline(since);
+                let sleep = match self.sleep.as_mut() {
+                    Some(sleep) => {
+                        if sleep.deadline() != deadline {
+                            sleep.as_mut().reset(deadline);
+                        }
+                        sleep
+                    }
+                    None => self
+                        .sleep
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(self.stalled(rate_window)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

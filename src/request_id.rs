@@ -14,65 +14,11 @@ use std::task::{Context, Poll};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+pub use crate::ext::RequestId;
+use crate::ext::RequestScope;
+
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// A request's id, as a typed request extension. Held as the header value it is sent and echoed
-/// as, so the request, the response and every record share one buffer (cloning it allocates
-/// nothing).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
-
-impl RequestId {
-    /// Longest client-supplied id that is propagated.
-    pub const MAX_LEN: usize = 128;
-
-    /// A fresh random id (32 hex digits).
-    pub fn generate() -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let value: u128 = rand::random();
-        let mut digits = [0u8; 32];
-        for (i, digit) in digits.iter_mut().enumerate() {
-            *digit = HEX[((value >> (4 * (31 - i))) & 0xf) as usize];
-        }
-        // One allocation, shared by every clone.
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
-            .expect("hex digits are a valid header value");
-        RequestId(value)
-    }
-
-    /// Accept a client-supplied id if it is 1–128 characters of `[A-Za-z0-9._:-]`.
-    pub fn parse(value: &HeaderValue) -> Option<Self> {
-        let bytes = value.as_bytes();
-        let plain = !bytes.is_empty()
-            && bytes.len() <= Self::MAX_LEN
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        plain.then(|| RequestId(value.clone()))
-    }
-
-    /// A fixed id (tests).
-    pub fn from_static(value: &'static str) -> Self {
-        RequestId(HeaderValue::from_static(value))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        // Only plain ASCII ids are ever constructed.
-        self.0.to_str().unwrap_or_default()
-    }
-
-    fn header_value(&self) -> HeaderValue {
-        self.0.clone()
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Layer that assigns every request a [`RequestId`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -119,7 +65,15 @@ where
         let value = id.header_value();
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), value.clone());
-        req.extensions_mut().insert(id);
+        // Kept in the request's scope (made at the edge), not as an extension of its own.
+        match req.extensions().get::<RequestScope>() {
+            Some(scope) => scope.set_request_id(id),
+            None => {
+                let scope = RequestScope::default();
+                scope.set_request_id(id);
+                req.extensions_mut().insert(scope);
+            }
+        }
         EchoRequestId {
             inner: self.inner.call(req),
             value: Some(value),

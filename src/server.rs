@@ -22,8 +22,7 @@ use crate::admin::{self, Readiness};
 use crate::approvals::notify::Notifier;
 use crate::audit::reconcile::reconcile;
 use crate::audit::AuditLog;
-use crate::body::GatewayBody;
-use crate::body::TimedBody;
+use crate::body::{self, GatewayBody};
 use crate::config::{Config, ServerConfig};
 use crate::connections::{
     self, AcceptBackoff, Admission, ConnectionLimits, ConnectionMetrics, Tracked,
@@ -34,6 +33,7 @@ use crate::forward::{ForwardSetupError, Forwarder};
 use crate::fragment::{FragmentInTarget, FragmentWatch, FragmentsSeen};
 use crate::headers;
 use crate::metrics::Metrics;
+use crate::overload::TimedBody;
 use crate::reload::{ReloadStats, Reloader};
 use crate::stack::{build_stack, GatewayService, Shared, StackParts};
 use crate::state::redis::RedisStore;
@@ -350,7 +350,7 @@ fn edge(
     idle: Duration,
     min_rate: Option<BodyRate>,
 ) -> Request<GatewayBody> {
-    let mut req = req.map(|b| GatewayBody::client(TimedBody::client(b, idle, min_rate)));
+    let mut req = req.map(|b| body::boxed(TimedBody::client(b, idle, min_rate)));
     headers::remove_hop_by_hop(req.headers_mut());
     req.extensions_mut().insert(RequestScope::new(peer));
     if let Some(certificate) = certificate {

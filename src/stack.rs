@@ -33,6 +33,7 @@ use crate::classify::{Classifier, Classify};
 use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
 use crate::error::RescueLayer;
+use crate::ext::RequestScope;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{
     ForceDeleteGuard, GuardForcedDeletes, ProtectResources, Protection, PROTECTED_RULE,
@@ -321,7 +322,8 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
                 .make_span_with(|req: &Request<GatewayBody>| {
                     let id = req
                         .extensions()
-                        .get::<RequestId>()
+                        .get::<RequestScope>()
+                        .and_then(RequestScope::request_id)
                         .map(RequestId::as_str)
                         .unwrap_or("");
                     tracing::info_span!(

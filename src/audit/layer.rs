@@ -406,7 +406,9 @@ where
                     op,
                     principal,
                     principal.credential.as_ref(),
-                    req.extensions().get::<RequestId>(),
+                    req.extensions()
+                        .get::<RequestScope>()
+                        .and_then(RequestScope::request_id),
                     req.extensions().get::<RequestScope>(),
                 )))
             }

@@ -91,6 +91,13 @@ fn sdk_targets_classify_to_routes_and_forward_unchanged() {
         op.query.text("filename"),
         Some("a-name-longer-than-twenty-two.mp4")
     );
+    // A path longer than is kept inline.
+    let long = format!("/v1.3/assets/{}", "a".repeat(120));
+    let op = run("GET", &long).unwrap();
+    assert_eq!(
+        (&*op.path, op.route_id()),
+        (long.as_str(), "assets.retrieve")
+    );
     let op = run("DELETE", "/v1.3/assets/abc?force=true").unwrap();
     assert_eq!(op.param("asset_id"), Some("abc"));
     assert_eq!(op.query.bool("force"), Some(true));

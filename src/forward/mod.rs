@@ -19,10 +19,11 @@ use tower::Service;
 
 use self::pool::{Pools, SendError};
 
-use crate::body::{self, ClientBodyError, GatewayBody, TimedBody};
+use crate::body::{self, GatewayBody};
 use crate::classify::Operation;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers;
+use crate::overload::{ClientBodyError, TimedBody};
 
 /// `scheme://host[:port]` of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +279,7 @@ impl Service<Request<GatewayBody>> for Forwarder {
             headers::remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(
                 parts,
-                GatewayBody::upstream(TimedBody::upstream(body, idle)),
+                body::boxed(TimedBody::upstream(body, idle)),
             ))
         })
     }

@@ -17,10 +17,13 @@
 //! could not even start (the upstream closed it while idle) is sent once more on a new one;
 //! after that, an error is the caller's.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -28,7 +31,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::{Checkout, ConnectionPool, GatewayBody, ReturnToPool};
+use crate::body::GatewayBody;
 
 /// An idle connection is not reused after this long (the upstream may have forgotten it).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -263,14 +266,18 @@ impl Pools {
         shard: usize,
     ) -> Response<ReturnToPool> {
         response.map(|body| {
-            ReturnToPool::new(
-                body,
-                Checkout {
+            let mut body = ReturnToPool {
+                inner: body,
+                connection: Some(Checkout {
                     sender,
-                    pool: self.clone(),
+                    pools: self.clone(),
                     shard,
-                },
-            )
+                }),
+            };
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
         })
     }
 
@@ -285,9 +292,7 @@ impl Pools {
         }
         None
     }
-}
 
-impl ConnectionPool for Pools {
     /// Keep a connection whose exchange ended cleanly, if there is room.
     fn put(self: Arc<Self>, shard: usize, mut sender: SendRequest<GatewayBody>) {
         if sender.is_closed() {
@@ -305,9 +310,7 @@ impl ConnectionPool for Pools {
         }
         self.keep(shard, sender);
     }
-}
 
-impl Pools {
     fn keep(&self, shard: usize, sender: SendRequest<GatewayBody>) {
         let mut idle = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
@@ -320,5 +323,57 @@ impl Pools {
                 since: Instant::now(),
             });
         }
+    }
+}
+
+/// A connection lent to one exchange.
+struct Checkout {
+    sender: SendRequest<GatewayBody>,
+    pools: Arc<Pools>,
+    shard: usize,
+}
+
+/// An upstream response body that gives its connection back to the worker's pool when it has
+/// been read to its end; dropped early or failed, the connection is closed instead.
+pub struct ReturnToPool {
+    inner: Incoming,
+    connection: Option<Checkout>,
+}
+
+impl ReturnToPool {
+    fn release(&mut self) {
+        if let Some(checkout) = self.connection.take() {
+            checkout.pools.put(checkout.shard, checkout.sender);
+        }
+    }
+}
+
+impl Body for ReturnToPool {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Err(_)) => self.connection = None,
+            Some(Ok(_)) => {
+                if self.inner.is_end_stream() {
+                    self.release();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
