@@ -1,6 +1,7 @@
 //! Request and response extensions that several layers share (a leaf module).
 //!
-//! Each is inserted by exactly one place and read by the others; extensions owned by a single layer
+//! Each is inserted by exactly one place and read by the others ([`RequestScope`] at the edge, each
+//! of its fields set by the one layer that owns it); extensions owned by a single layer
 //! (`Operation`, `Principal`, `Decision`, …) live with that layer.
 
 use std::net::SocketAddr;

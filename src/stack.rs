@@ -15,12 +15,7 @@ use std::task::{Context, Poll};
 use http::{header, Request, Response};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_http::classify::{NeverClassifyEos, ServerErrorsFailureClass};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{
-    DefaultOnBodyChunk, DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer,
-};
-use tracing::Level;
 
 use crate::approvals::api::{ApiSettings, GatewayApiLayer};
 use crate::approvals::notify::Notifier;
@@ -33,7 +28,6 @@ use crate::classify::{Classifier, Classify};
 use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
 use crate::error::RescueLayer;
-use crate::ext::RequestScope;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{
     ForceDeleteGuard, GuardForcedDeletes, ProtectResources, Protection, PROTECTED_RULE,
@@ -42,22 +36,13 @@ use crate::metrics::{Metrics, MetricsLayer};
 use crate::overload::{in_flight_limit, ClientInFlightLayer, ClientSlots};
 use crate::policy::{Enforce, Policy};
 use crate::ratelimit::{Limited, RateLimits};
-use crate::request_id::{RequestId, RequestIdLayer};
+use crate::request_id::RequestIdLayer;
 use crate::state::StateStore;
-
-/// The body of every response the stack returns: the layers' [`GatewayBody`] as the trace layer
-/// hands it on (it logs the body's end), not boxed a second time.
-pub type ResponseBody = tower_http::trace::ResponseBody<
-    GatewayBody,
-    NeverClassifyEos<ServerErrorsFailureClass>,
-    DefaultOnBodyChunk,
-    DefaultOnEos,
-    DefaultOnFailure,
->;
+use crate::telemetry::TraceRequestsLayer;
 
 /// The response future of [`GatewayService`]: the one allocation the type erasure costs.
 pub type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send + 'static>>;
 
 /// The complete request path as one cloneable service.
 ///
@@ -81,7 +66,7 @@ trait CallStack: Send + Sync {
 
 impl<S> CallStack for S
 where
-    S: Service<Request<GatewayBody>, Response = Response<ResponseBody>, Error = Infallible>
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>, Error = Infallible>
         + Clone
         + Send
         + Sync
@@ -94,7 +79,7 @@ where
 }
 
 impl Service<Request<GatewayBody>> for GatewayService {
-    type Response = Response<ResponseBody>;
+    type Response = Response<GatewayBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
@@ -317,27 +302,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<GatewayBody>| {
-                    let id = req
-                        .extensions()
-                        .get::<RequestScope>()
-                        .and_then(RequestScope::request_id)
-                        .map(RequestId::as_str)
-                        .unwrap_or("");
-                    tracing::info_span!(
-                        "request",
-                        request_id = id,
-                        method = %req.method(),
-                        path = req.uri().path(),
-                        operation = tracing::field::Empty,
-                        client = tracing::field::Empty,
-                    )
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
+        .layer(TraceRequestsLayer)
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
         .layer(in_flight_limit(parts.in_flight))

@@ -1,7 +1,10 @@
-//! Log set-up: tracing-subscriber with `RUST_LOG` honoured (default `info`), text or JSON, to stderr.
+//! Log set-up: tracing-subscriber with `RUST_LOG` honoured (default `info`), text or JSON, to stderr;
+//! and the layer that gives every request its span and logs its response.
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+
+use crate::ext::{RequestId, RequestScope};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -29,4 +32,104 @@ pub fn init(format: LogFormat) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+/// Layer giving each request a span — `request` with `request_id`, `method` and `path`, and
+/// `operation` and `client` recorded by the classifier and authentication as they learn them — and
+/// logging its response at INFO (`finished processing request`, with `latency` and `status`).
+///
+/// It does what tower-http's `TraceLayer` was configured to do here, without wrapping the
+/// response body: the body type stays the 16-byte [`GatewayBody`](crate::body::GatewayBody) box,
+/// which hyper keeps inline in every connection (a wrapped body made each kept-alive connection
+/// larger, and re-boxing it cost an allocation per request). Body-stream failures are logged
+/// where they happen (the forwarder, the audit outcome), not here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceRequestsLayer;
+
+impl<S> tower::Layer<S> for TraceRequestsLayer {
+    type Service = TraceRequests<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceRequests { inner }
+    }
+}
+
+/// Service produced by [`TraceRequestsLayer`].
+#[derive(Clone, Debug)]
+pub struct TraceRequests<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> tower::Service<http::Request<B>> for TraceRequests<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResB>>,
+{
+    type Response = http::Response<ResB>;
+    type Error = S::Error;
+    type Future = Traced<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let id = req
+            .extensions()
+            .get::<RequestScope>()
+            .and_then(RequestScope::request_id)
+            .map(RequestId::as_str)
+            .unwrap_or("");
+        let span = tracing::info_span!(
+            "request",
+            request_id = id,
+            method = %req.method(),
+            path = req.uri().path(),
+            operation = tracing::field::Empty,
+            client = tracing::field::Empty,
+        );
+        // The layers below record into the span from their `call`, so it is entered there too.
+        let inner = span.in_scope(|| self.inner.call(req));
+        Traced {
+            inner,
+            span,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`TraceRequests`]: polls the inner future inside the request's span and
+    /// logs the response.
+    pub struct Traced<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        started: std::time::Instant,
+    }
+}
+
+impl<F, ResB, E> std::future::Future for Traced<F>
+where
+    F: std::future::Future<Output = Result<http::Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            tracing::info!(
+                latency = %format_args!("{} ms", this.started.elapsed().as_millis()),
+                status = response.status().as_u16(),
+                "finished processing request"
+            );
+        }
+        std::task::Poll::Ready(result)
+    }
 }

@@ -249,6 +249,22 @@ async fn trace_logs_never_contain_the_upstream_key_or_a_client_key() {
     for secret in [UPSTREAM_KEY, ALICE_KEY, BOB_KEY, WRONG_KEY] {
         assert!(!output.contains(secret), "log output contains {secret}");
     }
+    // Every request's response is logged once, in its span: id, route and client as learnt.
+    let finished: Vec<serde_json::Value> = output
+        .lines()
+        .filter(|l| l.contains("finished processing request"))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    assert_eq!(finished.len(), 4, "{output}");
+    let delete = finished
+        .iter()
+        .find(|l| l["span"]["method"] == "DELETE")
+        .expect("the delete's line");
+    assert_eq!(delete["status"], 200);
+    assert_eq!(delete["span"]["operation"], "assets.delete");
+    assert_eq!(delete["span"]["client"], "bob");
+    assert_eq!(delete["span"]["request_id"].as_str().map(str::len), Some(32));
+    assert!(finished.iter().any(|l| l["status"] == 401));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
