@@ -263,7 +263,10 @@ async fn trace_logs_never_contain_the_upstream_key_or_a_client_key() {
     assert_eq!(delete["status"], 200);
     assert_eq!(delete["span"]["operation"], "assets.delete");
     assert_eq!(delete["span"]["client"], "bob");
-    assert_eq!(delete["span"]["request_id"].as_str().map(str::len), Some(32));
+    assert_eq!(
+        delete["span"]["request_id"].as_str().map(str::len),
+        Some(32)
+    );
     assert!(finished.iter().any(|l| l["status"] == 401));
 }
 
