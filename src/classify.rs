@@ -85,8 +85,9 @@ pub enum InlineStr<const N: usize> {
 /// A query value: page numbers, ids and names fit inline.
 pub type ShortStr = InlineStr<22>;
 
-/// A canonical path: every v1.3 route with 24-character ids fits inline.
-pub type PathStr = InlineStr<94>;
+/// A canonical path: every v1.3 route with 24-character ids fits inline (the longest, an item
+/// collection's `items/remove`, is 102 bytes).
+pub type PathStr = InlineStr<102>;
 
 impl<const N: usize> From<&str> for InlineStr<N> {
     fn from(text: &str) -> Self {

@@ -33,6 +33,17 @@ impl RequestScope {
         }))
     }
 
+    /// The scope of `req`: the one the edge made, or a new one (without an address) inserted for a
+    /// request that came without one (a stack driven directly, as in tests).
+    pub fn of<B>(req: &mut http::Request<B>) -> RequestScope {
+        if let Some(scope) = req.extensions().get::<RequestScope>() {
+            return scope.clone();
+        }
+        let scope = RequestScope::default();
+        req.extensions_mut().insert(scope.clone());
+        scope
+    }
+
     /// The client's socket address, when the request came through a listener.
     pub fn client_addr(&self) -> Option<SocketAddr> {
         self.0.client_addr
@@ -95,9 +106,9 @@ impl PeerCertificate {
     }
 }
 
-/// A request's id (set by the request-id layer in the [`RequestScope`]). Held as the header value it is sent and echoed
-/// as, so the request, the response and every record share one buffer (cloning it allocates
-/// nothing).
+/// A request's id (set by the request-id layer in the [`RequestScope`]). Held as the header value
+/// it is sent and echoed as, so the request, the response and every record share one buffer
+/// (cloning it allocates nothing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestId(HeaderValue);
 

@@ -543,15 +543,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // The edge made the request's scope; a request that did not come through it gets one.
-        let scope = match req.extensions().get::<RequestScope>() {
-            Some(scope) => scope.clone(),
-            None => {
-                let scope = RequestScope::default();
-                req.extensions_mut().insert(scope.clone());
-                scope
-            }
-        };
+        let scope = RequestScope::of(&mut req);
         MetricsFuture {
             method: method_label(req.method()),
             inner: self.inner.call(req),

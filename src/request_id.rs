@@ -66,14 +66,7 @@ where
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), value.clone());
         // Kept in the request's scope (made at the edge), not as an extension of its own.
-        match req.extensions().get::<RequestScope>() {
-            Some(scope) => scope.set_request_id(id),
-            None => {
-                let scope = RequestScope::default();
-                scope.set_request_id(id);
-                req.extensions_mut().insert(scope);
-            }
-        }
+        RequestScope::of(&mut req).set_request_id(id);
         EchoRequestId {
             inner: self.inner.call(req),
             value: Some(value),

@@ -35,7 +35,6 @@ use crate::gate::{AdmitAsync, AsyncGateLayer};
 use crate::guards::Lookup;
 use crate::metrics::Metrics;
 use crate::policy::Decision;
-use crate::request_id::RequestId;
 use crate::routes::ids::ASSETS_DELETE;
 use crate::routes::{RouteId, RouteTable};
 use crate::units::rfc3339;
@@ -162,11 +161,10 @@ impl Ticket {
         metrics: Arc<Metrics>,
         op: &Operation,
         principal: &Principal,
-        credential: Option<&Credential>,
-        id: Option<&RequestId>,
         scope: Option<&RequestScope>,
     ) -> Self {
-        let (key_label, certificate) = match credential {
+        let id = scope.and_then(RequestScope::request_id);
+        let (key_label, certificate) = match &principal.credential {
             Some(Credential::Key { label }) => (Some(label.to_string()), None),
             Some(Credential::Certificate { sha256 }) => (None, Some(sha256.to_string())),
             None => (None, None),
@@ -405,10 +403,6 @@ where
                     self.metrics.clone(),
                     op,
                     principal,
-                    principal.credential.as_ref(),
-                    req.extensions()
-                        .get::<RequestScope>()
-                        .and_then(RequestScope::request_id),
                     req.extensions().get::<RequestScope>(),
                 )))
             }

@@ -91,7 +91,12 @@ fn sdk_targets_classify_to_routes_and_forward_unchanged() {
         op.query.text("filename"),
         Some("a-name-longer-than-twenty-two.mp4")
     );
-    // A path longer than is kept inline.
+    // The longest route with 24-character ids is kept inline; a longer path on the heap.
+    let id = "6298d673f1090f1100476d4c";
+    let longest = format!("/v1.3/knowledge-stores/{id}/item-collections/{id}/items/remove");
+    let op = run("POST", &longest).unwrap();
+    assert_eq!(&*op.path, longest);
+    assert!(matches!(op.path, InlineStr::Inline { .. }), "{longest}");
     let long = format!("/v1.3/assets/{}", "a".repeat(120));
     let op = run("GET", &long).unwrap();
     assert_eq!(
