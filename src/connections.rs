@@ -228,6 +228,25 @@ impl Ticket {
     pub fn first_request_deadline(&self) -> Instant {
         self.activity.accepted + self.admission.limits.first_request_timeout
     }
+
+    /// Run `setup` — what a connection does before HTTP, such as its TLS handshake — unless the
+    /// listener asks the connection to close first (evicted for a newcomer at the cap, or
+    /// draining): then `None`, and the connection's place is free at once. Without this, a
+    /// connection silent before its handshake would keep its place until the first-request
+    /// deadline even after being chosen for eviction.
+    pub async fn unless_closed<F: Future>(&self, setup: F) -> Option<F::Output> {
+        let mut setup = std::pin::pin!(setup);
+        let activity = &self.activity;
+        std::future::poll_fn(|cx| {
+            activity.waker.register(cx.waker());
+            if activity.evicted.load(Ordering::Acquire) || activity.draining.load(Ordering::Acquire)
+            {
+                return Poll::Ready(None);
+            }
+            setup.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
 }
 
 impl Drop for Ticket {

@@ -508,8 +508,12 @@ where
                     // every plain connection's task as well.
                     Box::pin(async move {
                         // The handshake counts against the first-request deadline.
+                        // An eviction (a newcomer at the cap) or a drain ends it as it would a
+                        // silent plain connection.
                         let deadline = ticket.first_request_deadline();
-                        let Some((stream, certificate)) = tls.accept(stream, deadline).await else {
+                        let Some(Some((stream, certificate))) =
+                            ticket.unless_closed(tls.accept(stream, deadline)).await
+                        else {
                             return;
                         };
                         let service = Tracked::new(

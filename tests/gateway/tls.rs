@@ -285,6 +285,65 @@ async fn curl_speaks_https_over_http1_and_http2_and_plain_http_is_refused_cleanl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_sockets_silent_before_or_in_the_handshake_make_room_for_a_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("server");
+    let (_emulator, upstream) = start_emulator().await;
+    // Deadlines far away: only eviction can free a place within the test's time.
+    let yaml = format!(
+        "{}server:\n  max_connections: 10\n  header_read_timeout: 60s\n  worker_threads: 1\n",
+        pki.tls_yaml("server", false)
+    );
+    let gateway = TestGateway::start_with(&upstream, &yaml, |_| {}).await;
+    let mut silent = Vec::new();
+    for i in 0..10 {
+        let mut socket = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        if i % 2 == 1 {
+            // The first byte of a TLS record, then nothing: stuck in the handshake.
+            tokio::io::AsyncWriteExt::write_all(&mut socket, &[0x16])
+                .await
+                .unwrap();
+        }
+        silent.push(socket);
+    }
+    let open = r#"tl_gateway_open_connections{listener="client"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter_value(&metrics(&gateway).await, open) < Some(10.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the silent sockets were not admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let (code, out) = curl(vec![
+        "--max-time".into(),
+        "5".into(),
+        "--cacert".into(),
+        pki.path("ca.pem").display().to_string(),
+        "-H".into(),
+        format!("x-api-key: {BOB_KEY}"),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        https(&gateway, "/v1.3/assets"),
+    ])
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "200"),
+        "a client waited behind silent sockets"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let evicted = r#"tl_gateway_connections_closed_total{listener="client",reason="evicted"}"#;
+    assert!(counter_value(&metrics(&gateway).await, evicted) >= Some(1.0));
+    drop(silent);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdk_works_over_https_with_http1_and_http2() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
