@@ -259,11 +259,19 @@ impl ClientKeys {
     }
 
     /// The client a verified certificate names, if any: by its digest, else by subject CN or SAN.
-    fn by_certificate(&self, cert: &PeerCertificate) -> Option<u32> {
-        self.by_cert.get(&cert.sha256).copied().or_else(|| {
-            cert.names()
-                .find_map(|name| self.by_subject.get(name).copied())
-        })
+    /// Names that match two different clients are refused rather than one of them chosen.
+    fn by_certificate(&self, cert: &PeerCertificate) -> Result<Option<u32>, GatewayError> {
+        if let Some(index) = self.by_cert.get(&cert.sha256) {
+            return Ok(Some(*index));
+        }
+        let mut found = None;
+        for index in cert.names().filter_map(|name| self.by_subject.get(name)) {
+            match found {
+                Some(other) if other != *index => return Err(GatewayError::CertificateAmbiguous),
+                _ => found = Some(*index),
+            }
+        }
+        Ok(found)
     }
 
     /// Who sent this request: by its key (`x-api-key` or Bearer) and/or its verified client
@@ -273,7 +281,10 @@ impl ClientKeys {
         headers: &HeaderMap,
         cert: Option<&PeerCertificate>,
     ) -> Result<Principal, GatewayError> {
-        let by_cert = cert.and_then(|c| self.by_certificate(c).map(|i| (i, c)));
+        let by_cert = match cert {
+            Some(c) => self.by_certificate(c)?.map(|i| (i, c)),
+            None => None,
+        };
         let key = match presented_key(headers) {
             Ok(key) => Some(key),
             Err(GatewayError::MissingCredentials) if by_cert.is_some() => None,
@@ -424,6 +435,45 @@ mod tests {
             client("alice", "admin", "tlgw_alice_example_key"),
             client("bob", "member", "tlgw_bob_example_key"),
         ])
+    }
+
+    #[test]
+    fn a_certificate_whose_names_match_two_clients_is_refused() {
+        let client = |id: &str, subject: &str, digest: Option<[u8; 32]>| ClientSettings {
+            cert_subject: Some(subject.to_owned()),
+            cert_sha256: digest,
+            ..ClientSettings::with_key(id, &["member"], Sha256::digest(id.as_bytes()).into())
+        };
+        let keys = ClientKeys::new(&[
+            client("alice", "alice.example", None),
+            client("bob", "bob.example", Some([7; 32])),
+        ]);
+        let cert = |sha256: [u8; 32], cn: &str, sans: &[&str]| PeerCertificate {
+            sha256,
+            common_name: Some(cn.to_owned()),
+            alt_names: sans.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let who = |c: &PeerCertificate| {
+            keys.identify(&HeaderMap::new(), Some(c))
+                .map(|p| p.client.as_str().to_owned())
+        };
+        assert_eq!(
+            who(&cert([0; 32], "alice.example", &["alice.example"])).unwrap(),
+            "alice"
+        );
+        assert!(matches!(
+            who(&cert([0; 32], "alice.example", &["bob.example"])),
+            Err(GatewayError::CertificateAmbiguous)
+        ));
+        // The digest is explicit: it decides whatever the names say.
+        assert_eq!(who(&cert([7; 32], "alice.example", &[])).unwrap(), "bob");
+        // No names read (an unparsable certificate): only the digest can identify it.
+        let unnamed = PeerCertificate {
+            sha256: [7; 32],
+            common_name: None,
+            alt_names: Vec::new(),
+        };
+        assert_eq!(who(&unnamed).unwrap(), "bob");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum GatewayError {
     /// A verified client certificate that names no configured client, and no key.
     #[error("the client certificate identifies no configured client: send your personal key, or ask for the certificate to be configured (clients[].cert_sha256 or cert_subject)")]
     CertificateUnknown,
+    /// The client certificate's names (CN, SANs) match more than one configured client.
+    #[error("the client certificate's names match more than one configured client (clients[].cert_subject); configure it by clients[].cert_sha256")]
+    CertificateAmbiguous,
     /// The client certificate and the key name different clients.
     #[error("the client certificate and the API key belong to different clients")]
     CredentialsDisagree,
@@ -211,6 +214,7 @@ impl GatewayError {
             | GatewayError::ConflictingCredentials
             | GatewayError::KeyExpired { .. }
             | GatewayError::CertificateUnknown
+            | GatewayError::CertificateAmbiguous
             | GatewayError::CredentialsDisagree => StatusCode::UNAUTHORIZED,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
@@ -254,6 +258,7 @@ impl GatewayError {
             | GatewayError::InvalidCredentials
             | GatewayError::ConflictingCredentials
             | GatewayError::CertificateUnknown
+            | GatewayError::CertificateAmbiguous
             | GatewayError::CredentialsDisagree => "unauthorized",
             GatewayError::KeyExpired { .. } => "key_expired",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",

@@ -264,7 +264,7 @@ impl ServerTls {
         self.reload();
     }
 
-    /// Load the files now (also on SIGHUP).
+    /// Load the files now (the watcher calls this once a change has stood still).
     pub fn reload(&self) {
         match build(&self.settings, &self.provider) {
             Ok((config, loaded)) => {
@@ -355,15 +355,22 @@ impl ServerTls {
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(|leaf| {
-                let info = x509::parse(leaf)?;
-                let mut alt_names = info.dns_sans;
-                alt_names.extend(info.uri_sans);
-                Some(PeerCertificate {
+            .map(|leaf| {
+                // A certificate whose names cannot be read still has its digest
+                // (`clients[].cert_sha256`); it just names nobody by subject.
+                let (common_name, alt_names) = match x509::parse(leaf) {
+                    Some(info) => {
+                        let mut alt_names = info.dns_sans;
+                        alt_names.extend(info.uri_sans);
+                        (info.subject_cn, alt_names)
+                    }
+                    None => (None, Vec::new()),
+                };
+                PeerCertificate {
                     sha256: Sha256::digest(leaf.as_ref()).into(),
-                    common_name: info.subject_cn,
+                    common_name,
                     alt_names,
-                })
+                }
             });
         Some((stream, peer))
     }
