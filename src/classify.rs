@@ -220,6 +220,12 @@ impl Operation {
         self.route.map_or("unknown", |r| r.id.as_str())
     }
 
+    /// Whether this is a call to the gateway's own API (`/tl-gateway/v1/…`): answered by the
+    /// gateway, never forwarded.
+    pub fn is_gateway(&self) -> bool {
+        self.route.is_some_and(Route::is_gateway)
+    }
+
     /// The API version segment of the path (`v1.3`).
     pub fn version(&self) -> &str {
         self.path
@@ -391,8 +397,14 @@ impl Classifier {
             .api_versions
             .iter()
             .any(|v| v == version_segment);
-        let lookup = if known_version && *version_segment == RouteTable::VERSION {
-            match self.table.lookup(&method, rest) {
+        let gateway = *version_segment == crate::routes::gateway::FIRST_SEGMENT;
+        let table = if gateway {
+            RouteTable::gateway()
+        } else {
+            self.table
+        };
+        let lookup = if gateway || (known_version && *version_segment == RouteTable::VERSION) {
+            match table.lookup(&method, rest) {
                 // A bad id in the segments kept is refused however long the path is; a path
                 // longer than any route matches none.
                 bad @ Lookup::BadParam { .. } => bad,
@@ -415,7 +427,9 @@ impl Classifier {
             }
             Lookup::NotFound => {
                 let safe = crate::routes::is_safe(&method);
-                let forward = known_version
+                // The gateway's own prefix is never forwarded, whatever `routes.unknown` says.
+                let forward = !gateway
+                    && known_version
                     && match self.settings.unknown_routes {
                         UnknownRoutes::ForwardSafe => safe,
                         UnknownRoutes::Reject => false,

@@ -20,6 +20,7 @@ pub mod matcher;
 pub mod routes;
 
 // The layers of the request path, each owning its settings.
+pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;

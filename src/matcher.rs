@@ -68,10 +68,17 @@ impl CompiledMatch {
         if self.method.as_ref().is_some_and(|m| *m != op.method) {
             return false;
         }
-        if let Some(routes) = &self.routes {
-            if !op.route.is_some_and(|r| routes.contains(&r.id)) {
-                return false;
+        match &self.routes {
+            Some(routes) => {
+                if !op.route.is_some_and(|r| routes.contains(&r.id)) {
+                    return false;
+                }
             }
+            // A matcher naming no route means the TwelveLabs API: the gateway's own API is named
+            // explicitly (`operation: gateway.…` or a `/tl-gateway/v1/…` path), so rules and
+            // limits written before it went through the stack keep meaning what they meant.
+            None if op.is_gateway() => return false,
+            None => {}
         }
         if self
             .clients
@@ -93,20 +100,26 @@ impl CompiledMatch {
     }
 }
 
-/// Compile a matcher against the route table. Errors make it meaningless (a route that does not
-/// exist, a parameter a route does not take); warnings say it can never match.
+/// Compile a matcher against `table` (the TwelveLabs table; paths under `/tl-gateway/` and
+/// `gateway.*` operations are looked up in the gateway API's table). Errors make it meaningless (a
+/// route that does not exist, a parameter a route does not take); warnings say it can never match.
 pub fn compile(
     table: &RouteTable,
     m: &MatchSettings,
 ) -> Result<(CompiledMatch, Vec<String>), String> {
     let mut warnings = Vec::new();
     let mut routes: Option<BTreeSet<RouteId>> = None;
+    let gateway = RouteTable::gateway();
     if let Some(path) = &m.path {
+        let table = match RouteTable::for_template(path) {
+            t if std::ptr::eq(t, gateway) => gateway,
+            _ => table,
+        };
         let found = table.by_template(path, m.method.as_ref());
         if found.is_empty() {
             let any_method = table.by_template(path, None);
             return Err(if any_method.is_empty() {
-                format!("match.path {path:?} is no TwelveLabs v1.3 route")
+                format!("match.path {path:?} is no TwelveLabs v1.3 route (nor a gateway API route)")
             } else {
                 format!(
                     "match.path {path:?} has no {} route (it has {})",
@@ -122,9 +135,9 @@ pub fn compile(
         routes = Some(found.iter().map(|r| r.id).collect());
     }
     if let Some(operation) = &m.operation {
-        let Some(route) = table.by_id(operation) else {
+        let Some(route) = table.by_id(operation).or_else(|| gateway.by_id(operation)) else {
             return Err(format!(
-                "match.operation {operation:?} is no TwelveLabs v1.3 route id"
+                "match.operation {operation:?} is no TwelveLabs v1.3 route id (nor a gateway API route id)"
             ));
         };
         if m.method
@@ -153,7 +166,10 @@ pub fn compile(
     for (key, expected) in &m.query {
         if let Some(routes) = &routes {
             for id in routes {
-                let Some(route) = table.by_id(id.as_str()) else {
+                let Some(route) = table
+                    .by_id(id.as_str())
+                    .or_else(|| gateway.by_id(id.as_str()))
+                else {
                     continue;
                 };
                 match route.query_param(key) {

@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 use http::Method;
 use ParamKind::{Bool, Integer, List, Number, Text};
 
+pub mod gateway;
+
 /// Stable route id, e.g. "assets.delete".
 /// The methods the gateway accepts at all, matched exactly (hyper also accepts `delete` or
 /// `DELETEX` as extension methods; those, TRACE and CONNECT are refused).

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::approvals::api::{ApiSettings, GatewayApiLayer};
+use crate::api::{ApiSettings, Dispatch, GatewayApi};
 use crate::approvals::notify::Notifier;
 use crate::approvals::{Approvals, RequireApprovalLayer};
 use crate::audit::layer::{AuditLayer, RecordIntent};
@@ -39,6 +39,7 @@ use crate::ratelimit::{Limited, RateLimits};
 use crate::request_id::RequestIdLayer;
 use crate::state::StateStore;
 use crate::telemetry::TraceRequestsLayer;
+use crate::ui::ServePageLayer;
 
 /// The response future of [`GatewayService`]: the one allocation the type erasure costs.
 pub type ResponseFuture =
@@ -204,8 +205,8 @@ pub struct StackParts {
     pub protection: Arc<Protection>,
     /// The approvals layer.
     pub require_approval: RequireApprovalLayer,
-    /// The gateway's own API.
-    pub api: GatewayApiLayer,
+    /// The gateway's own API (answers `gateway.*` operations at the bottom of the stack).
+    pub api: GatewayApi,
 }
 
 impl StackParts {
@@ -252,10 +253,10 @@ impl StackParts {
                 shared.metrics.clone(),
                 gateway_url(config),
             ),
-            api: GatewayApiLayer::new(ApiSettings {
-                clients: clients.clone(),
+            api: GatewayApi::new(ApiSettings {
                 approvals: shared.approvals.clone(),
                 audit_roles: Arc::from(config.ui.audit_roles.clone()),
+                approver_roles: approver_roles(config),
                 audit_log: shared.audit.as_ref().map(|a| a.path().to_path_buf()),
             }),
             protection,
@@ -291,6 +292,24 @@ impl StackParts {
     }
 }
 
+/// Every role that approves for some policy rule.
+fn approver_roles(config: &Config) -> Arc<[crate::ids::Role]> {
+    let mut roles: Vec<crate::ids::Role> = Vec::new();
+    for approval in config
+        .policy
+        .rules
+        .iter()
+        .filter_map(|r| r.approval.as_ref())
+    {
+        for role in &approval.approver_roles {
+            if !roles.contains(role) {
+                roles.push(role.clone());
+            }
+        }
+    }
+    roles.into()
+}
+
 /// Build the request stack, outermost first (docs/architecture.md, "The request path").
 pub fn build_stack(parts: StackParts) -> GatewayService {
     let sensitive: Arc<[http::HeaderName]> = Arc::new([
@@ -306,7 +325,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
         .layer(in_flight_limit(parts.in_flight))
-        .layer(parts.api)
+        .layer(ServePageLayer)
         .layer(Classify::layer(parts.classifier))
         .layer(Authenticate::layer(parts.clients))
         .layer(AuditLayer::new(
@@ -324,7 +343,11 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(Limited::layer(parts.rate_limits, parts.metrics))
         .option_layer(GuardForcedDeletes::layer(parts.guard))
         .layer(RecordIntent::layer())
-        .layer(SwapCredentials::layer(parts.upstream_key))
-        .service(parts.forwarder);
+        .service(Dispatch::new(
+            parts.api,
+            ServiceBuilder::new()
+                .layer(SwapCredentials::layer(parts.upstream_key))
+                .service(parts.forwarder),
+        ));
     GatewayService(Arc::new(stack))
 }

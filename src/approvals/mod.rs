@@ -26,7 +26,6 @@
 //! state store: in memory by default (lost on restart), in Redis with `state.backend: redis`
 //! (shared by the replicas, surviving restarts, with expiring keys).
 
-pub mod api;
 pub mod notify;
 
 use std::sync::Arc;
@@ -772,20 +771,62 @@ impl Approvals {
         Ok(found)
     }
 
-    /// The approvals `caller` may see, newest first, optionally only in `state`.
+    /// One page of the approvals `caller` may see, newest first, optionally only in `state`,
+    /// starting after `cursor`; and the cursor of the next page, if there may be one. `everyone`:
+    /// the caller approves for some rule, so every approval is looked at (those it may see are
+    /// kept); otherwise only the caller's own. A page reads at most [`LIST_BOUND`] approvals, so a
+    /// listing never reads the whole store: a filtered page may come back short, with a cursor.
     pub async fn list(
         &self,
         caller: &Principal,
         state: Option<State>,
         limit: usize,
-    ) -> Result<Vec<Approval>, ApprovalError> {
-        Ok(self
-            .scan(SCAN_LIMIT)
-            .await?
-            .into_iter()
-            .filter(|a| a.visible_to(caller) && state.is_none_or(|s| s == a.state))
-            .take(limit)
-            .collect())
+        cursor: Option<&Cursor>,
+        everyone: bool,
+    ) -> Result<(Vec<Approval>, Option<Cursor>), ApprovalError> {
+        let index = if everyone {
+            INDEX.to_owned()
+        } else {
+            requester_index(caller.client.as_str())
+        };
+        let mut found = Vec::new();
+        let mut at: Option<Cursor> = cursor.cloned();
+        let mut read = 0;
+        loop {
+            let before = at.as_ref().map(|c| (c.ms, c.id.as_str()));
+            let page = self.store.index_page(&index, before, PAGE).await?;
+            let keys: Vec<String> = page.iter().map(|(id, _)| doc_key(id)).collect();
+            let docs = self.store.get_many(&keys).await?;
+            let mut gone = Vec::new();
+            for ((id, ms), doc) in page.iter().zip(docs) {
+                read += 1;
+                at = Some(Cursor {
+                    ms: *ms,
+                    id: id.clone(),
+                });
+                let Some(raw) = doc else {
+                    gone.push(id.clone());
+                    continue;
+                };
+                if let Some((_, approval)) = self.settle(raw).await? {
+                    if approval.visible_to(caller) && state.is_none_or(|s| s == approval.state) {
+                        found.push(approval);
+                        if found.len() == limit {
+                            self.store.index_remove(&index, &gone).await?;
+                            return Ok((found, at));
+                        }
+                    }
+                }
+            }
+            // Documents past their retention are gone from the store: drop them from the index.
+            self.store.index_remove(&index, &gone).await?;
+            if page.len() < PAGE {
+                return Ok((found, None));
+            }
+            if read >= LIST_BOUND {
+                return Ok((found, at));
+            }
+        }
     }
 
     /// Expire what is due, forget what is past its retention, and refresh
@@ -814,8 +855,38 @@ impl Approvals {
     }
 }
 
-/// Approvals looked at by a list or a sweep, at most (newest first).
+/// Approvals looked at by a sweep, at most (newest first).
 const SCAN_LIMIT: usize = 5000;
+
+/// Approvals one listing request reads at most.
+pub const LIST_BOUND: usize = 500;
+
+/// Where a listing page ends: the creation time (ms) and id of its last approval. Written
+/// `MS-ID` in the API's `next_cursor` and `?cursor=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    ms: u64,
+    id: String,
+}
+
+impl Cursor {
+    /// Read `MS-ID`.
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (ms, id) = text.split_once('-')?;
+        let ms = ms.parse().ok()?;
+        let plain = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        (id.starts_with("apr_") && plain).then(|| Cursor {
+            ms,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.id)
+    }
+}
 
 fn new_approval(
     id: &str,

@@ -320,8 +320,15 @@ impl Policy {
 
     /// Evaluate a request. Pure: no I/O, no clock.
     pub fn evaluate(&self, op: &Operation, principal: &Principal) -> Decision {
+        // `policy.default` is about the TwelveLabs API; the gateway's own API checks its callers'
+        // roles itself, and rules that name its operations restrict it further.
+        let default = if op.is_gateway() {
+            Effect::Allow
+        } else {
+            self.default
+        };
         let mut decision = Decision {
-            effect: self.default,
+            effect: default,
             rule: None,
             matched: Vec::new(),
             dry_run_denials: Vec::new(),
@@ -379,7 +386,7 @@ impl Policy {
                     rules,
                 });
             }
-        } else if self.default == Effect::Deny {
+        } else if default == Effect::Deny {
             decision.rule = Some(RuleId::default_rule());
             decision.message = Some(Arc::from(
                 "no policy rule admits this request and policy.default is deny",
@@ -426,6 +433,16 @@ fn compile_rule(
         ));
     }
     if let Some(approval) = &rule.approval {
+        if matcher.routes.as_ref().is_some_and(|routes| {
+            routes
+                .iter()
+                .any(|r| r.as_str().starts_with(crate::routes::gateway::ID_PREFIX))
+        }) {
+            return Err(
+                "approval on a gateway API operation: the gateway's own calls are never held for approval"
+                    .into(),
+            );
+        }
         if approval.approver_roles.is_empty() {
             return Err("approval.approver_roles is empty: nobody could approve".into());
         }

@@ -130,6 +130,30 @@ impl MemoryStore {
             .collect()
     }
 
+    /// At most `limit` members of `index` strictly older than `before` (score, then member; highest
+    /// first), with their scores.
+    pub fn index_page(
+        &self,
+        index: &str,
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Vec<(String, u64)> {
+        let state = self.lock();
+        let Some(members) = state.indexes.get(index) else {
+            return Vec::new();
+        };
+        let mut sorted: Vec<(&String, &u64)> = members
+            .iter()
+            .filter(|(m, s)| before.is_none_or(|(bs, bm)| (**s, m.as_str()) < (bs, bm)))
+            .collect();
+        sorted.sort_by(|a, b| b.1.cmp(a.1).then_with(|| b.0.cmp(a.0)));
+        sorted
+            .into_iter()
+            .take(limit)
+            .map(|(m, s)| (m.clone(), *s))
+            .collect()
+    }
+
     /// Remove the members of `index` scored below `score`, and expired documents.
     pub fn index_trim(&self, index: &str, score: u64) {
         let now = self.now();

@@ -233,6 +233,20 @@ impl StateStore {
         }
     }
 
+    /// At most `limit` members of `index` strictly before `before` (by score, then member; highest
+    /// first), with their scores: one page of a listing, read without reading the rest.
+    pub async fn index_page(
+        &self,
+        index: &str,
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            StateStore::Memory(memory) => Ok(memory.index_page(index, before, limit)),
+            StateStore::Redis(redis) => redis.index_page(index, before, limit).await,
+        }
+    }
+
     /// Remove the members of `index` scored below `score`.
     pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
         match self {

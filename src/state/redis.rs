@@ -184,8 +184,10 @@ impl RedisStore {
         }
     }
 
-    /// Run one command within the timeout, with the breaker, the metrics and the error mapping of
-    /// `check`.
+    /// Run one document command (approvals) within the timeout, with the metrics and the error
+    /// mapping of `check`. Only rate limiting opens the breaker: a slow listing or a burst of
+    /// approval traffic never makes limits fall back to their `on_unavailable` (the probe still
+    /// sees a real outage within a second); while the breaker is open these fail at once too.
     async fn run<T, F>(&self, command: F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, RedisError>>,
@@ -206,8 +208,7 @@ impl RedisStore {
             }
             Ok(Err(error)) if is_transport(&error) => {
                 self.metrics.count("error");
-                self.trip(format!("{}: {error}", self.where_));
-                Err(StoreError::Unavailable(self.why()))
+                Err(StoreError::Unavailable(format!("{}: {error}", self.where_)))
             }
             Ok(Err(error)) => {
                 self.metrics.count("error");
@@ -215,11 +216,6 @@ impl RedisStore {
             }
             Err(_) => {
                 self.metrics.count("timeout");
-                self.trip(format!(
-                    "{}: no answer within {} ms",
-                    self.where_,
-                    self.timeout.as_millis()
-                ));
                 Err(StoreError::Timeout(self.timeout))
             }
         }
@@ -326,6 +322,44 @@ impl RedisStore {
                 .await
         })
         .await
+    }
+
+    /// `ZREVRANGEBYSCORE index before -inf WITHSCORES LIMIT 0 n`, skipping the members at
+    /// `before`'s score that are not before it (Redis orders equal scores by member).
+    pub async fn index_page(
+        &self,
+        index: &str,
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        // Members sharing the boundary's score (approvals created in the same millisecond) come
+        // first and are skipped: a few more than `limit` are read to make room for them.
+        const TIES: usize = 16;
+        let mut connection = self.connection.clone();
+        let key = format!("{}{index}", self.prefix);
+        let max = before.map_or_else(|| "+inf".to_owned(), |(score, _)| score.to_string());
+        let count = limit + if before.is_some() { TIES } else { 0 };
+        let found = self
+            .run(async move {
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(&max)
+                    .arg("-inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(count)
+                    .query_async::<Vec<(String, u64)>>(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|(member, score)| {
+                before.is_none_or(|(bs, bm)| (*score, member.as_str()) < (bs, bm))
+            })
+            .take(limit)
+            .collect())
     }
 
     /// `ZREMRANGEBYSCORE index -inf (score`.

@@ -93,6 +93,58 @@ pub fn serve(method: &Method, path: &str) -> Result<Response<GatewayBody>, Gatew
     Ok(response)
 }
 
+/// Layer serving the page itself (no key needed: it asks for one) and passing every other request
+/// on. It sits above classification: the page is static and its few paths are matched exactly, so
+/// nothing of a request's target is echoed or logged in full here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServePageLayer;
+
+impl<S> tower::Layer<S> for ServePageLayer {
+    type Service = ServePage<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ServePage { inner }
+    }
+}
+
+/// Service produced by [`ServePageLayer`].
+#[derive(Clone, Debug)]
+pub struct ServePage<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ServePage<S>
+where
+    S: tower::Service<http::Request<B>, Response = Response<GatewayBody>, Error = GatewayError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future = futures_util::future::Either<
+        S::Future,
+        std::future::Ready<Result<Response<GatewayBody>, GatewayError>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        if !is_page(req.uri().path()) {
+            return Either::Left(self.inner.call(req));
+        }
+        if let Some(scope) = req.extensions().get::<crate::ext::RequestScope>() {
+            scope.set_route(ROUTE_ID);
+        }
+        Either::Right(std::future::ready(serve(req.method(), req.uri().path())))
+    }
+}
+
+/// The route id the page's requests are measured under.
+pub const ROUTE_ID: &str = "gateway.ui";
+
 /// The headers every answer of the page carries.
 fn secured(mut response: Response<GatewayBody>) -> Response<GatewayBody> {
     let headers = response.headers_mut();

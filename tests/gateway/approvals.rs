@@ -261,7 +261,10 @@ async fn the_sdk_asks_an_admin_approves_and_the_identical_retry_passes_exactly_o
     assert_eq!(approved_record["approver"], "alice");
     assert_eq!(approved_record["requester"], "bob");
     assert_eq!(approved_record["comment"], "checked with the owner");
-    let intent = found.iter().find(|r| r["phase"] == "intent").unwrap();
+    let intent = found
+        .iter()
+        .find(|r| r["phase"] == "intent" && r["operation"] == "assets.delete")
+        .unwrap();
     assert_eq!(intent["approval_id"], id.as_str());
     assert_eq!(intent["approvers"], serde_json::json!(["alice"]));
     assert_eq!(intent["client"], "bob");
