@@ -2,10 +2,14 @@
 //! upstream key loaded, not draining) and `/metrics` (Prometheus text).
 //!
 //! A check either fails readiness (503: take this replica out of the load balancer) or only
-//! degrades it (200 with `"degraded": true`). An audit sink that refuses writes degrades: audited
-//! requests get 503 `audit_unavailable` and are never forwarded, but everything else still works,
-//! and taking every replica whose disk filled out of the load balancer would turn a full audit
-//! volume into an outage for all traffic. The `TLGatewayAuditUnwritable` alert fires instead.
+//! degrades it (200 with `"degraded": true` and the reason). The rule (docs/architecture.md,
+//! "Readiness"): 503 only for what stops *this* replica serving at all — no upstream key,
+//! draining. A cause every replica shares — the state store (Redis) down, the audit volume full,
+//! a replaced certificate that does not load — degrades: each replica still serves (fail-closed
+//! limits answer 503 `limits_unavailable` by themselves, audited calls 503 `audit_unavailable`,
+//! TLS keeps the last good certificate), and failing readiness on every replica at once would
+//! leave the Service with no endpoints, turning a partial failure into an outage.
+//! `tl_gateway_readiness_degraded{check}` and the `TlGatewayDegraded` alert say which check.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,19 +74,21 @@ impl Readiness {
             Ok(()) => Check::Ok,
             Err(why) => Check::Failed(why),
         };
-        // A store that does not answer fails readiness only if some limit then refuses requests;
-        // with every limit `on_unavailable: allow` the gateway still serves everything.
+        // A store that does not answer is shared by every replica: degraded, never failed (limits
+        // that fail closed refuse by themselves; the others let requests through).
         let state = match self.store.readiness() {
             Ok(()) => Check::Ok,
             Err(why) if self.limits_fail_closed.load(Ordering::Relaxed) => {
-                Check::Failed(format!("unavailable: {why}"))
+                Check::Degraded(format!(
+                    "unavailable: {why}; limits that fail closed answer 503 limits_unavailable"
+                ))
             }
             Err(why) => Check::Degraded(format!("unavailable: {why}")),
         };
-        // A replaced certificate that does not load: the last good one serves, but someone must
-        // look (and a rolling update should not proceed).
+        // A replaced certificate that does not load: the last good one still serves (and is
+        // retried); someone must look, but this replica serves as well as any other.
         let tls = match self.tls.as_ref().map(|t| t.readiness()) {
-            Some(Err(why)) => Check::Failed(why),
+            Some(Err(why)) => Check::Degraded(format!("serving the last good certificate: {why}")),
             _ => Check::Ok,
         };
         vec![
@@ -93,6 +99,21 @@ impl Readiness {
             ("state", state),
             ("shutdown", shutdown),
         ]
+    }
+
+    /// The checks, exported as `tl_gateway_readiness_degraded{check}` and `tl_gateway_ready`;
+    /// whether the replica is ready.
+    pub fn observe(&self, metrics: &Metrics) -> (bool, Vec<(&'static str, Check)>) {
+        let checks = self.checks();
+        let ready = !checks.iter().any(|(_, c)| matches!(c, Check::Failed(_)));
+        for (name, check) in &checks {
+            metrics
+                .readiness_degraded
+                .with_label_values(&[name])
+                .set(i64::from(matches!(check, Check::Degraded(_))));
+        }
+        metrics.ready.set(i64::from(ready));
+        (ready, checks)
     }
 }
 
@@ -127,8 +148,7 @@ pub async fn handle<B>(
             json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            let checks = readiness.checks();
-            let ready = !checks.iter().any(|(_, c)| matches!(c, Check::Failed(_)));
+            let (ready, checks) = readiness.observe(&metrics);
             let degraded = checks.iter().any(|(_, c)| matches!(c, Check::Degraded(_)));
             let details: serde_json::Map<String, serde_json::Value> = checks
                 .iter()
@@ -145,6 +165,7 @@ pub async fn handle<B>(
             )
         }
         (&Method::GET, "/metrics") => {
+            readiness.observe(&metrics);
             let mut response = Response::new(body::full(metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -104,15 +104,16 @@ pub enum GatewayError {
         burst: u32,
     },
     /// The state store did not answer and a matching limit fails closed (`on_unavailable: deny`).
-    #[error("rate limit '{limit}' could not be checked ({reason}); refusing the request (on_unavailable: deny)")]
+    #[error("rate limit '{limit}' could not be checked: the shared state store did not answer; refusing the request (on_unavailable: deny). The gateway's log has the details under this request id")]
     LimitsUnavailable {
         /// The limit.
         limit: RuleId,
         /// What the store said.
         reason: String,
     },
-    /// The audit intent could not be made durable; the request was not forwarded.
-    #[error("the audit log cannot record this request, so it was not forwarded ({0})")]
+    /// The audit intent could not be made durable; the request was not forwarded. (The detail is
+    /// for the gateway's log only.)
+    #[error("the audit log cannot record this request, so it was not forwarded. The gateway's log has the details under this request id")]
     AuditUnavailable(String),
     /// The reference lookup before a forced delete failed and `on_error` is deny.
     #[error("the reference lookup before this forced delete failed (status {0}); refusing it (guards.force_delete.on_error: deny)")]
@@ -147,8 +148,9 @@ pub enum GatewayError {
     /// The requester already has this many approvals pending.
     #[error("you already have {0} approvals pending (approvals.max_pending_per_client): cancel one, or wait for a decision")]
     ApprovalsPendingCap(usize),
-    /// The approvals could not be read or written in the state store.
-    #[error("approvals could not be checked ({0}); the request was not forwarded")]
+    /// The approvals could not be read or written in the state store. (The detail is for the
+    /// gateway's log only.)
+    #[error("approvals could not be checked: their store did not answer; the request was not forwarded. The gateway's log has the details under this request id")]
     ApprovalsUnavailable(String),
     /// The request touches a resource under `guards.protected`.
     #[error("{message}")]
@@ -306,6 +308,18 @@ impl GatewayError {
                 | GatewayError::UpstreamBusy
                 | GatewayError::UpstreamUnavailable(UpstreamFailure::Connect)
         )
+    }
+
+    /// What went wrong inside, for the gateway's log only: never in a response (it may name a
+    /// store's address, a file or a script).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            GatewayError::LimitsUnavailable { reason, .. } => Some(reason),
+            GatewayError::AuditUnavailable(why) | GatewayError::ApprovalsUnavailable(why) => {
+                Some(why)
+            }
+            _ => None,
+        }
     }
 
     /// Build the TwelveLabs-shaped response for this error.
@@ -531,7 +545,13 @@ fn rescue(
 ) -> Response<GatewayBody> {
     let status = error.status();
     if status.is_server_error() {
-        tracing::warn!(code = error.code(), status = status.as_u16(), %error, "request failed");
+        tracing::warn!(
+            code = error.code(),
+            status = status.as_u16(),
+            %error,
+            detail = error.detail().unwrap_or_default(),
+            "request failed"
+        );
     } else {
         tracing::info!(code = error.code(), status = status.as_u16(), %error, "request refused");
     }

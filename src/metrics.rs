@@ -162,6 +162,11 @@ pub struct Metrics {
     /// `tl_gateway_approval_notifications_total{result}`: webhook notifications (`sent`,
     /// `retried`, `failed`, `dropped`).
     pub approval_notifications: IntCounterVec,
+    /// `tl_gateway_readiness_degraded{check}`: 1 while that readiness check is degraded (the
+    /// replica serves, part of it cannot work), refreshed on every `/readyz` and scrape.
+    pub readiness_degraded: IntGaugeVec,
+    /// `tl_gateway_ready`: 1 while `/readyz` answers 200.
+    pub ready: IntGauge,
 }
 
 /// Registers metrics in one registry.
@@ -412,6 +417,15 @@ impl Metrics {
                 "tl_gateway_accept_errors_total",
                 "Failed accepts by listener (e.g. out of file descriptors).",
                 &["listener"],
+            ),
+            readiness_degraded: r.gauge_vec(
+                "tl_gateway_readiness_degraded",
+                "1 while a readiness check is degraded: the replica still serves, part of it cannot work (the check names which).",
+                &["check"],
+            ),
+            ready: r.gauge(
+                "tl_gateway_ready",
+                "1 while /readyz answers 200 (0: draining, no upstream key).",
             ),
             registry,
         })

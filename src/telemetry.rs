@@ -85,7 +85,7 @@ where
             "request",
             request_id = id,
             method = %req.method(),
-            path = req.uri().path(),
+            path = %Truncated(req.uri().path()),
             operation = tracing::field::Empty,
             client = tracing::field::Empty,
         );
@@ -96,6 +96,28 @@ where
             span,
             started: std::time::Instant::now(),
         }
+    }
+}
+
+/// Longest request path written to a log line; a longer one is cut and marked.
+pub const MAX_LOGGED_PATH: usize = 256;
+
+/// A path as logged: at most [`MAX_LOGGED_PATH`] bytes (cut at a character boundary), then
+/// `…[N bytes]` with the whole length. A 60 KB target cannot make 60 KB log lines (and costs no
+/// allocation either way).
+pub struct Truncated<'a>(pub &'a str);
+
+impl std::fmt::Display for Truncated<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        if text.len() <= MAX_LOGGED_PATH {
+            return f.write_str(text);
+        }
+        let mut end = MAX_LOGGED_PATH;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{}…[{} bytes]", &text[..end], text.len())
     }
 }
 
@@ -131,5 +153,25 @@ where
             );
         }
         std::task::Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_cut_and_marked_and_short_ones_kept() {
+        assert_eq!(Truncated("/v1.3/assets").to_string(), "/v1.3/assets");
+        let long = format!("/tl-gateway/v1/approvals/{}", "a".repeat(60_000));
+        let shown = Truncated(&long).to_string();
+        assert!(shown.len() < MAX_LOGGED_PATH + 32, "{}", shown.len());
+        assert!(
+            shown.ends_with(&format!("…[{} bytes]", long.len())),
+            "{shown}"
+        );
+        // Cut at a character boundary.
+        let wide = "é".repeat(200);
+        assert!(Truncated(&wide).to_string().starts_with(&"é".repeat(128)));
     }
 }
