@@ -9,6 +9,7 @@ mod errors;
 mod faults;
 mod forwarding;
 mod frameworks;
+mod gateway_api;
 mod hardening;
 mod keys;
 mod process;

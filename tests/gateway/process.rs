@@ -271,6 +271,60 @@ async fn trace_logs_never_contain_the_upstream_key_or_a_client_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixty_kilobyte_target_makes_short_log_lines_whatever_the_answer() {
+    let upstream = Upstream::recording().await;
+    let gateway = GatewayProcess::serve(&format!("http://{}", upstream.addr), "info");
+    let base = format!("http://{}", gateway.addr);
+    let long = "a".repeat(60_000);
+    // 414 without a key, 401 (short enough for the target limit, long for a log line) without one.
+    for (path, status) in [
+        (
+            format!("/tl-gateway/v1/approvals/{long}"),
+            StatusCode::URI_TOO_LONG,
+        ),
+        (
+            format!("/v1.3/assets?filename={}", &long[..4000]),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let req = request(Method::GET, &format!("{base}{path}"), None)
+            .body(body::empty())
+            .unwrap();
+        assert_eq!(send(Proto::Http1, req).await.status(), status);
+    }
+    gateway.terminate();
+    let (_, output) = tokio::task::spawn_blocking(move || gateway.wait())
+        .await
+        .unwrap();
+    let finished: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("finished processing request"))
+        .collect();
+    assert_eq!(finished.len(), 2, "{output}");
+    for line in output.lines() {
+        assert!(
+            line.len() < 2048,
+            "a {} byte log line: {}…",
+            line.len(),
+            &line[..300]
+        );
+    }
+    let paths: Vec<String> = finished
+        .iter()
+        .map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            json["span"]["path"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.ends_with(&format!("…[{} bytes]", 25 + long.len()))),
+        "the long path is cut and marked: {paths:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_slow_request_finish_then_exits_zero() {
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
     let upstream = Upstream::start(move |_| {
