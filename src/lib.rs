@@ -1,9 +1,9 @@
 //! tl-gateway: a policy-enforcing, auditing HTTP gateway in front of the TwelveLabs v1.3 API.
 //!
 //! The request path is a tower `Service` stack, one module per concern, composed in
-//! [`stack::build_stack`]: request id → trace → metrics → rescue → in-flight limit → gateway API →
+//! [`stack::build_stack`]: request id → trace → metrics → rescue → in-flight limit → page →
 //! classify → authenticate → audit → per-client cap → policy → protection → approvals → rate limit →
-//! guards → audit intent → credentials → forward. Data passes between layers as typed request extensions (`Operation`,
+//! guards → audit intent → dispatch: the gateway's own API, or credentials → forward. Data passes between layers as typed request extensions (`Operation`,
 //! `Principal`, `Decision`). The design of record, with the module map and the dependency rule, is
 //! `docs/architecture.md`.
 #![forbid(unsafe_code)]
