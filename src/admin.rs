@@ -22,6 +22,7 @@ use crate::body::{self, GatewayBody};
 use crate::credentials::UpstreamKey;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
+use crate::store::RecordStore;
 use crate::tls::ServerTls;
 
 /// What `/readyz` checks.
@@ -30,6 +31,7 @@ pub struct Readiness {
     upstream_key: Arc<UpstreamKey>,
     audit: Option<AuditLog>,
     store: StateStore,
+    records: RecordStore,
     limits_fail_closed: Arc<AtomicBool>,
     tls: Option<Arc<ServerTls>>,
     draining: AtomicBool,
@@ -41,6 +43,7 @@ impl Readiness {
         upstream_key: Arc<UpstreamKey>,
         audit: Option<AuditLog>,
         store: StateStore,
+        records: RecordStore,
         limits_fail_closed: Arc<AtomicBool>,
         tls: Option<Arc<ServerTls>>,
     ) -> Arc<Self> {
@@ -48,6 +51,7 @@ impl Readiness {
             upstream_key,
             audit,
             store,
+            records,
             limits_fail_closed,
             tls,
             draining: AtomicBool::new(false),
@@ -91,8 +95,15 @@ impl Readiness {
             Some(Err(why)) => Check::Degraded(format!("serving the last good certificate: {why}")),
             _ => Check::Ok,
         };
+        // The record store is shared by the replicas too: approvals cannot be asked for or used
+        // while it is down (503 approvals_unavailable), everything else is served.
+        let records = match self.records.readiness() {
+            Ok(()) => Check::Ok,
+            Err(why) => Check::Degraded(format!("unavailable: {why}")),
+        };
         vec![
             ("config", Check::Ok),
+            ("store", records),
             ("tls", tls),
             ("upstream_key", upstream_key),
             ("audit", audit),

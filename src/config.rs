@@ -31,6 +31,7 @@ use crate::matcher::{MatchSettings, QueryValue};
 use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings};
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
 use crate::state::{OnUnavailable, RedisSettings, StateSettings};
+use crate::store::{RawStore, StoreBackend, StoreSettings};
 use crate::telemetry::LogFormat;
 use crate::tls::{TlsSettings, TlsVersion};
 use crate::units::{parse_hex, BodyRate, ByteSize, ConfigDuration, Rate};
@@ -76,8 +77,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log output.
     pub logging: LoggingConfig,
-    /// Where shared state (rate-limit buckets, approvals) lives.
+    /// Where shared state (rate-limit buckets) lives.
     pub state: StateSettings,
+    /// Where records (approvals) live: `memory` (no `store:` section), SQLite or PostgreSQL.
+    pub store: StoreSettings,
     /// Approvals: the link shown in messages and notifications, and the webhook.
     pub approvals: ApprovalsConfig,
     /// `guards.protected`: resources no request may delete or change.
@@ -236,6 +239,8 @@ struct RawConfig {
     rate_limits: Vec<RawLimit>,
     #[serde(default)]
     state: Option<RawState>,
+    #[serde(default)]
+    store: Option<RawStore>,
     #[serde(default)]
     approvals: Option<RawApprovals>,
     #[serde(default)]
@@ -582,6 +587,21 @@ impl Validator<'_> {
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
         let rate_limits = self.rate_limits(raw.rate_limits, &known_clients, &mut warnings)?;
         let state = self.state(raw.state)?;
+        let store = match raw.store {
+            None => StoreSettings::default(),
+            Some(raw) => raw.compile().map_err(|(at, message)| {
+                let path: Vec<Seg> = std::iter::once(Seg::Key("store"))
+                    .chain(at.iter().map(|k| Seg::Key(k)))
+                    .collect();
+                (self.fail)(&path, message)
+            })?,
+        };
+        if store.backend == StoreBackend::Memory {
+            warnings.push(
+                "store.backend is memory: approvals live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"
+                    .into(),
+            );
+        }
         for rule in &policy.rules {
             if let Some(approval) = &rule.approval {
                 let approvers = clients
@@ -639,6 +659,7 @@ impl Validator<'_> {
                 format: raw.logging.map(|l| l.format).unwrap_or_default(),
             },
             state,
+            store,
             approvals,
             protected,
             tls,

@@ -48,6 +48,7 @@ pub mod reload;
 pub mod server;
 pub mod stack;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod workers;

@@ -68,17 +68,15 @@ impl CompiledMatch {
         if self.method.as_ref().is_some_and(|m| *m != op.method) {
             return false;
         }
-        match &self.routes {
-            Some(routes) => {
-                if !op.route.is_some_and(|r| routes.contains(&r.id)) {
-                    return false;
-                }
-            }
+        let route_matches = match &self.routes {
+            Some(routes) => op.route.is_some_and(|r| routes.contains(&r.id)),
             // A matcher naming no route means the TwelveLabs API: the gateway's own API is named
             // explicitly (`operation: gateway.…` or a `/tl-gateway/v1/…` path), so rules and
             // limits written before it went through the stack keep meaning what they meant.
-            None if op.is_gateway() => return false,
-            None => {}
+            None => !op.is_gateway(),
+        };
+        if !route_matches {
+            return false;
         }
         if self
             .clients

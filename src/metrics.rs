@@ -167,6 +167,8 @@ pub struct Metrics {
     pub readiness_degraded: IntGaugeVec,
     /// `tl_gateway_ready`: 1 while `/readyz` answers 200.
     pub ready: IntGauge,
+    /// `tl_gateway_store_up`: 1 while the record store (approvals) answers.
+    pub store_up: IntGauge,
 }
 
 /// Registers metrics in one registry.
@@ -426,6 +428,10 @@ impl Metrics {
             ready: r.gauge(
                 "tl_gateway_ready",
                 "1 while /readyz answers 200 (0: draining, no upstream key).",
+            ),
+            store_up: r.gauge(
+                "tl_gateway_store_up",
+                "1 while the record store (approvals; memory, SQLite or PostgreSQL) answers.",
             ),
             registry,
         })

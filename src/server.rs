@@ -38,6 +38,7 @@ use crate::reload::{ReloadStats, Reloader};
 use crate::stack::{build_stack, GatewayService, Shared, StackParts};
 use crate::state::redis::RedisStore;
 use crate::state::{StateSettings, StateStore};
+use crate::store::RecordStore;
 use crate::tls::ServerTls;
 use crate::units::BodyRate;
 use crate::workers::{self, Workers};
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The state store could not be set up.
     #[error("{0}")]
     State(String),
+    /// The record store could not be opened (connected and migrated).
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("tls: {0}")]
     Tls(String),
@@ -152,7 +156,19 @@ impl Gateway {
                 )
             }
         };
-        let shared = Shared::new(config, upstream_key.clone(), metrics, audit, store, notify);
+        let records = RecordStore::open(&config.store, metrics.store_up.clone()).await?;
+        if records.backend() == "memory" {
+            tracing::warn!("store.backend is memory: approvals live in this process and are lost on restart; use store.backend: sqlite (one replica) or postgres (several)");
+        }
+        let shared = Shared::new(
+            config,
+            upstream_key.clone(),
+            metrics,
+            audit,
+            store,
+            records,
+            notify,
+        );
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
         if let (Some(log), false) = (&shared.audit, unresolved.is_empty()) {
@@ -175,6 +191,7 @@ impl Gateway {
                 upstream_key,
                 shared.audit.clone(),
                 shared.store.clone(),
+                shared.records.clone(),
                 shared.limits_fail_closed.clone(),
                 tls.clone(),
             ),

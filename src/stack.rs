@@ -38,6 +38,7 @@ use crate::policy::{Enforce, Policy};
 use crate::ratelimit::{Limited, RateLimits};
 use crate::request_id::RequestIdLayer;
 use crate::state::StateStore;
+use crate::store::RecordStore;
 use crate::telemetry::TraceRequestsLayer;
 use crate::ui::ServePageLayer;
 
@@ -111,7 +112,9 @@ pub struct Shared {
     pub in_flight: Arc<Semaphore>,
     /// Per-client in-flight caps, kept across reloads.
     pub client_slots: Arc<ClientSlots>,
-    /// Two-person approvals (in the state store).
+    /// Where records live (approvals): memory, SQLite or PostgreSQL.
+    pub records: RecordStore,
+    /// Two-person approvals (in the record store).
     pub approvals: Approvals,
 }
 
@@ -123,10 +126,11 @@ impl Shared {
         metrics: Arc<Metrics>,
         audit: Option<AuditLog>,
         store: StateStore,
+        records: RecordStore,
         notify: Option<Notifier>,
     ) -> Self {
         let approvals = Approvals::new(
-            store.clone(),
+            records.clone(),
             audit.clone(),
             metrics.clone(),
             notify,
@@ -134,6 +138,7 @@ impl Shared {
         );
         Shared {
             approvals,
+            records,
             upstream_key,
             metrics,
             audit,

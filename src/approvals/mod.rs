@@ -44,7 +44,7 @@ pub use crate::ext::ApprovalUsed;
 use crate::guards::{ForceDeleteGuard, Protection, References, PROTECTED_RULE};
 use crate::metrics::Metrics;
 use crate::policy::{ApprovalRequired, Decision};
-use crate::state::{StateStore, StoreError};
+use crate::store::{RecordStore, StoreError};
 use crate::units::{hex, rfc3339};
 
 /// How long finished approvals are kept (for the page's decided tab and `approvals list`).
@@ -328,7 +328,7 @@ impl From<ApprovalError> for GatewayError {
 /// The approvals: their store, and everything a transition touches.
 #[derive(Debug, Clone)]
 pub struct Approvals {
-    store: StateStore,
+    store: RecordStore,
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     notify: Option<notify::Notifier>,
@@ -346,7 +346,7 @@ enum Asked {
 impl Approvals {
     /// Approvals kept in `store`.
     pub fn new(
-        store: StateStore,
+        store: RecordStore,
         audit: Option<AuditLog>,
         metrics: Arc<Metrics>,
         notify: Option<notify::Notifier>,

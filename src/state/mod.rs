@@ -5,9 +5,8 @@
 //! - [`redis`]: on a Redis (or protocol-compatible, e.g. Valkey) server every replica uses, so a
 //!   `20/day` budget is 20 a day across all of them.
 //!
-//! Besides the buckets, the store keeps small documents (approvals) with a time to live, changed
-//! only by atomic compare-and-swap, and ordered indexes of them; in Redis all of it is shared by
-//! the replicas and survives gateway restarts, in memory it is lost with the process.
+//! It holds counters only, which may be lost: records that must not be (approvals, clients and
+//! keys issued at runtime) live in the record store ([`crate::store`]).
 //!
 //! Both evaluate the same GCRA (the algorithm the `governor` crate implements) over a set of buckets
 //! **atomically and all or nothing**: a request is checked against every limit that matches it in
@@ -163,109 +162,6 @@ impl StateStore {
         match self {
             StateStore::Memory(memory) => Ok(memory.check(buckets)),
             StateStore::Redis(redis) => redis.check(buckets).await,
-        }
-    }
-
-    /// The document at `key`, if any (and not expired).
-    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match self {
-            StateStore::Memory(memory) => Ok(memory.get(key)),
-            StateStore::Redis(redis) => redis.get(key).await,
-        }
-    }
-
-    /// The documents at `keys`, in order (one round trip).
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self {
-            StateStore::Memory(memory) => Ok(keys.iter().map(|k| memory.get(k)).collect()),
-            StateStore::Redis(redis) => redis.get_many(keys).await,
-        }
-    }
-
-    /// Remove the document at `key` if it holds exactly `value` (an abandoned claim).
-    pub async fn remove(&self, key: &str, value: &str) -> Result<bool, StoreError> {
-        // A swap to an already expired value: atomic, and gone at once.
-        self.swap(key, value, "", Duration::from_millis(1)).await
-    }
-
-    /// Store `value` at `key` for `ttl` unless something is there; whether it was stored.
-    pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
-        match self {
-            StateStore::Memory(memory) => Ok(memory.insert(key, value, ttl)),
-            StateStore::Redis(redis) => redis.insert(key, value, ttl).await,
-        }
-    }
-
-    /// Replace `old` at `key` with `new` (for `ttl`) if `key` still holds exactly `old`; whether it
-    /// did. The one atomic step every state transition is made of.
-    pub async fn swap(
-        &self,
-        key: &str,
-        old: &str,
-        new: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        match self {
-            StateStore::Memory(memory) => Ok(memory.swap(key, old, new, ttl)),
-            StateStore::Redis(redis) => redis.swap(key, old, new, ttl).await,
-        }
-    }
-
-    /// Add `member` to the ordered index `index` with `score` (re-adding updates the score).
-    pub async fn index_add(&self, index: &str, member: &str, score: u64) -> Result<(), StoreError> {
-        match self {
-            StateStore::Memory(memory) => {
-                memory.index_add(index, member, score);
-                Ok(())
-            }
-            StateStore::Redis(redis) => redis.index_add(index, member, score).await,
-        }
-    }
-
-    /// The members of `index`, highest score first, at most `limit`.
-    pub async fn index_newest(&self, index: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        match self {
-            StateStore::Memory(memory) => Ok(memory.index_newest(index, limit)),
-            StateStore::Redis(redis) => redis.index_newest(index, limit).await,
-        }
-    }
-
-    /// At most `limit` members of `index` strictly before `before` (by score, then member; highest
-    /// first), with their scores: one page of a listing, read without reading the rest.
-    pub async fn index_page(
-        &self,
-        index: &str,
-        before: Option<(u64, &str)>,
-        limit: usize,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        match self {
-            StateStore::Memory(memory) => Ok(memory.index_page(index, before, limit)),
-            StateStore::Redis(redis) => redis.index_page(index, before, limit).await,
-        }
-    }
-
-    /// Remove the members of `index` scored below `score`.
-    pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
-        match self {
-            StateStore::Memory(memory) => {
-                memory.index_trim(index, score);
-                Ok(())
-            }
-            StateStore::Redis(redis) => redis.index_trim(index, score).await,
-        }
-    }
-
-    /// Remove `members` from `index`.
-    pub async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), StoreError> {
-        match self {
-            StateStore::Memory(memory) => {
-                memory.index_remove(index, members);
-                Ok(())
-            }
-            StateStore::Redis(redis) => redis.index_remove(index, members).await,
         }
     }
 

@@ -24,16 +24,6 @@ use crate::metrics::StoreMetrics;
 /// The GCRA script.
 const GCRA: &str = include_str!("gcra.lua");
 
-/// Compare-and-swap of a document: `KEYS[1]` is set to `ARGV[2]` (expiring in `ARGV[3]` ms) only if it
-/// holds exactly `ARGV[1]`; 1 if it did.
-const SWAP: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"#;
-
 /// How often the probe runs while the store answers, and while it does not.
 const PROBE_HEALTHY: Duration = Duration::from_secs(1);
 const PROBE_OPEN: Duration = Duration::from_millis(100);
@@ -42,7 +32,6 @@ const PROBE_OPEN: Duration = Duration::from_millis(100);
 pub struct RedisStore {
     connection: ConnectionManager,
     script: Script,
-    swap_script: Script,
     prefix: String,
     timeout: Duration,
     where_: String,
@@ -94,7 +83,6 @@ impl RedisStore {
         let store = Arc::new(RedisStore {
             connection,
             script: Script::new(GCRA),
-            swap_script: Script::new(SWAP),
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             where_: redacted(&settings.url),
@@ -182,219 +170,6 @@ impl RedisStore {
                 Err(StoreError::Timeout(self.timeout))
             }
         }
-    }
-
-    /// Run one document command (approvals) within the timeout, with the metrics and the error
-    /// mapping of `check`. Only rate limiting opens the breaker: a slow listing or a burst of
-    /// approval traffic never makes limits fall back to their `on_unavailable` (the probe still
-    /// sees a real outage within a second); while the breaker is open these fail at once too.
-    async fn run<T, F>(&self, command: F) -> Result<T, StoreError>
-    where
-        F: std::future::Future<Output = Result<T, RedisError>>,
-    {
-        if self.open.load(Ordering::Acquire) {
-            self.metrics.count("unavailable");
-            return Err(StoreError::Unavailable(self.why()));
-        }
-        let started = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, command).await;
-        self.metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        match answer {
-            Ok(Ok(value)) => {
-                self.metrics.count("ok");
-                Ok(value)
-            }
-            Ok(Err(error)) if is_transport(&error) => {
-                self.metrics.count("error");
-                Err(StoreError::Unavailable(format!("{}: {error}", self.where_)))
-            }
-            Ok(Err(error)) => {
-                self.metrics.count("error");
-                Err(StoreError::Failed(error.to_string()))
-            }
-            Err(_) => {
-                self.metrics.count("timeout");
-                Err(StoreError::Timeout(self.timeout))
-            }
-        }
-    }
-
-    /// The document at `key`.
-    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut connection = self.connection.clone();
-        let key = format!("{}{key}", self.prefix);
-        self.run(async move {
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<String>>(&mut connection)
-                .await
-        })
-        .await
-    }
-
-    /// `MGET keys…`.
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        let mut connection = self.connection.clone();
-        let keys: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
-        self.run(async move {
-            redis::cmd("MGET")
-                .arg(&keys)
-                .query_async::<Vec<Option<String>>>(&mut connection)
-                .await
-        })
-        .await
-    }
-
-    /// `SET key value NX PX ttl`.
-    pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
-        let key = format!("{}{key}", self.prefix);
-        let value = value.to_owned();
-        let ms = ttl.as_millis().max(1) as u64;
-        self.run(async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query_async::<Option<String>>(&mut connection)
-                .await
-                .map(|ok| ok.is_some())
-        })
-        .await
-    }
-
-    /// Compare-and-swap (one script, atomic).
-    pub async fn swap(
-        &self,
-        key: &str,
-        old: &str,
-        new: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
-        let mut invocation = self.swap_script.prepare_invoke();
-        invocation
-            .key(format!("{}{key}", self.prefix))
-            .arg(old)
-            .arg(new)
-            .arg(ttl.as_millis().max(1) as u64);
-        self.run(async move {
-            invocation
-                .invoke_async::<i64>(&mut connection)
-                .await
-                .map(|swapped| swapped == 1)
-        })
-        .await
-    }
-
-    /// `ZADD index score member`.
-    pub async fn index_add(&self, index: &str, member: &str, score: u64) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let index = format!("{}{index}", self.prefix);
-        let member = member.to_owned();
-        self.run(async move {
-            redis::cmd("ZADD")
-                .arg(&index)
-                .arg(score)
-                .arg(&member)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map(|_| ())
-        })
-        .await
-    }
-
-    /// `ZREVRANGE index 0 limit-1`.
-    pub async fn index_newest(&self, index: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        let mut connection = self.connection.clone();
-        let index = format!("{}{index}", self.prefix);
-        let last = limit.max(1) as i64 - 1;
-        self.run(async move {
-            redis::cmd("ZREVRANGE")
-                .arg(&index)
-                .arg(0)
-                .arg(last)
-                .query_async::<Vec<String>>(&mut connection)
-                .await
-        })
-        .await
-    }
-
-    /// `ZREVRANGEBYSCORE index before -inf WITHSCORES LIMIT 0 n`, skipping the members at
-    /// `before`'s score that are not before it (Redis orders equal scores by member).
-    pub async fn index_page(
-        &self,
-        index: &str,
-        before: Option<(u64, &str)>,
-        limit: usize,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        // Members sharing the boundary's score (approvals created in the same millisecond) come
-        // first and are skipped: a few more than `limit` are read to make room for them.
-        const TIES: usize = 16;
-        let mut connection = self.connection.clone();
-        let key = format!("{}{index}", self.prefix);
-        let max = before.map_or_else(|| "+inf".to_owned(), |(score, _)| score.to_string());
-        let count = limit + if before.is_some() { TIES } else { 0 };
-        let found = self
-            .run(async move {
-                redis::cmd("ZREVRANGEBYSCORE")
-                    .arg(&key)
-                    .arg(&max)
-                    .arg("-inf")
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(count)
-                    .query_async::<Vec<(String, u64)>>(&mut connection)
-                    .await
-            })
-            .await?;
-        Ok(found
-            .into_iter()
-            .filter(|(member, score)| {
-                before.is_none_or(|(bs, bm)| (*score, member.as_str()) < (bs, bm))
-            })
-            .take(limit)
-            .collect())
-    }
-
-    /// `ZREMRANGEBYSCORE index -inf (score`.
-    pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let index = format!("{}{index}", self.prefix);
-        self.run(async move {
-            redis::cmd("ZREMRANGEBYSCORE")
-                .arg(&index)
-                .arg("-inf")
-                .arg(format!("({score}"))
-                .query_async::<i64>(&mut connection)
-                .await
-                .map(|_| ())
-        })
-        .await
-    }
-
-    /// `ZREM index members…`.
-    pub async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), StoreError> {
-        if members.is_empty() {
-            return Ok(());
-        }
-        let mut connection = self.connection.clone();
-        let index = format!("{}{index}", self.prefix);
-        let members = members.to_vec();
-        self.run(async move {
-            redis::cmd("ZREM")
-                .arg(&index)
-                .arg(&members)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map(|_| ())
-        })
-        .await
     }
 
     fn why(&self) -> String {

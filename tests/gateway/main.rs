@@ -18,6 +18,7 @@ mod ratelimit;
 mod reload;
 mod sdk;
 mod state;
+mod store;
 mod support;
 mod tls;
 mod ui;

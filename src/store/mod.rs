@@ -1,0 +1,222 @@
+//! The record store: where records that must not be lost live — approvals today — behind one
+//! small interface, chosen by `store.backend` (docs/architecture.md, "Store and state").
+//!
+//! Two kinds of shared data are kept apart: **state** ([`crate::state`], memory or Redis) holds
+//! counters that may be lost (rate-limit buckets); the **store** holds records:
+//!
+//! - `memory` (the default without a `store:` section): in this process, lost on restart — said at
+//!   start and by `check`;
+//! - `sqlite`: one file, for a single replica (the demo uses it);
+//! - `postgres`: one database every replica shares.
+//!
+//! The interface is the one storage back ends of access systems converge on (Teleport's, etcd's):
+//! documents with an expiry, read, created if absent, and changed only by an atomic
+//! compare-and-swap — one conditional `UPDATE … WHERE key = $1 AND value = $2` in one statement on
+//! SQL — plus small ordered indexes read one page at a time. Every state transition of an approval
+//! is one such swap, so two racing requests (on one replica or several sharing PostgreSQL) cannot
+//! both win. SQL schemas are migrated at start by sqlx's migrator (on PostgreSQL under an advisory
+//! lock, so replicas starting together on an empty database do not race).
+
+mod memory;
+mod settings;
+mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use settings::{RawStore, StoreBackend, StoreSettings};
+
+/// Why the store could not answer (the detail is for logs: clients get a generic message).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within `store.*.timeout`.
+    #[error("the record store did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The store cannot be reached.
+    #[error("the record store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with an error.
+    #[error("the record store failed: {0}")]
+    Failed(String),
+}
+
+/// Why the store could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+#[error("store ({backend}): {message}")]
+pub struct OpenError {
+    backend: &'static str,
+    message: String,
+}
+
+/// The store in use; cheap to clone.
+#[derive(Clone, Debug)]
+pub enum RecordStore {
+    /// In this process.
+    Memory(Arc<memory::MemoryRecords>),
+    /// On SQLite or PostgreSQL.
+    Sql(Arc<sql::SqlStore>),
+}
+
+impl RecordStore {
+    /// The in-process store.
+    pub fn memory() -> RecordStore {
+        RecordStore::Memory(Arc::default())
+    }
+
+    /// Open the store `settings` name: connect, run the migrations, start the health probe. Must
+    /// be called within a tokio runtime.
+    pub async fn open(
+        settings: &StoreSettings,
+        up: prometheus::IntGauge,
+    ) -> Result<RecordStore, OpenError> {
+        match &settings.backend {
+            StoreBackend::Memory => {
+                up.set(1);
+                Ok(RecordStore::memory())
+            }
+            backend => sql::SqlStore::open(backend, settings.timeout, up)
+                .await
+                .map(RecordStore::Sql)
+                .map_err(|message| OpenError {
+                    backend: backend.name(),
+                    message,
+                }),
+        }
+    }
+
+    /// `memory`, `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            RecordStore::Memory(_) => "memory",
+            RecordStore::Sql(sql) => sql.backend(),
+        }
+    }
+
+    /// The document at `key`, if any (and not expired).
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            RecordStore::Memory(memory) => Ok(memory.get(key)),
+            RecordStore::Sql(sql) => sql.get(key).await,
+        }
+    }
+
+    /// The documents at `keys`, in order (one round trip).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RecordStore::Memory(memory) => Ok(keys.iter().map(|k| memory.get(k)).collect()),
+            RecordStore::Sql(sql) => sql.get_many(keys).await,
+        }
+    }
+
+    /// Store `value` at `key` for `ttl` unless a live document is there; whether it was stored.
+    pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            RecordStore::Memory(memory) => Ok(memory.insert(key, value, ttl)),
+            RecordStore::Sql(sql) => sql.insert(key, value, ttl).await,
+        }
+    }
+
+    /// Replace `old` at `key` with `new` (for `ttl`) if `key` still holds exactly `old`; whether it
+    /// did. The one atomic step every state transition is made of.
+    pub async fn swap(
+        &self,
+        key: &str,
+        old: &str,
+        new: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            RecordStore::Memory(memory) => Ok(memory.swap(key, old, new, ttl)),
+            RecordStore::Sql(sql) => sql.swap(key, old, new, ttl).await,
+        }
+    }
+
+    /// Remove the document at `key` if it holds exactly `value` (an abandoned claim).
+    pub async fn remove(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        match self {
+            RecordStore::Memory(memory) => Ok(memory.remove(key, value)),
+            RecordStore::Sql(sql) => sql.remove(key, value).await,
+        }
+    }
+
+    /// Add `member` to the ordered index `index` with `score` (re-adding updates the score).
+    pub async fn index_add(&self, index: &str, member: &str, score: u64) -> Result<(), StoreError> {
+        match self {
+            RecordStore::Memory(memory) => {
+                memory.index_add(index, member, score);
+                Ok(())
+            }
+            RecordStore::Sql(sql) => sql.index_add(index, member, score).await,
+        }
+    }
+
+    /// The members of `index`, highest score first, at most `limit`.
+    pub async fn index_newest(&self, index: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .index_page(index, None, limit)
+            .await?
+            .into_iter()
+            .map(|(member, _)| member)
+            .collect())
+    }
+
+    /// At most `limit` members of `index` strictly before `before` (by score, then member; highest
+    /// first), with their scores: one page of a listing, read without reading the rest.
+    pub async fn index_page(
+        &self,
+        index: &str,
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            RecordStore::Memory(memory) => Ok(memory.index_page(index, before, limit)),
+            RecordStore::Sql(sql) => sql.index_page(index, before, limit).await,
+        }
+    }
+
+    /// Remove the members of `index` scored below `score`, and expired documents.
+    pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
+        match self {
+            RecordStore::Memory(memory) => {
+                memory.index_trim(index, score);
+                Ok(())
+            }
+            RecordStore::Sql(sql) => sql.index_trim(index, score).await,
+        }
+    }
+
+    /// Remove `members` from `index`.
+    pub async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), StoreError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        match self {
+            RecordStore::Memory(memory) => {
+                memory.index_remove(index, members);
+                Ok(())
+            }
+            RecordStore::Sql(sql) => sql.index_remove(index, members).await,
+        }
+    }
+
+    /// `Ok` while the store answers (for `/readyz`).
+    pub fn readiness(&self) -> Result<(), String> {
+        match self {
+            RecordStore::Memory(_) => Ok(()),
+            RecordStore::Sql(sql) => sql.readiness(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the store's clock: expiry of SQL rows).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;
