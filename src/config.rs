@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::approvals::notify::NotifySettings;
 use crate::audit::{AuditScope, AuditSettings, ScopeMatch};
-use crate::auth::{ClientKey, ClientSettings};
+use crate::auth::{CertSubject, ClientKey, ClientSettings};
 use crate::classify::{ClassifySettings, UnknownRoutes};
 use crate::credentials::KeySource;
 use crate::forward::UpstreamOrigin;
@@ -1156,20 +1156,27 @@ impl Validator<'_> {
                     ));
                 }
             }
-            if let Some(subject) = &client.cert_subject {
-                if subject.is_empty() || !subjects.insert(subject.clone()) {
-                    return Err((self.fail)(
-                        &at("cert_subject"),
-                        format!("cert_subject {subject:?} is empty or names two clients"),
-                    ));
+            let cert_subject = match &client.cert_subject {
+                None => None,
+                Some(text) => {
+                    let subject: CertSubject = text
+                        .parse()
+                        .map_err(|e| (self.fail)(&at("cert_subject"), e))?;
+                    if !subjects.insert(subject.clone()) {
+                        return Err((self.fail)(
+                            &at("cert_subject"),
+                            format!("cert_subject {text:?} names two clients"),
+                        ));
+                    }
+                    Some(subject)
                 }
-            }
+            };
             clients.push(ClientSettings {
                 id: client.id,
                 roles: client.roles,
                 keys,
                 cert_sha256: client.cert_sha256.map(|d| d.0),
-                cert_subject: client.cert_subject,
+                cert_subject,
                 max_in_flight: client.max_in_flight.map(|n| n.max(1)),
             });
         }

@@ -136,8 +136,8 @@ pub fn build(
     };
     let mut config = builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut names: Vec<String> = leaf.subject_cn.into_iter().collect();
-    names.extend(leaf.dns_sans);
+    let mut names: Vec<String> = leaf.subject_cns.iter().map(|n| format!("CN={n}")).collect();
+    names.extend(leaf.dns_sans.iter().map(|n| format!("DNS:{n}")));
     Ok((
         config,
         Loaded {
@@ -355,24 +355,35 @@ impl ServerTls {
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .map(|leaf| {
-                // A certificate whose names cannot be read still has its digest
-                // (`clients[].cert_sha256`); it just names nobody by subject.
-                let (common_name, alt_names) = match x509::parse(leaf) {
-                    Some(info) => {
-                        let mut alt_names = info.dns_sans;
-                        alt_names.extend(info.uri_sans);
-                        (info.subject_cn, alt_names)
-                    }
-                    None => (None, Vec::new()),
-                };
-                PeerCertificate {
-                    sha256: Sha256::digest(leaf.as_ref()).into(),
-                    common_name,
-                    alt_names,
-                }
-            });
+            .map(|leaf| peer_certificate(leaf));
         Some((stream, peer))
+    }
+}
+
+/// What a verified client certificate says about itself, for authentication.
+pub fn peer_certificate(leaf: &[u8]) -> PeerCertificate {
+    let sha256 = Sha256::digest(leaf).into();
+    // A certificate that cannot be read still has its digest (`clients[].cert_sha256`); it just
+    // names nobody by subject (rustls has checked its validity and extended key usage).
+    let Some(info) = x509::parse(leaf) else {
+        return PeerCertificate {
+            sha256,
+            client_auth: true,
+            ..PeerCertificate::default()
+        };
+    };
+    PeerCertificate {
+        sha256,
+        not_after: Some(info.not_after_unix),
+        // One CN that cannot be read makes them all unusable: which one would be the client's?
+        common_names: if info.unreadable_cn {
+            Vec::new()
+        } else {
+            info.subject_cns
+        },
+        dns_names: info.dns_sans,
+        uris: info.uri_sans,
+        client_auth: info.client_auth.allows_client_auth(),
     }
 }
 

@@ -492,7 +492,7 @@ audit:
         let mut by_subject =
             tl_gateway::auth::ClientSettings::with_key("reporting", &["member"], [0; 32]);
         by_subject.keys.clear();
-        by_subject.cert_subject = Some("reporting.svc".into());
+        by_subject.cert_subject = Some("CN=reporting.svc".parse().unwrap());
         let mut by_digest =
             tl_gateway::auth::ClientSettings::with_key("cleanup", &["admin"], [0; 32]);
         by_digest.keys.clear();
