@@ -189,6 +189,10 @@ pub struct ServerConfig {
     pub max_in_flight_per_client: usize,
     /// A request body arriving slower than this on average is aborted (`None`: no minimum).
     pub min_body_rate: Option<BodyRate>,
+    /// A connection this old is shut down gracefully (HTTP/1: after the response in flight;
+    /// HTTP/2: GOAWAY), so a revoked or expired client certificate cannot live on in it
+    /// (`None`: `0s`, no limit).
+    pub max_connection_age: Option<Duration>,
 }
 
 /// Log output settings.
@@ -379,6 +383,7 @@ struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
+    client_crl_file: Option<PathBuf>,
     #[serde(default)]
     min_version: Option<String>,
 }
@@ -476,6 +481,7 @@ struct RawServer {
     admin_max_connections: Option<usize>,
     max_in_flight_per_client: Option<usize>,
     min_body_rate: Option<String>,
+    max_connection_age: Option<ConfigDuration>,
 }
 
 #[derive(Deserialize)]
@@ -663,10 +669,17 @@ impl Validator<'_> {
                 ))
             }
         };
+        if raw.client_crl_file.is_some() && raw.client_ca_file.is_none() {
+            return Err((self.fail)(
+                &[Seg::Key("tls"), Seg::Key("client_crl_file")],
+                "revocation lists apply to client certificates: set tls.client_ca_file too".into(),
+            ));
+        }
         Ok(TlsSettings {
             cert_file: raw.cert_file,
             key_file: raw.key_file,
             client_ca_file: raw.client_ca_file,
+            client_crl_file: raw.client_crl_file,
             min_version,
         })
     }
@@ -847,6 +860,11 @@ impl Validator<'_> {
                 .max_in_flight_per_client
                 .unwrap_or_else(|| default_per_client(max_in_flight)),
             min_body_rate,
+            max_connection_age: s
+                .max_connection_age
+                .map_or(defaults.max_connection_age, |d| {
+                    (!d.0.is_zero()).then_some(d.0)
+                }),
         })
     }
 
@@ -1325,6 +1343,7 @@ impl Default for ServerConfig {
                 bytes_per_second: 1024,
                 window: Duration::from_secs(30),
             }),
+            max_connection_age: Some(Duration::from_secs(3600)),
         }
     }
 }

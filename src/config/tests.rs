@@ -299,6 +299,15 @@ fn keys_with_labels_and_expiry_and_certificate_identities_are_validated() {
     assert!(error.to_string().contains("names two clients"), "{error}");
     // The same text as a CN and as a DNS name are two different names.
     assert!(with(&twice.replacen("DNS:", "CN=", 1), tls).is_ok());
+    // Revocation lists need the client CA.
+    let crl = "tls:\n  cert_file: /etc/tls/tls.crt\n  key_file: /etc/tls/tls.key\n  client_crl_file: /etc/tls/ca.crl\n";
+    let error = with("", crl).err().unwrap();
+    assert!(error.to_string().contains("tls.client_crl_file"), "{error}");
+    let with_ca = with("", &format!("{tls}  client_crl_file: /etc/tls/ca.crl\n")).unwrap();
+    assert_eq!(
+        with_ca.tls.unwrap().client_crl_file.as_deref(),
+        Some(Path::new("/etc/tls/ca.crl"))
+    );
     assert!(by_cert.clients[1].keys.is_empty());
     assert_eq!(
         by_cert.tls.unwrap().min_version,
@@ -306,4 +315,21 @@ fn keys_with_labels_and_expiry_and_certificate_identities_are_validated() {
     );
     let error = with("", &tls.replace("\"1.3\"", "\"1.1\"")).err().unwrap();
     assert!(error.to_string().contains("tls.min_version"), "{error}");
+}
+
+#[test]
+fn connections_have_an_age_limit_of_an_hour_unless_told_otherwise() {
+    let age = |server: &str| {
+        parse(&format!("{MINIMAL}{server}"))
+            .unwrap()
+            .server
+            .max_connection_age
+    };
+    assert_eq!(age(""), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        age("server:\n  max_connection_age: 10m\n"),
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(age("server:\n  max_connection_age: 0s\n"), None);
+    assert!(parse(&format!("{MINIMAL}server:\n  max_connection_age: soon\n")).is_err());
 }

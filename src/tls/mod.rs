@@ -1,16 +1,18 @@
-//! HTTPS on the client listener: the certificate, its hot reload, client certificates, and the
-//! refusal of plain HTTP.
+//! HTTPS on the client listener: the certificate, its hot reload, client certificates and their
+//! revocation, and the refusal of plain HTTP.
 //!
 //! With `tls:` the client listener speaks TLS only (rustls, ring provider, TLS 1.2 and 1.3 or 1.3
-//! only, ALPN `h2` and `http/1.1`). The certificate chain, key and client CA are files watched like
-//! the upstream key file: a replaced set (a Kubernetes secret swap, a cert-manager renewal) is used
-//! for new connections within about a second once the files are stable, with no restart; a set that
-//! does not load (key not matching the certificate, expired leaf, unreadable CA) keeps the last good
-//! one, is logged, and turns `/readyz` to 503 until fixed. With `client_ca_file` the handshake asks
-//! for a client certificate and refuses one that does not verify; none at all is fine (the key
-//! decides then). A verified leaf becomes a [`PeerCertificate`] on every request of the connection.
-//! A client speaking plain HTTP to the port gets a clean 400 `tls_required` and the connection is
-//! closed.
+//! only, ALPN `h2` and `http/1.1`). The certificate chain, key, client CA and client CRLs are files
+//! watched like the upstream key file: a replaced set (a Kubernetes secret swap, a cert-manager
+//! renewal, a new CRL) is used for new connections within about a second once the files are
+//! stable, with no restart; SIGHUP loads them at once. A set that does not load (key not matching
+//! the certificate, expired leaf, unreadable CA or CRL) keeps the last good one, is logged, turns
+//! `/readyz` to 503, and is tried again every [`RETRY`] until it loads (a file briefly unreadable
+//! heals by itself). With `client_ca_file` the handshake asks for a client certificate and refuses
+//! one that does not verify (chain, validity, the clientAuth extended key usage when it has one,
+//! revocation by `client_crl_file`); none at all is fine (the key decides then). A verified leaf
+//! becomes a [`PeerCertificate`] on every request of the connection. A client speaking plain HTTP
+//! to the port gets a clean 400 `tls_required` and the connection is closed.
 
 pub mod demo;
 pub mod x509;
@@ -22,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -53,6 +55,8 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
     /// PEM CA certificates that client certificates must chain to (asks for client certificates).
     pub client_ca_file: Option<PathBuf>,
+    /// PEM or DER certificate revocation lists of the client CA(s) (needs `client_ca_file`).
+    pub client_crl_file: Option<PathBuf>,
     /// The lowest TLS version offered.
     pub min_version: TlsVersion,
 }
@@ -125,12 +129,21 @@ pub fn build(
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             // No certificate is fine (the key decides); one that does not verify fails the
-            // handshake.
-            let verifier =
+            // handshake. rustls requires clientAuth when the certificate lists extended key usages.
+            let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .allow_unauthenticated();
+            if let Some(crl_path) = &settings.client_crl_file {
+                // The client certificate's own revocation: its issuer's CRL must be in the file
+                // (a leaf whose status is unknown fails, closed).
+                verifier = verifier
+                    .with_crls(read_crls(crl_path)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier = verifier.build().map_err(|e| {
+                let file = settings.client_crl_file.as_deref().unwrap_or(path);
+                format!("{} / {}: {e}", path.display(), file.display())
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -169,6 +182,24 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
     Ok(chain)
 }
 
+/// The CRLs in `path`: PEM `X509 CRL` blocks, or one DER CRL.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    Err(format!(
+        "{}: no X509 CRL block and not a DER CRL",
+        path.display()
+    ))
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -183,6 +214,7 @@ fn stamps(settings: &TlsSettings) -> Stamps {
         Some(&settings.cert_file),
         Some(&settings.key_file),
         settings.client_ca_file.as_ref(),
+        settings.client_crl_file.as_ref(),
     ]
     .into_iter()
     .flatten()

@@ -5,6 +5,7 @@ fn settings(pki: &demo::DemoPki, ca: bool) -> TlsSettings {
         cert_file: pki.cert.clone(),
         key_file: pki.key.clone(),
         client_ca_file: ca.then(|| pki.ca.clone()),
+        client_crl_file: None,
         min_version: TlsVersion::Tls12,
     }
 }
@@ -45,4 +46,16 @@ fn a_client_certificate_becomes_typed_names_with_its_expiry() {
     // Not a certificate: only its digest.
     let peer = peer_certificate(b"junk");
     assert!(peer.common_names.is_empty() && peer.not_after.is_none());
+}
+
+#[test]
+fn a_crl_file_must_hold_a_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = demo::write(dir.path(), "svc-a").unwrap();
+    let mut with_crl = settings(&pki, true);
+    let junk = dir.path().join("junk.crl");
+    std::fs::write(&junk, "not a CRL").unwrap();
+    with_crl.client_crl_file = Some(junk);
+    let error = check(&with_crl).unwrap_err();
+    assert!(error.contains("junk.crl"), "{error}");
 }
