@@ -68,7 +68,7 @@ pub struct Loaded {
     pub not_after: i64,
     /// The leaf's serial, lowercase hex.
     pub serial: String,
-    /// The leaf's subject CN and DNS SANs.
+    /// The leaf's subject CNs and DNS SANs, typed (`CN=…`, `DNS:…`).
     pub names: Vec<String>,
 }
 
@@ -235,11 +235,16 @@ pub struct ServerTls {
     health: Mutex<Option<String>>,
     /// The stamps of the set in use, and of a change seen but not yet stable.
     seen: Mutex<(Stamps, Option<Stamps>)>,
+    /// When the last reload failed (it is tried again [`RETRY`] later).
+    failed_at: Mutex<Option<tokio::time::Instant>>,
     metrics: Arc<Metrics>,
 }
 
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// How long after a failed reload it is tried again, whether or not the files changed.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 impl ServerTls {
     /// Load the files (at start: any problem is an error).
@@ -256,6 +261,7 @@ impl ServerTls {
             config: ArcSwap::from_pointee(config),
             health: Mutex::new(None),
             seen: Mutex::new((before, None)),
+            failed_at: Mutex::new(None),
             metrics,
         }))
     }
@@ -296,8 +302,10 @@ impl ServerTls {
         self.reload();
     }
 
-    /// Load the files now (the watcher calls this once a change has stood still).
+    /// Load the files now (the watcher calls this once a change has stood still, after a failure
+    /// every [`RETRY`], and on SIGHUP).
     pub fn reload(&self) {
+        let stamps_before = stamps(&self.settings);
         match build(&self.settings, &self.provider) {
             Ok((config, loaded)) => {
                 self.config.store(Arc::new(config));
@@ -309,6 +317,13 @@ impl ServerTls {
                 if let Ok(mut health) = self.health.lock() {
                     *health = None;
                 }
+                if let Ok(mut failed_at) = self.failed_at.lock() {
+                    *failed_at = None;
+                }
+                // What was loaded is the set in use: the watcher need not load it again.
+                if let Ok(mut seen) = self.seen.lock() {
+                    *seen = (stamps_before, None);
+                }
                 warn_if_expiring(&loaded);
                 tracing::info!(serial = %loaded.serial, names = ?loaded.names, "TLS certificate reloaded; new connections use it");
             }
@@ -317,25 +332,61 @@ impl ServerTls {
                     .tls_reloads
                     .with_label_values(&["failure"])
                     .inc();
-                tracing::error!(error = %why, "TLS files changed but do not load; still serving the last good certificate");
+                tracing::error!(error = %why, retry_in_s = RETRY.as_secs(), "TLS files do not load; still serving the last good certificate");
                 if let Ok(mut health) = self.health.lock() {
                     *health = Some(why);
+                }
+                if let Ok(mut failed_at) = self.failed_at.lock() {
+                    *failed_at = Some(tokio::time::Instant::now());
                 }
             }
         }
     }
 
-    /// Watch the files every [`POLL`] in the background.
+    /// Whether a failed reload is due to be tried again.
+    fn retry_due(&self) -> bool {
+        self.failed_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() >= RETRY)
+    }
+
+    /// Watch the files every [`POLL`] in the background, try a failed reload again every
+    /// [`RETRY`], and reload on SIGHUP.
     pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::downgrade(self);
+        // Installed before returning, so a SIGHUP right after start-up reloads instead of killing.
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                match this.upgrade() {
-                    Some(tls) => tls.reload_if_changed(),
-                    None => return,
+                #[cfg(unix)]
+                let hup = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hup = std::future::pending::<Option<()>>();
+                let signalled = tokio::select! {
+                    _ = tick.tick() => false,
+                    Some(()) = hup => true,
+                };
+                let Some(tls) = this.upgrade() else {
+                    return;
+                };
+                if signalled {
+                    tracing::info!("SIGHUP: reloading the TLS files");
+                    tls.reload();
+                } else if tls.retry_due() {
+                    tls.reload();
+                } else {
+                    tls.reload_if_changed();
                 }
             }
         })
