@@ -1246,15 +1246,17 @@ async fn a_request_on_a_live_connection_whose_certificate_has_expired_is_refused
         ],
     );
     let expires = Instant::now() + Duration::from_secs(6);
+    let fingerprint = pki.fingerprint("short");
     let upstream = Upstream::recording().await;
     let gateway = TestGateway::start_with(
         &format!("http://{}", upstream.addr),
         &pki.tls_yaml("server", true),
         |config| {
+            // By its digest: the check is on the certificate, however it names the client.
             let mut client =
                 tl_gateway::auth::ClientSettings::with_key("reporting", &["member"], [0; 32]);
             client.keys.clear();
-            client.cert_subject = Some("CN=reporting.svc".parse().unwrap());
+            client.cert_sha256 = tl_gateway::units::parse_hex::<32>(&fingerprint);
             config.clients.push(client);
         },
     )
