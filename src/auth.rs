@@ -5,12 +5,15 @@
 //! the timing. A key may carry a label and an expiry (`clients[].keys`): an expired key is refused
 //! with 401 `key_expired`, distinct from an unknown one, and overlapping keys let a client rotate
 //! without a gap. With `tls.client_ca_file`, a client certificate the handshake verified may name
-//! the client instead (`cert_sha256` or `cert_subject`); a request presenting both a certificate and
-//! a key must have them name the same client.
+//! the client instead (`cert_sha256`, or `cert_subject`: a typed name, `CN=`, `DNS:` or `URI:`,
+//! compared only with names of that kind); a request presenting both a certificate and a key must
+//! have them name the same client. A certificate past its notAfter (on a connection opened while it
+//! was valid) is refused with 401 `certificate_expired`; one whose extended key usage lacks
+//! clientAuth names nobody.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap, Request};
 use prometheus::IntGauge;
@@ -60,9 +63,9 @@ pub struct ClientSettings {
     pub keys: Vec<ClientKey>,
     /// SHA-256 of the DER client certificate that identifies this client.
     pub cert_sha256: Option<[u8; 32]>,
-    /// A verified client certificate whose subject CN, or one of whose DNS or URI SANs, is exactly
-    /// this identifies the client.
-    pub cert_subject: Option<String>,
+    /// A verified client certificate with exactly this name (a subject CN, a DNS SAN or a URI SAN,
+    /// as typed) identifies the client.
+    pub cert_subject: Option<CertSubject>,
     /// Requests in flight at most for this client (overrides `server.max_in_flight_per_client`).
     pub max_in_flight: Option<usize>,
 }
@@ -82,6 +85,72 @@ impl ClientSettings {
             max_in_flight: None,
         }
     }
+}
+
+/// A certificate name as `clients[].cert_subject` types it: which kind of name, and its exact text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CertSubject {
+    /// `CN=…`: a subject common name.
+    CommonName(String),
+    /// `DNS:…`: a DNS subject alternative name.
+    Dns(String),
+    /// `URI:…`: a URI subject alternative name (e.g. a SPIFFE id).
+    Uri(String),
+}
+
+impl std::str::FromStr for CertSubject {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let typed = if let Some(name) = text.strip_prefix("CN=") {
+            CertSubject::CommonName(name.to_owned())
+        } else if let Some(name) = text.strip_prefix("DNS:") {
+            CertSubject::Dns(name.to_owned())
+        } else if let Some(name) = text.strip_prefix("URI:") {
+            CertSubject::Uri(name.to_owned())
+        } else {
+            return Err(format!(
+                "cert_subject {text:?} must say which name it matches: \"CN={text}\", \"DNS:{text}\" or \"URI:spiffe://...\""
+            ));
+        };
+        if typed.name().is_empty() {
+            return Err(format!(
+                "cert_subject {text:?} names nothing after its prefix"
+            ));
+        }
+        Ok(typed)
+    }
+}
+
+impl CertSubject {
+    /// The name without its kind.
+    pub fn name(&self) -> &str {
+        match self {
+            CertSubject::CommonName(n) | CertSubject::Dns(n) | CertSubject::Uri(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for CertSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertSubject::CommonName(n) => write!(f, "CN={n}"),
+            CertSubject::Dns(n) => write!(f, "DNS:{n}"),
+            CertSubject::Uri(n) => write!(f, "URI:{n}"),
+        }
+    }
+}
+
+/// The typed names a certificate carries: its CNs, then its DNS and URI SANs.
+fn typed_names(cert: &PeerCertificate) -> impl Iterator<Item = CertSubject> + '_ {
+    let cns = cert
+        .common_names
+        .iter()
+        .cloned()
+        .map(CertSubject::CommonName);
+    let dns = cert.dns_names.iter().cloned().map(CertSubject::Dns);
+    let uris = cert.uris.iter().cloned().map(CertSubject::Uri);
+    cns.chain(dns).chain(uris)
 }
 
 /// The authenticated caller, as a typed request extension.
@@ -154,7 +223,7 @@ pub struct ClientKeys {
     principals: Vec<Principal>,
     buckets: Vec<Vec<u32>>,
     by_cert: HashMap<[u8; 32], u32>,
-    by_subject: HashMap<String, u32>,
+    by_subject: HashMap<CertSubject, u32>,
     /// `tl_gateway_client_last_seen_timestamp_seconds{client}`, per client (when built with metrics).
     last_seen: Vec<Option<IntGauge>>,
 }
@@ -258,14 +327,29 @@ impl ClientKeys {
         Ok((principal, &entry.label))
     }
 
-    /// The client a verified certificate names, if any: by its digest, else by subject CN or SAN.
-    /// Names that match two different clients are refused rather than one of them chosen.
+    /// The client a verified certificate names, if any: by its digest, else by its typed names
+    /// (each CN, DNS SAN and URI SAN). Names that match two different clients — two CNs, or a CN
+    /// and a SAN — are refused rather than one of them chosen. A certificate past its notAfter is
+    /// refused; one not for client authentication (an extended key usage without clientAuth)
+    /// names nobody.
     fn by_certificate(&self, cert: &PeerCertificate) -> Result<Option<u32>, GatewayError> {
+        if let Some(not_after) = cert.not_after {
+            if unix_seconds(SystemTime::now()) > not_after {
+                return Err(GatewayError::CertificateExpired {
+                    at: crate::units::rfc3339(
+                        UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64),
+                    ),
+                });
+            }
+        }
+        if !cert.client_auth {
+            return Ok(None);
+        }
         if let Some(index) = self.by_cert.get(&cert.sha256) {
             return Ok(Some(*index));
         }
         let mut found = None;
-        for index in cert.names().filter_map(|name| self.by_subject.get(name)) {
+        for index in typed_names(cert).filter_map(|name| self.by_subject.get(&name)) {
             match found {
                 Some(other) if other != *index => return Err(GatewayError::CertificateAmbiguous),
                 _ => found = Some(*index),
@@ -437,43 +521,162 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn a_certificate_whose_names_match_two_clients_is_refused() {
+    /// alice by `CN=alice.example`, bob by `DNS:bob.example` (and a digest), carol by a SPIFFE URI.
+    fn certificate_clients() -> ClientKeys {
         let client = |id: &str, subject: &str, digest: Option<[u8; 32]>| ClientSettings {
-            cert_subject: Some(subject.to_owned()),
+            cert_subject: Some(subject.parse().unwrap()),
             cert_sha256: digest,
             ..ClientSettings::with_key(id, &["member"], Sha256::digest(id.as_bytes()).into())
         };
-        let keys = ClientKeys::new(&[
-            client("alice", "alice.example", None),
-            client("bob", "bob.example", Some([7; 32])),
-        ]);
-        let cert = |sha256: [u8; 32], cn: &str, sans: &[&str]| PeerCertificate {
+        ClientKeys::new(&[
+            client("alice", "CN=alice.example", None),
+            client("bob", "DNS:bob.example", Some([7; 32])),
+            client("carol", "URI:spiffe://tl/carol", None),
+        ])
+    }
+
+    fn cert(sha256: [u8; 32], cns: &[&str], dns: &[&str], uris: &[&str]) -> PeerCertificate {
+        let owned = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect();
+        PeerCertificate {
             sha256,
-            common_name: Some(cn.to_owned()),
-            alt_names: sans.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        let who = |c: &PeerCertificate| {
-            keys.identify(&HeaderMap::new(), Some(c))
-                .map(|p| p.client.as_str().to_owned())
-        };
+            not_after: Some(unix_seconds(SystemTime::now()) + 3600),
+            common_names: owned(cns),
+            dns_names: owned(dns),
+            uris: owned(uris),
+            client_auth: true,
+        }
+    }
+
+    fn who(keys: &ClientKeys, c: &PeerCertificate) -> Result<String, GatewayError> {
+        keys.identify(&HeaderMap::new(), Some(c))
+            .map(|p| p.client.as_str().to_owned())
+    }
+
+    #[test]
+    fn a_certificate_whose_names_match_two_clients_is_refused() {
+        let keys = certificate_clients();
         assert_eq!(
-            who(&cert([0; 32], "alice.example", &["alice.example"])).unwrap(),
+            who(
+                &keys,
+                &cert([0; 32], &["alice.example"], &["alice.example"], &[])
+            )
+            .unwrap(),
             "alice"
         );
         assert!(matches!(
-            who(&cert([0; 32], "alice.example", &["bob.example"])),
+            who(
+                &keys,
+                &cert([0; 32], &["alice.example"], &["bob.example"], &[])
+            ),
             Err(GatewayError::CertificateAmbiguous)
         ));
         // The digest is explicit: it decides whatever the names say.
-        assert_eq!(who(&cert([7; 32], "alice.example", &[])).unwrap(), "bob");
+        assert_eq!(
+            who(&keys, &cert([7; 32], &["alice.example"], &[], &[])).unwrap(),
+            "bob"
+        );
         // No names read (an unparsable certificate): only the digest can identify it.
         let unnamed = PeerCertificate {
             sha256: [7; 32],
-            common_name: None,
-            alt_names: Vec::new(),
+            client_auth: true,
+            ..PeerCertificate::default()
         };
-        assert_eq!(who(&unnamed).unwrap(), "bob");
+        assert_eq!(who(&keys, &unnamed).unwrap(), "bob");
+    }
+
+    #[test]
+    fn subjects_match_only_names_of_their_kind() {
+        let keys = certificate_clients();
+        type Names<'a> = &'a [&'a str];
+        let cases: &[(Names, Names, Names, Option<&str>)] = &[
+            (&["alice.example"], &[], &[], Some("alice")),
+            // A server certificate for the DNS name alice.example is not alice's client CN.
+            (&[], &["alice.example"], &[], None),
+            (&[], &["bob.example"], &[], Some("bob")),
+            (&["bob.example"], &[], &[], None),
+            (&[], &[], &["spiffe://tl/carol"], Some("carol")),
+            (&["spiffe://tl/carol"], &["spiffe://tl/carol"], &[], None),
+            (&[], &[], &["spiffe://tl/carol/x"], None),
+        ];
+        for (cns, dns, uris, expected) in cases {
+            let got = who(&keys, &cert([0; 32], cns, dns, uris));
+            match expected {
+                Some(client) => assert_eq!(got.unwrap(), *client, "{cns:?} {dns:?} {uris:?}"),
+                None => assert!(
+                    matches!(got, Err(GatewayError::CertificateUnknown)),
+                    "{cns:?} {dns:?} {uris:?}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn several_cns_identify_when_they_agree_and_are_refused_when_they_do_not() {
+        let client = |id: &str, subject: &str| ClientSettings {
+            cert_subject: Some(subject.parse().unwrap()),
+            ..ClientSettings::with_key(id, &["member"], Sha256::digest(id.as_bytes()).into())
+        };
+        let keys = ClientKeys::new(&[client("alice", "CN=alice.svc"), client("bob", "CN=bob.svc")]);
+        // The last CN does not win: both name a client, so nobody is chosen.
+        assert!(matches!(
+            who(&keys, &cert([0; 32], &["bob.svc", "alice.svc"], &[], &[])),
+            Err(GatewayError::CertificateAmbiguous)
+        ));
+        assert_eq!(
+            who(&keys, &cert([0; 32], &["team", "alice.svc"], &[], &[])).unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            who(&keys, &cert([0; 32], &["bob.svc", "other"], &[], &[])).unwrap(),
+            "bob"
+        );
+    }
+
+    #[test]
+    fn a_certificate_not_for_client_auth_or_past_its_not_after_identifies_nobody() {
+        let keys = certificate_clients();
+        let mut server_only = cert([7; 32], &["alice.example"], &[], &[]);
+        server_only.client_auth = false;
+        assert!(matches!(
+            who(&keys, &server_only),
+            Err(GatewayError::CertificateUnknown)
+        ));
+        let mut expired = cert([0; 32], &["alice.example"], &[], &[]);
+        expired.not_after = Some(unix_seconds(SystemTime::now()) - 1);
+        let error = who(&keys, &expired).unwrap_err();
+        assert_eq!(error.code(), "certificate_expired");
+        assert_eq!(error.status(), http::StatusCode::UNAUTHORIZED);
+        // With a key too: the expired certificate still refuses the request.
+        let mut with_key = HeaderMap::new();
+        with_key.insert("x-api-key", HeaderValue::from_static("alice"));
+        assert!(matches!(
+            keys.identify(&with_key, Some(&expired)),
+            Err(GatewayError::CertificateExpired { .. })
+        ));
+    }
+
+    #[test]
+    fn an_untyped_subject_is_refused_with_the_fix() {
+        assert_eq!(
+            "CN=a.svc".parse::<CertSubject>().unwrap(),
+            CertSubject::CommonName("a.svc".into())
+        );
+        assert_eq!(
+            "DNS:a.svc".parse::<CertSubject>().unwrap(),
+            CertSubject::Dns("a.svc".into())
+        );
+        assert_eq!(
+            "URI:spiffe://tl/a".parse::<CertSubject>().unwrap(),
+            CertSubject::Uri("spiffe://tl/a".into())
+        );
+        let error = "reporting.svc".parse::<CertSubject>().unwrap_err();
+        assert_eq!(
+            error,
+            r#"cert_subject "reporting.svc" must say which name it matches: "CN=reporting.svc", "DNS:reporting.svc" or "URI:spiffe://...""#
+        );
+        for bad in ["CN=", "cn=a.svc", "dns:a.svc", "URI:"] {
+            assert!(bad.parse::<CertSubject>().is_err(), "{bad}");
+        }
     }
 
     #[test]

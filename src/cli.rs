@@ -616,7 +616,7 @@ fn demo_config(setup: &DemoSetup<'_>) -> String {
                 pki.ca.display()
             ),
             // A service identified by its client certificate instead of a key.
-            format!("  - id: reporting\n    roles: [member]\n    cert_subject: {DEMO_CLIENT_CN}\n"),
+            format!("  - id: reporting\n    roles: [member]\n    cert_subject: \"CN={DEMO_CLIENT_CN}\"\n"),
         ),
     };
     format!(

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::approvals::notify::NotifySettings;
 use crate::audit::{AuditScope, AuditSettings, ScopeMatch};
-use crate::auth::{ClientKey, ClientSettings};
+use crate::auth::{CertSubject, ClientKey, ClientSettings};
 use crate::classify::{ClassifySettings, UnknownRoutes};
 use crate::credentials::KeySource;
 use crate::forward::UpstreamOrigin;
@@ -192,6 +192,10 @@ pub struct ServerConfig {
     pub max_in_flight_per_client: usize,
     /// A request body arriving slower than this on average is aborted (`None`: no minimum).
     pub min_body_rate: Option<BodyRate>,
+    /// A connection this old is shut down gracefully (HTTP/1: after the response in flight;
+    /// HTTP/2: GOAWAY), so a revoked or expired client certificate cannot live on in it
+    /// (`None`: `0s`, no limit).
+    pub max_connection_age: Option<Duration>,
 }
 
 /// Log output settings.
@@ -384,6 +388,7 @@ struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
+    client_crl_file: Option<PathBuf>,
     #[serde(default)]
     min_version: Option<String>,
 }
@@ -481,6 +486,7 @@ struct RawServer {
     admin_max_connections: Option<usize>,
     max_in_flight_per_client: Option<usize>,
     min_body_rate: Option<String>,
+    max_connection_age: Option<ConfigDuration>,
 }
 
 #[derive(Deserialize)]
@@ -684,10 +690,17 @@ impl Validator<'_> {
                 ))
             }
         };
+        if raw.client_crl_file.is_some() && raw.client_ca_file.is_none() {
+            return Err((self.fail)(
+                &[Seg::Key("tls"), Seg::Key("client_crl_file")],
+                "revocation lists apply to client certificates: set tls.client_ca_file too".into(),
+            ));
+        }
         Ok(TlsSettings {
             cert_file: raw.cert_file,
             key_file: raw.key_file,
             client_ca_file: raw.client_ca_file,
+            client_crl_file: raw.client_crl_file,
             min_version,
         })
     }
@@ -868,6 +881,11 @@ impl Validator<'_> {
                 .max_in_flight_per_client
                 .unwrap_or_else(|| default_per_client(max_in_flight)),
             min_body_rate,
+            max_connection_age: s
+                .max_connection_age
+                .map_or(defaults.max_connection_age, |d| {
+                    (!d.0.is_zero()).then_some(d.0)
+                }),
         })
     }
 
@@ -1177,20 +1195,27 @@ impl Validator<'_> {
                     ));
                 }
             }
-            if let Some(subject) = &client.cert_subject {
-                if subject.is_empty() || !subjects.insert(subject.clone()) {
-                    return Err((self.fail)(
-                        &at("cert_subject"),
-                        format!("cert_subject {subject:?} is empty or names two clients"),
-                    ));
+            let cert_subject = match &client.cert_subject {
+                None => None,
+                Some(text) => {
+                    let subject: CertSubject = text
+                        .parse()
+                        .map_err(|e| (self.fail)(&at("cert_subject"), e))?;
+                    if !subjects.insert(subject.clone()) {
+                        return Err((self.fail)(
+                            &at("cert_subject"),
+                            format!("cert_subject {text:?} names two clients"),
+                        ));
+                    }
+                    Some(subject)
                 }
-            }
+            };
             clients.push(ClientSettings {
                 id: client.id,
                 roles: client.roles,
                 keys,
                 cert_sha256: client.cert_sha256.map(|d| d.0),
-                cert_subject: client.cert_subject,
+                cert_subject,
                 max_in_flight: client.max_in_flight.map(|n| n.max(1)),
             });
         }
@@ -1339,6 +1364,7 @@ impl Default for ServerConfig {
                 bytes_per_second: 1024,
                 window: Duration::from_secs(30),
             }),
+            max_connection_age: Some(Duration::from_secs(3600)),
         }
     }
 }

@@ -8,6 +8,9 @@
 //! - **idle timeout**: a connection with no request in flight (a response body counts as in flight
 //!   until it ends) for `idle_timeout` is shut down gracefully (HTTP/1: closed; HTTP/2: GOAWAY), and
 //!   closed outright if it has not gone `close_grace` later;
+//! - **age**: a connection older than `max_age` is shut down gracefully (HTTP/1: closed after the
+//!   response in flight, which says `Connection: close`; HTTP/2: GOAWAY, streams in flight finish),
+//!   so what was decided at its start — a client certificate since revoked — does not live on;
 //! - **caps**: at most `max` connections per listener and optionally `per_ip` per client address;
 //!   at the cap, the oldest connection that is not serving a request (silent first, then idle) is
 //!   evicted for the newcomer, so silent sockets can never lock real clients out (nginx drains idle
@@ -46,6 +49,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// After a graceful shutdown for idleness, the connection is closed outright this much later.
     pub close_grace: Duration,
+    /// A connection this old is shut down gracefully (`None`: no age limit).
+    pub max_age: Option<Duration>,
 }
 
 /// Why a connection was refused or closed by the gateway (a bounded metric label).
@@ -59,6 +64,8 @@ pub enum CloseReason {
     Evicted,
     /// Refused at accept: the client address already holds `per_ip` connections.
     PerIpLimit,
+    /// Shut down gracefully at `max_age`.
+    MaxAge,
 }
 
 impl CloseReason {
@@ -69,15 +76,17 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Evicted => "evicted",
             CloseReason::PerIpLimit => "per_ip_limit",
+            CloseReason::MaxAge => "max_age",
         }
     }
 
     /// Every label value (declared at zero so dashboards see them).
-    pub const ALL: [CloseReason; 4] = [
+    pub const ALL: [CloseReason; 5] = [
         CloseReason::FirstRequestTimeout,
         CloseReason::IdleTimeout,
         CloseReason::Evicted,
         CloseReason::PerIpLimit,
+        CloseReason::MaxAge,
     ];
 }
 
@@ -397,6 +406,8 @@ pin_project_lite::pin_project! {
         ticket: Ticket,
         graceful: G,
         drained: bool,
+        // When the connection reaches `max_age`, until it has been asked to close for it.
+        age_due: Option<Instant>,
         hard_deadline: Option<Instant>,
     }
 }
@@ -407,13 +418,16 @@ where
     C: Future,
     G: Fn(Pin<&mut C>),
 {
-    let (first, _) = ticket.activity.deadline(&ticket.admission.limits);
+    let limits = &ticket.admission.limits;
+    let (first, _) = ticket.activity.deadline(limits);
+    let age_due = limits.max_age.map(|age| ticket.activity.accepted + age);
     Watched {
         connection,
-        timer: tokio::time::sleep_until(first),
+        timer: tokio::time::sleep_until(age_due.map_or(first, |due| due.min(first))),
         ticket,
         graceful,
         drained: false,
+        age_due,
         hard_deadline: None,
     }
 }
@@ -448,6 +462,14 @@ where
             if this.hard_deadline.is_some_and(|d| now >= d) {
                 return Poll::Ready(None);
             }
+            if this.age_due.is_some_and(|due| now >= due) {
+                // Graceful, with no hard deadline of its own: a long response may finish (the idle
+                // timeout and the drain still apply).
+                *this.age_due = None;
+                this.ticket.admission.closed(CloseReason::MaxAge);
+                (this.graceful)(this.connection.as_mut());
+                continue;
+            }
             let limits = &this.ticket.admission.limits;
             let (due, reason) = activity.deadline(limits);
             match reason {
@@ -465,7 +487,10 @@ where
                     (this.graceful)(this.connection.as_mut());
                 }
                 _ => {
-                    let next = this.hard_deadline.map_or(due, |d| d.min(due));
+                    let next = [*this.hard_deadline, *this.age_due]
+                        .into_iter()
+                        .flatten()
+                        .fold(due, Instant::min);
                     this.timer.as_mut().reset(next);
                 }
             }
@@ -624,6 +649,7 @@ mod tests {
             first_request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             close_grace: Duration::from_secs(1),
+            max_age: None,
         }
     }
 
@@ -688,6 +714,46 @@ mod tests {
             due,
             activity.accepted + Duration::from_secs(5) + l.idle_timeout
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_at_its_max_age_is_shut_down_gracefully_once() {
+        let closed =
+            IntCounterVec::new(prometheus::Opts::new("c", "c"), &["listener", "reason"]).unwrap();
+        let open = IntGaugeVec::new(prometheus::Opts::new("o", "o"), &["listener"]).unwrap();
+        let admission = Admission::new(
+            ConnectionLimits {
+                max_age: Some(Duration::from_secs(30)),
+                ..limits(4)
+            },
+            ConnectionMetrics::new("test", closed.clone(), open),
+        );
+        let ticket = admission.admit("10.0.0.1".parse().unwrap()).await.unwrap();
+        // A request in flight: the connection is neither silent nor idle, only old.
+        let _busy = ticket.activity().start();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let task = tokio::spawn(watch(
+            std::future::pending::<()>(),
+            ticket,
+            move |_: Pin<&mut std::future::Pending<()>>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            closed.with_label_values(&["test", "max_age"]).get(),
+            1,
+            "counted"
+        );
+        // The response in flight may finish: no hard close, and no second request to close.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(!task.is_finished());
+        task.abort();
     }
 
     #[test]

@@ -180,6 +180,12 @@ pub enum GatewayError {
     /// A bug: an invariant of the stack did not hold.
     #[error("internal gateway error: {0}")]
     Internal(&'static str),
+    /// The connection's client certificate is past its notAfter (it was valid at the handshake).
+    #[error("the client certificate expired at {at}: reconnect with its renewed certificate")]
+    CertificateExpired {
+        /// When it expired (RFC 3339).
+        at: String,
+    },
 }
 
 /// What went wrong talking to the upstream (bounded set: used as a metric label later).
@@ -250,6 +256,7 @@ impl GatewayError {
             GatewayError::ApprovalNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::ApprovalNotPending { .. } => StatusCode::CONFLICT,
             GatewayError::ParameterInvalid(_) => StatusCode::BAD_REQUEST,
+            GatewayError::CertificateExpired { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -289,6 +296,7 @@ impl GatewayError {
             GatewayError::ApprovalNotFound(_) => "approval_not_found",
             GatewayError::ApprovalNotPending { .. } => "approval_not_pending",
             GatewayError::ParameterInvalid(_) => "parameter_invalid",
+            GatewayError::CertificateExpired { .. } => "certificate_expired",
         }
     }
 

@@ -86,24 +86,24 @@ pub struct ApprovalUsed {
 
 /// The client certificate a TLS connection presented and the handshake verified against
 /// `tls.client_ca_file` (inserted at the edge on every request of that connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its names are typed by where they came from, so a subject CN is never compared with a DNS or
+/// URI SAN (`clients[].cert_subject` says `CN=`, `DNS:` or `URI:`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerCertificate {
     /// SHA-256 of the leaf certificate's DER.
     pub sha256: [u8; 32],
-    /// Its subject common name.
-    pub common_name: Option<String>,
-    /// Its DNS and URI subject alternative names.
-    pub alt_names: Vec<String>,
-}
-
-impl PeerCertificate {
-    /// The names it carries: the CN first, then the SANs.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.common_name
-            .iter()
-            .map(String::as_str)
-            .chain(self.alt_names.iter().map(String::as_str))
-    }
+    /// Its notAfter, Unix seconds (`None` if it could not be read): a request on a connection
+    /// whose certificate has since expired is refused.
+    pub not_after: Option<i64>,
+    /// Its subject common names, in order (empty when any of them could not be read as text).
+    pub common_names: Vec<String>,
+    /// Its DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// Its URI subject alternative names.
+    pub uris: Vec<String>,
+    /// `false` when it has an extended key usage without clientAuth: it identifies nobody.
+    pub client_auth: bool,
 }
 
 /// A request's id (set by the request-id layer in the [`RequestScope`]). Held as the header value

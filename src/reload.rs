@@ -4,7 +4,7 @@
 //! In-flight requests finish under the stack they started with (each request holds its own clone).
 //! An invalid file keeps the last good configuration and logs the error with its line. Clients,
 //! policy, routes and upstream settings reload; listeners, the key source, server limits and logging
-//! need a restart (a warning says so).
+//! need a restart (a warning says so). The TLS files reload on the same SIGHUP, in `tls::ServerTls`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

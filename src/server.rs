@@ -415,6 +415,7 @@ impl ListenerSettings {
             first_request_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
             close_grace: server.header_read_timeout.min(Duration::from_secs(5)),
+            max_age: server.max_connection_age,
         };
         let connection_metrics = ConnectionMetrics::new(
             name,

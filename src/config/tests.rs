@@ -259,7 +259,7 @@ fn keys_with_labels_and_expiry_and_certificate_identities_are_validated() {
         ),
         ("  - id: bob\n    roles: [member]\n", "no credential"),
         (
-            "  - id: bob\n    cert_subject: reporting.svc\n",
+            "  - id: bob\n    cert_subject: CN=reporting.svc\n",
             "only with tls.client_ca_file",
         ),
     ];
@@ -271,13 +271,42 @@ fn keys_with_labels_and_expiry_and_certificate_identities_are_validated() {
     }
     let tls = "tls:\n  cert_file: /etc/tls/tls.crt\n  key_file: /etc/tls/tls.key\n  client_ca_file: /etc/tls/ca.crt\n  min_version: \"1.3\"\n";
     let by_cert = with(
-        "  - id: bob\n    roles: [member]\n    cert_subject: reporting.svc\n",
+        "  - id: bob\n    roles: [member]\n    cert_subject: \"URI:spiffe://tl/reporting\"\n",
         tls,
     )
     .unwrap();
     assert_eq!(
-        by_cert.clients[1].cert_subject.as_deref(),
-        Some("reporting.svc")
+        by_cert.clients[1].cert_subject,
+        Some(crate::auth::CertSubject::Uri(
+            "spiffe://tl/reporting".into()
+        ))
+    );
+    // An untyped subject: which name would it match? The error names the line and the fix.
+    let error = with(
+        "  - id: bob\n    roles: [member]\n    cert_subject: reporting.svc\n",
+        tls,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(error.line, Some(15), "{error}");
+    assert!(
+        error.to_string().contains(r#"clients[1].cert_subject: cert_subject "reporting.svc" must say which name it matches: "CN=reporting.svc", "DNS:reporting.svc" or "URI:spiffe://...""#),
+        "{error}"
+    );
+    let twice =
+        "  - id: bob\n    cert_subject: DNS:a.svc\n  - id: carol\n    cert_subject: DNS:a.svc\n";
+    let error = with(twice, tls).err().unwrap();
+    assert!(error.to_string().contains("names two clients"), "{error}");
+    // The same text as a CN and as a DNS name are two different names.
+    assert!(with(&twice.replacen("DNS:", "CN=", 1), tls).is_ok());
+    // Revocation lists need the client CA.
+    let crl = "tls:\n  cert_file: /etc/tls/tls.crt\n  key_file: /etc/tls/tls.key\n  client_crl_file: /etc/tls/ca.crl\n";
+    let error = with("", crl).err().unwrap();
+    assert!(error.to_string().contains("tls.client_crl_file"), "{error}");
+    let with_ca = with("", &format!("{tls}  client_crl_file: /etc/tls/ca.crl\n")).unwrap();
+    assert_eq!(
+        with_ca.tls.unwrap().client_crl_file.as_deref(),
+        Some(Path::new("/etc/tls/ca.crl"))
     );
     assert!(by_cert.clients[1].keys.is_empty());
     assert_eq!(
@@ -286,4 +315,21 @@ fn keys_with_labels_and_expiry_and_certificate_identities_are_validated() {
     );
     let error = with("", &tls.replace("\"1.3\"", "\"1.1\"")).err().unwrap();
     assert!(error.to_string().contains("tls.min_version"), "{error}");
+}
+
+#[test]
+fn connections_have_an_age_limit_of_an_hour_unless_told_otherwise() {
+    let age = |server: &str| {
+        parse(&format!("{MINIMAL}{server}"))
+            .unwrap()
+            .server
+            .max_connection_age
+    };
+    assert_eq!(age(""), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        age("server:\n  max_connection_age: 10m\n"),
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(age("server:\n  max_connection_age: 0s\n"), None);
+    assert!(parse(&format!("{MINIMAL}server:\n  max_connection_age: soon\n")).is_err());
 }

@@ -1,16 +1,18 @@
-//! HTTPS on the client listener: the certificate, its hot reload, client certificates, and the
-//! refusal of plain HTTP.
+//! HTTPS on the client listener: the certificate, its hot reload, client certificates and their
+//! revocation, and the refusal of plain HTTP.
 //!
 //! With `tls:` the client listener speaks TLS only (rustls, ring provider, TLS 1.2 and 1.3 or 1.3
-//! only, ALPN `h2` and `http/1.1`). The certificate chain, key and client CA are files watched like
-//! the upstream key file: a replaced set (a Kubernetes secret swap, a cert-manager renewal) is used
-//! for new connections within about a second once the files are stable, with no restart; a set that
-//! does not load (key not matching the certificate, expired leaf, unreadable CA) keeps the last good
-//! one, is logged, and turns `/readyz` to 503 until fixed. With `client_ca_file` the handshake asks
-//! for a client certificate and refuses one that does not verify; none at all is fine (the key
-//! decides then). A verified leaf becomes a [`PeerCertificate`] on every request of the connection.
-//! A client speaking plain HTTP to the port gets a clean 400 `tls_required` and the connection is
-//! closed.
+//! only, ALPN `h2` and `http/1.1`). The certificate chain, key, client CA and client CRLs are files
+//! watched like the upstream key file: a replaced set (a Kubernetes secret swap, a cert-manager
+//! renewal, a new CRL) is used for new connections within about a second once the files are
+//! stable, with no restart; SIGHUP loads them at once. A set that does not load (key not matching
+//! the certificate, expired leaf, unreadable CA or CRL) keeps the last good one, is logged, makes
+//! `/readyz` degraded, and is tried again every [`RETRY`] until it loads (a file briefly unreadable
+//! heals by itself). With `client_ca_file` the handshake asks for a client certificate and refuses
+//! one that does not verify (chain, validity, the clientAuth extended key usage when it has one,
+//! revocation by `client_crl_file`); none at all is fine (the key decides then). A verified leaf
+//! becomes a [`PeerCertificate`] on every request of the connection. A client speaking plain HTTP
+//! to the port gets a clean 400 `tls_required` and the connection is closed.
 
 pub mod demo;
 pub mod x509;
@@ -22,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -53,6 +55,8 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
     /// PEM CA certificates that client certificates must chain to (asks for client certificates).
     pub client_ca_file: Option<PathBuf>,
+    /// PEM or DER certificate revocation lists of the client CA(s) (needs `client_ca_file`).
+    pub client_crl_file: Option<PathBuf>,
     /// The lowest TLS version offered.
     pub min_version: TlsVersion,
 }
@@ -64,7 +68,7 @@ pub struct Loaded {
     pub not_after: i64,
     /// The leaf's serial, lowercase hex.
     pub serial: String,
-    /// The leaf's subject CN and DNS SANs.
+    /// The leaf's subject CNs and DNS SANs, typed (`CN=…`, `DNS:…`).
     pub names: Vec<String>,
 }
 
@@ -125,19 +129,28 @@ pub fn build(
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             // No certificate is fine (the key decides); one that does not verify fails the
-            // handshake.
-            let verifier =
+            // handshake. rustls requires clientAuth when the certificate lists extended key usages.
+            let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .allow_unauthenticated();
+            if let Some(crl_path) = &settings.client_crl_file {
+                // The client certificate's own revocation: its issuer's CRL must be in the file
+                // (a leaf whose status is unknown fails, closed).
+                verifier = verifier
+                    .with_crls(read_crls(crl_path)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier = verifier.build().map_err(|e| {
+                let file = settings.client_crl_file.as_deref().unwrap_or(path);
+                format!("{} / {}: {e}", path.display(), file.display())
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut names: Vec<String> = leaf.subject_cn.into_iter().collect();
-    names.extend(leaf.dns_sans);
+    let mut names: Vec<String> = leaf.subject_cns.iter().map(|n| format!("CN={n}")).collect();
+    names.extend(leaf.dns_sans.iter().map(|n| format!("DNS:{n}")));
     Ok((
         config,
         Loaded {
@@ -169,6 +182,24 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
     Ok(chain)
 }
 
+/// The CRLs in `path`: PEM `X509 CRL` blocks, or one DER CRL.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    Err(format!(
+        "{}: no X509 CRL block and not a DER CRL",
+        path.display()
+    ))
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -183,6 +214,7 @@ fn stamps(settings: &TlsSettings) -> Stamps {
         Some(&settings.cert_file),
         Some(&settings.key_file),
         settings.client_ca_file.as_ref(),
+        settings.client_crl_file.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -203,11 +235,16 @@ pub struct ServerTls {
     health: Mutex<Option<String>>,
     /// The stamps of the set in use, and of a change seen but not yet stable.
     seen: Mutex<(Stamps, Option<Stamps>)>,
+    /// When the last reload failed (it is tried again [`RETRY`] later).
+    failed_at: Mutex<Option<tokio::time::Instant>>,
     metrics: Arc<Metrics>,
 }
 
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// How long after a failed reload it is tried again, whether or not the files changed.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 impl ServerTls {
     /// Load the files (at start: any problem is an error).
@@ -224,6 +261,7 @@ impl ServerTls {
             config: ArcSwap::from_pointee(config),
             health: Mutex::new(None),
             seen: Mutex::new((before, None)),
+            failed_at: Mutex::new(None),
             metrics,
         }))
     }
@@ -264,8 +302,10 @@ impl ServerTls {
         self.reload();
     }
 
-    /// Load the files now (the watcher calls this once a change has stood still).
+    /// Load the files now (the watcher calls this once a change has stood still, after a failure
+    /// every [`RETRY`], and on SIGHUP).
     pub fn reload(&self) {
+        let stamps_before = stamps(&self.settings);
         match build(&self.settings, &self.provider) {
             Ok((config, loaded)) => {
                 self.config.store(Arc::new(config));
@@ -277,6 +317,13 @@ impl ServerTls {
                 if let Ok(mut health) = self.health.lock() {
                     *health = None;
                 }
+                if let Ok(mut failed_at) = self.failed_at.lock() {
+                    *failed_at = None;
+                }
+                // What was loaded is the set in use: the watcher need not load it again.
+                if let Ok(mut seen) = self.seen.lock() {
+                    *seen = (stamps_before, None);
+                }
                 warn_if_expiring(&loaded);
                 tracing::info!(serial = %loaded.serial, names = ?loaded.names, "TLS certificate reloaded; new connections use it");
             }
@@ -285,25 +332,61 @@ impl ServerTls {
                     .tls_reloads
                     .with_label_values(&["failure"])
                     .inc();
-                tracing::error!(error = %why, "TLS files changed but do not load; still serving the last good certificate");
+                tracing::error!(error = %why, retry_in_s = RETRY.as_secs(), "TLS files do not load; still serving the last good certificate");
                 if let Ok(mut health) = self.health.lock() {
                     *health = Some(why);
+                }
+                if let Ok(mut failed_at) = self.failed_at.lock() {
+                    *failed_at = Some(tokio::time::Instant::now());
                 }
             }
         }
     }
 
-    /// Watch the files every [`POLL`] in the background.
+    /// Whether a failed reload is due to be tried again.
+    fn retry_due(&self) -> bool {
+        self.failed_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() >= RETRY)
+    }
+
+    /// Watch the files every [`POLL`] in the background, try a failed reload again every
+    /// [`RETRY`], and reload on SIGHUP.
     pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::downgrade(self);
+        // Installed before returning, so a SIGHUP right after start-up reloads instead of killing.
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                match this.upgrade() {
-                    Some(tls) => tls.reload_if_changed(),
-                    None => return,
+                #[cfg(unix)]
+                let hup = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hup = std::future::pending::<Option<()>>();
+                let signalled = tokio::select! {
+                    _ = tick.tick() => false,
+                    Some(()) = hup => true,
+                };
+                let Some(tls) = this.upgrade() else {
+                    return;
+                };
+                if signalled {
+                    tracing::info!("SIGHUP: reloading the TLS files");
+                    tls.reload();
+                } else if tls.retry_due() {
+                    tls.reload();
+                } else {
+                    tls.reload_if_changed();
                 }
             }
         })
@@ -355,24 +438,35 @@ impl ServerTls {
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .map(|leaf| {
-                // A certificate whose names cannot be read still has its digest
-                // (`clients[].cert_sha256`); it just names nobody by subject.
-                let (common_name, alt_names) = match x509::parse(leaf) {
-                    Some(info) => {
-                        let mut alt_names = info.dns_sans;
-                        alt_names.extend(info.uri_sans);
-                        (info.subject_cn, alt_names)
-                    }
-                    None => (None, Vec::new()),
-                };
-                PeerCertificate {
-                    sha256: Sha256::digest(leaf.as_ref()).into(),
-                    common_name,
-                    alt_names,
-                }
-            });
+            .map(|leaf| peer_certificate(leaf));
         Some((stream, peer))
+    }
+}
+
+/// What a verified client certificate says about itself, for authentication.
+pub fn peer_certificate(leaf: &[u8]) -> PeerCertificate {
+    let sha256 = Sha256::digest(leaf).into();
+    // A certificate that cannot be read still has its digest (`clients[].cert_sha256`); it just
+    // names nobody by subject (rustls has checked its validity and extended key usage).
+    let Some(info) = x509::parse(leaf) else {
+        return PeerCertificate {
+            sha256,
+            client_auth: true,
+            ..PeerCertificate::default()
+        };
+    };
+    PeerCertificate {
+        sha256,
+        not_after: Some(info.not_after_unix),
+        // One CN that cannot be read makes them all unusable: which one would be the client's?
+        common_names: if info.unreadable_cn {
+            Vec::new()
+        } else {
+            info.subject_cns
+        },
+        dns_names: info.dns_sans,
+        uris: info.uri_sans,
+        client_auth: info.client_auth.allows_client_auth(),
     }
 }
 

@@ -5,6 +5,7 @@ fn settings(pki: &demo::DemoPki, ca: bool) -> TlsSettings {
         cert_file: pki.cert.clone(),
         key_file: pki.key.clone(),
         client_ca_file: ca.then(|| pki.ca.clone()),
+        client_crl_file: None,
         min_version: TlsVersion::Tls12,
     }
 }
@@ -14,7 +15,10 @@ fn a_generated_pair_loads_and_a_mismatched_key_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let pki = demo::write(dir.path(), "svc-a").unwrap();
     let loaded = check(&settings(&pki, true)).unwrap();
-    assert!(loaded.names.iter().any(|n| n == "localhost"), "{loaded:?}");
+    assert!(
+        loaded.names.iter().any(|n| n == "DNS:localhost"),
+        "{loaded:?}"
+    );
     assert!(loaded.not_after > unix_now() + 300 * 86_400);
     let mut wrong = settings(&pki, false);
     wrong.key_file = pki.client_key.clone();
@@ -26,21 +30,32 @@ fn a_generated_pair_loads_and_a_mismatched_key_does_not() {
 }
 
 #[test]
-fn the_der_walker_reads_names_expiry_and_serial_and_never_panics() {
+fn a_client_certificate_becomes_typed_names_with_its_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let pki = demo::write(dir.path(), "svc-a").unwrap();
     let client = read_certificates(&pki.client_cert).unwrap().remove(0);
-    let info = x509::parse(&client).unwrap();
-    assert_eq!(info.subject_cn.as_deref(), Some("svc-a"));
-    assert!(!info.serial_hex.is_empty());
+    let peer = peer_certificate(&client);
+    assert_eq!(peer.common_names, ["svc-a"]);
+    assert!(peer.dns_names.is_empty() && peer.uris.is_empty());
+    assert!(peer.client_auth);
+    assert!(peer.not_after.unwrap() > unix_now());
     let server = read_certificates(&pki.cert).unwrap().remove(0);
-    let info = x509::parse(&server).unwrap();
-    assert_eq!(info.dns_sans, ["localhost"]);
-    let bytes = server.as_ref();
-    for cut in 0..bytes.len() {
-        let _ = x509::parse(&bytes[..cut]);
-        let mut flipped = bytes.to_vec();
-        flipped[cut] ^= 0xff;
-        let _ = x509::parse(&flipped);
-    }
+    let peer = peer_certificate(&server);
+    assert_eq!(peer.dns_names, ["localhost"]);
+    assert!(!peer.client_auth, "serverAuth only");
+    // Not a certificate: only its digest.
+    let peer = peer_certificate(b"junk");
+    assert!(peer.common_names.is_empty() && peer.not_after.is_none());
+}
+
+#[test]
+fn a_crl_file_must_hold_a_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = demo::write(dir.path(), "svc-a").unwrap();
+    let mut with_crl = settings(&pki, true);
+    let junk = dir.path().join("junk.crl");
+    std::fs::write(&junk, "not a CRL").unwrap();
+    with_crl.client_crl_file = Some(junk);
+    let error = check(&with_crl).unwrap_err();
+    assert!(error.contains("junk.crl"), "{error}");
 }

@@ -494,7 +494,7 @@ audit:
         let mut by_subject =
             tl_gateway::auth::ClientSettings::with_key("reporting", &["member"], [0; 32]);
         by_subject.keys.clear();
-        by_subject.cert_subject = Some("reporting.svc".into());
+        by_subject.cert_subject = Some("CN=reporting.svc".parse().unwrap());
         let mut by_digest =
             tl_gateway::auth::ClientSettings::with_key("cleanup", &["admin"], [0; 32]);
         by_digest.keys.clear();
@@ -832,4 +832,546 @@ fn check_refuses_a_mismatched_or_expired_certificate_and_keygen_prints_a_key_ent
         (89 * 86_400..=90 * 86_400).contains(&left.as_secs()),
         "{left:?}"
     );
+}
+
+/// `openssl ca` bookkeeping in `db/`, to sign with chosen dates, revoke and publish CRLs.
+fn ca_database(pki: &Pki) {
+    let db = pki.path("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("index.txt"), "").unwrap();
+    std::fs::write(db.join("serial"), "1000\n").unwrap();
+    std::fs::write(db.join("crlnumber"), "1000\n").unwrap();
+    std::fs::write(
+        db.join("ca.cnf"),
+        "[ca]\ndefault_ca = tca\n[tca]\ndatabase = db/index.txt\nserial = db/serial\ncrlnumber = db/crlnumber\nnew_certs_dir = db\ndefault_md = sha256\ndefault_crl_days = 30\npolicy = pol\nunique_subject = no\n[pol]\ncommonName = supplied\n[client]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+}
+
+/// Publish the CA's current CRL as `NAME` (PEM).
+fn publish_crl(pki: &Pki, name: &str) {
+    openssl(
+        &pki.dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "db/ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-gencrl",
+            "-out",
+            name,
+        ],
+    );
+}
+
+/// An X.509 time (`YYYYMMDDHHMMSSZ`) `offset` seconds from now.
+fn asn1_time(offset: i64) -> String {
+    let now = std::time::UNIX_EPOCH.elapsed().unwrap().as_secs() as i64;
+    let at = std::time::UNIX_EPOCH + Duration::from_secs((now + offset) as u64);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace(['-', ':', 'T'], "")
+}
+
+/// A connection to the gateway that presents `NAME.pem`, kept open across requests.
+struct CertConnection {
+    sender: hyper::client::conn::http1::SendRequest<tl_gateway::body::GatewayBody>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+async fn connect_with(
+    gateway: &TestGateway,
+    pki: &Pki,
+    name: &str,
+) -> Result<CertConnection, std::io::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(pki.path(&format!("{name}.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(CertConnection { sender, connection })
+}
+
+impl CertConnection {
+    /// `GET /tl-gateway/v1/me` on this connection: (status, body), or `None` if it is closed.
+    async fn me(&mut self) -> Option<(StatusCode, serde_json::Value)> {
+        self.sender.ready().await.ok()?;
+        let request = http::Request::get("/tl-gateway/v1/me")
+            .header("host", "localhost")
+            .body(body::empty())
+            .unwrap();
+        let response = self.sender.send_request(request).await.ok()?;
+        let status = response.status();
+        Some((status, body_json(response).await))
+    }
+}
+
+/// Who a fresh connection presenting `NAME.pem` is, by `/tl-gateway/v1/me`: `Ok(client)`,
+/// `Err(code)` for a refusal, `Err("handshake")` when the handshake fails.
+async fn identity(gateway: &TestGateway, pki: &Pki, name: &str) -> Result<String, String> {
+    let mut connection = match connect_with(gateway, pki, name).await {
+        Ok(connection) => connection,
+        Err(_) => return Err("handshake".into()),
+    };
+    // TLS 1.3: a refused client certificate shows on the first read.
+    let Some((status, body)) = connection.me().await else {
+        return Err("handshake".into());
+    };
+    if status == StatusCode::OK {
+        Ok(body["client"].as_str().unwrap().to_owned())
+    } else {
+        Err(body["code"].as_str().unwrap().to_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_subjects_match_only_their_kind_of_name_and_several_cns_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("server");
+    let client_ext = |san: &str| {
+        format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n{san}")
+    };
+    pki.leaf("ca", "cn", "/O=TL/CN=reporting.svc", &client_ext(""));
+    // A DNS name equal to a CN subject is a different name.
+    pki.leaf(
+        "ca",
+        "dns-as-cn",
+        "/CN=other.svc",
+        &client_ext("subjectAltName=DNS:reporting.svc\n"),
+    );
+    pki.leaf(
+        "ca",
+        "dns",
+        "/CN=other.svc",
+        &client_ext("subjectAltName=DNS:web.svc\n"),
+    );
+    pki.leaf("ca", "cn-as-dns", "/CN=web.svc", &client_ext(""));
+    pki.leaf(
+        "ca",
+        "uri",
+        "/CN=batch",
+        &client_ext("subjectAltName=URI:spiffe://tl/batch\n"),
+    );
+    pki.leaf(
+        "ca",
+        "uri-as-cn",
+        r"/CN=spiffe:\/\/tl\/batch",
+        &client_ext(""),
+    );
+    // Two CNs naming two clients: neither is chosen (the last one used to win).
+    pki.leaf(
+        "ca",
+        "two-clients",
+        "/CN=bob.svc/CN=alice.svc",
+        &client_ext(""),
+    );
+    pki.leaf("ca", "one-client", "/CN=team/CN=alice.svc", &client_ext(""));
+    // Not a client certificate (serverAuth only), with a configured CN.
+    pki.leaf(
+        "ca",
+        "server-only",
+        "/CN=reporting.svc",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:reporting.svc\n",
+    );
+    let upstream = Upstream::recording().await;
+    let clients = [
+        ("reporting", "CN=reporting.svc"),
+        ("web", "DNS:web.svc"),
+        ("batch", "URI:spiffe://tl/batch"),
+        ("alice-svc", "CN=alice.svc"),
+        ("bob-svc", "CN=bob.svc"),
+    ];
+    let gateway = TestGateway::start_with(
+        &format!("http://{}", upstream.addr),
+        &pki.tls_yaml("server", true),
+        |config| {
+            for (id, subject) in clients {
+                let mut client =
+                    tl_gateway::auth::ClientSettings::with_key(id, &["member"], [0; 32]);
+                client.keys.clear();
+                client.cert_subject = Some(subject.parse().unwrap());
+                config.clients.push(client);
+            }
+        },
+    )
+    .await;
+    let expected: [(&str, Result<&str, &str>); 9] = [
+        ("cn", Ok("reporting")),
+        ("dns-as-cn", Err("unauthorized")),
+        ("dns", Ok("web")),
+        ("cn-as-dns", Err("unauthorized")),
+        ("uri", Ok("batch")),
+        ("uri-as-cn", Err("unauthorized")),
+        ("two-clients", Err("unauthorized")),
+        ("one-client", Ok("alice-svc")),
+        ("server-only", Err("handshake")),
+    ];
+    for (name, want) in expected {
+        let got = identity(&gateway, &pki, name).await;
+        assert_eq!(
+            got.as_deref().map_err(String::as_str),
+            want,
+            "certificate {name}"
+        );
+    }
+    gateway.shutdown().await;
+}
+
+#[test]
+fn check_refuses_an_untyped_cert_subject_with_the_line_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("server");
+    let key_file = dir.path().join("upstream-key");
+    std::fs::write(&key_file, UPSTREAM_KEY).unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let text = config_yaml(
+        "http://127.0.0.1:9",
+        &key_file,
+        &pki.tls_yaml("server", true),
+    )
+    .replace(
+        "clients:\n",
+        "clients:\n  - id: reporting\n    roles: [member]\n    cert_subject: reporting.svc\n",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("cert_subject"))
+        .unwrap()
+        + 1;
+    let output = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("gateway.yaml:{line}")), "{stderr}");
+    assert!(
+        stderr.contains(r#"clients[0].cert_subject: cert_subject "reporting.svc" must say which name it matches: "CN=reporting.svc", "DNS:reporting.svc" or "URI:spiffe://...""#),
+        "{stderr}"
+    );
+    // Typed, it passes.
+    std::fs::write(
+        &config,
+        text.replace(
+            "cert_subject: reporting.svc",
+            "cert_subject: CN=reporting.svc",
+        ),
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_fails_new_handshakes_and_its_live_connection_ends_at_its_age()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("server");
+    pki.client("ca", "reporting", "reporting.svc");
+    pki.client("ca", "cleanup", "cleanup.svc");
+    ca_database(&pki);
+    publish_crl(&pki, "empty.crl");
+    std::fs::copy(pki.path("empty.crl"), pki.path("live.crl")).unwrap();
+    let upstream = Upstream::recording().await;
+    let extra = format!(
+        "{}  client_crl_file: {}\nserver:\n  max_connection_age: 3s\n",
+        pki.tls_yaml("server", true),
+        pki.path("live.crl").display()
+    );
+    let gateway = TestGateway::start_with(&format!("http://{}", upstream.addr), &extra, |config| {
+        for (id, cn) in [
+            ("reporting", "CN=reporting.svc"),
+            ("cleanup", "CN=cleanup.svc"),
+        ] {
+            let mut client = tl_gateway::auth::ClientSettings::with_key(id, &["member"], [0; 32]);
+            client.keys.clear();
+            client.cert_subject = Some(cn.parse().unwrap());
+            config.clients.push(client);
+        }
+    })
+    .await;
+    let mut live = connect_with(&gateway, &pki, "reporting").await.unwrap();
+    let (status, body) = live.me().await.unwrap();
+    assert_eq!(
+        (status, body["client"].as_str()),
+        (StatusCode::OK, Some("reporting"))
+    );
+
+    // Revoked, and the new CRL swapped in: new handshakes with it fail, others still work.
+    openssl(
+        &pki.dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "db/ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-revoke",
+            "reporting.pem",
+        ],
+    );
+    publish_crl(&pki, "revoked.crl");
+    replace(&pki.path("revoked.crl"), &pki.path("live.crl"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while identity(&gateway, &pki, "reporting").await != Err("handshake".into()) {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked certificate still connects"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        identity(&gateway, &pki, "cleanup").await,
+        Ok("cleanup".into())
+    );
+
+    // The connection made before the revocation ends by itself at its age (3 s).
+    tokio::time::timeout(Duration::from_secs(10), &mut live.connection)
+        .await
+        .expect("the old connection outlived server.max_connection_age")
+        .unwrap();
+    assert!(live.me().await.is_none());
+    assert!(
+        counter_value(
+            &metrics(&gateway).await,
+            r#"tl_gateway_connections_closed_total{listener="client",reason="max_age"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // A CRL file that does not parse keeps the last good set (and counts as a failed reload).
+    std::fs::write(
+        pki.path("broken.crl"),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    replace(&pki.path("broken.crl"), &pki.path("live.crl"));
+    let failed = r#"tl_gateway_tls_reloads_total{result="failure"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter_value(&metrics(&gateway).await, failed) < Some(1.0) {
+        assert!(Instant::now() < deadline, "the broken CRL was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        identity(&gateway, &pki, "reporting").await,
+        Err("handshake".into())
+    );
+    assert_eq!(
+        identity(&gateway, &pki, "cleanup").await,
+        Ok("cleanup".into())
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_live_connection_whose_certificate_has_expired_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.server("server");
+    ca_database(&pki);
+    // A client certificate valid for a few more seconds.
+    let mut args = vec!["req", "-new"];
+    args.extend(EC);
+    args.extend([
+        "-nodes",
+        "-keyout",
+        "short.key",
+        "-out",
+        "short.csr",
+        "-subj",
+        "/CN=reporting.svc",
+    ]);
+    openssl(&pki.dir, &args);
+    let (start, end) = (asn1_time(-60), asn1_time(6));
+    openssl(
+        &pki.dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "db/ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            "short.csr",
+            "-out",
+            "short.pem",
+            "-startdate",
+            &start,
+            "-enddate",
+            &end,
+            "-extensions",
+            "client",
+            "-notext",
+        ],
+    );
+    let expires = Instant::now() + Duration::from_secs(6);
+    let fingerprint = pki.fingerprint("short");
+    let upstream = Upstream::recording().await;
+    let gateway = TestGateway::start_with(
+        &format!("http://{}", upstream.addr),
+        &pki.tls_yaml("server", true),
+        |config| {
+            // By its digest: the check is on the certificate, however it names the client.
+            let mut client =
+                tl_gateway::auth::ClientSettings::with_key("reporting", &["member"], [0; 32]);
+            client.keys.clear();
+            client.cert_sha256 = tl_gateway::units::parse_hex::<32>(&fingerprint);
+            config.clients.push(client);
+        },
+    )
+    .await;
+    let mut live = connect_with(&gateway, &pki, "short").await.unwrap();
+    let (status, body) = live.me().await.unwrap();
+    assert_eq!(
+        (status, body["client"].as_str()),
+        (StatusCode::OK, Some("reporting"))
+    );
+    // Past notAfter (whole seconds), on the same connection.
+    tokio::time::sleep_until((expires + Duration::from_millis(1500)).into()).await;
+    let (status, body) = live.me().await.expect("the connection is still open");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["code"], "certificate_expired", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("expired at"),
+        "{body}"
+    );
+    gateway.shutdown().await;
+}
+
+/// Write `from`'s contents over `to` without changing what the file watcher compares (size and
+/// modification time): padded to `to`'s size (PEM readers skip trailing blank lines).
+fn replace_unnoticed(from: &Path, to: &Path) {
+    let old = std::fs::metadata(to).unwrap();
+    let mut bytes = std::fs::read(from).unwrap();
+    assert!(
+        bytes.len() as u64 <= old.len(),
+        "{} is longer",
+        from.display()
+    );
+    bytes.resize(old.len() as usize, b'\n');
+    std::fs::write(to, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(to)
+        .unwrap()
+        .set_modified(old.modified().unwrap())
+        .unwrap();
+    let new = std::fs::metadata(to).unwrap();
+    assert_eq!(
+        (new.len(), new.modified().unwrap()),
+        (old.len(), old.modified().unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_files_and_a_failed_reload_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    for name in ["first", "second", "third"] {
+        pki.server(name);
+    }
+    // live.pem has room for any of them (PEM readers skip the padding).
+    let mut first = std::fs::read(pki.path("first.pem")).unwrap();
+    first.resize(first.len() + 64, b'\n');
+    std::fs::write(pki.path("live.pem"), first).unwrap();
+    std::fs::copy(pki.path("first.key"), pki.path("live.key")).unwrap();
+    let upstream = Upstream::recording().await;
+    let gateway = TestGateway::start_with(
+        &format!("http://{}", upstream.addr),
+        &pki.tls_yaml("live", false),
+        |_| {},
+    )
+    .await;
+    assert_eq!(served_serial(&gateway).await, pki.serial("first"));
+
+    // A change the watcher cannot see (same size, same time): only SIGHUP loads it.
+    replace_unnoticed(&pki.path("second.pem"), &pki.path("live.pem"));
+    replace_unnoticed(&pki.path("second.key"), &pki.path("live.key"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        served_serial(&gateway).await,
+        pki.serial("first"),
+        "the watcher saw it"
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_serial(&gateway).await != pki.serial("second") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the TLS files"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A key that does not load (mid-rotation): the reload fails and the second pair stays...
+    let key_len = std::fs::metadata(pki.path("third.key")).unwrap().len() as usize;
+    std::fs::write(pki.path("garbage.key"), vec![b'x'; key_len]).unwrap();
+    replace(&pki.path("garbage.key"), &pki.path("live.key"));
+    let failed = r#"tl_gateway_tls_reloads_total{result="failure"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter_value(&metrics(&gateway).await, failed) < Some(1.0) {
+        assert!(Instant::now() < deadline, "the bad key was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served_serial(&gateway).await, pki.serial("second"));
+    // ...then the right files appear without a change the watcher can see: the retry loads them.
+    replace_unnoticed(&pki.path("third.pem"), &pki.path("live.pem"));
+    replace_unnoticed(&pki.path("third.key"), &pki.path("live.key"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_serial(&gateway).await != pki.serial("third") {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was not tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(readyz(&gateway).await.0, StatusCode::OK);
+    gateway.shutdown().await;
 }
