@@ -178,6 +178,9 @@ pub enum GatewayError {
     /// A bug: an invariant of the stack did not hold.
     #[error("internal gateway error: {0}")]
     Internal(&'static str),
+    /// The request body is longer than the gateway reads to check it (`guards.protected`).
+    #[error("{0}")]
+    RequestBodyTooLarge(String),
 }
 
 /// What went wrong talking to the upstream (bounded set: used as a metric label later).
@@ -248,6 +251,7 @@ impl GatewayError {
             GatewayError::ApprovalNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::ApprovalNotPending { .. } => StatusCode::CONFLICT,
             GatewayError::ParameterInvalid(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RequestBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -287,6 +291,7 @@ impl GatewayError {
             GatewayError::ApprovalNotFound(_) => "approval_not_found",
             GatewayError::ApprovalNotPending { .. } => "approval_not_pending",
             GatewayError::ParameterInvalid(_) => "parameter_invalid",
+            GatewayError::RequestBodyTooLarge(_) => "request_body_too_large",
         }
     }
 
