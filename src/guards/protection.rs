@@ -32,7 +32,7 @@ use crate::overload::ClientBodyError;
 mod form;
 mod json;
 
-use form::{form_boundary, scan_form, Scan};
+use form::{form_boundary, scan_form, Scan, Watch, Watched};
 use json::{Strict, DUPLICATE};
 
 /// `guards.protected`: resources under a legal hold.
@@ -516,7 +516,7 @@ impl ProtectBodies {
                     "this route takes a multipart/form-data body with a boundary; guards.protected checks its fields".into(),
                 )
             })?;
-        let names: Vec<(&str, Kind)> = fields
+        let names: Vec<(&'static str, Kind)> = fields
             .iter()
             .filter_map(|(path, kind)| path.first().map(|name| (*name, *kind)))
             .collect();
@@ -546,7 +546,7 @@ impl ProtectBodies {
             }
         };
         let form = form.unwrap_or_default();
-        for (name, kind) in names {
+        for (name, kind) in names.iter().copied() {
             let values: Vec<&str> = form
                 .fields
                 .iter()
@@ -570,7 +570,20 @@ impl ProtectBodies {
                 ));
             }
         }
-        let rest = (!ended).then_some(body);
+        // The rest is watched for a checked field coming again after the file part.
+        let mut watch = Watch::new(&boundary, names.iter().map(|(name, _)| *name).collect());
+        if let Some(file_at) = form.file_at {
+            watch
+                .feed(&head[file_at..])
+                .map_err(|why| GatewayError::RequestBodyInvalid(why.into()))?;
+        }
+        let rest = (!ended).then(|| {
+            crate::body::boxed(Watched {
+                inner: body,
+                watch,
+                failed: false,
+            })
+        });
         Ok(Replay::body(head.freeze(), rest, None))
     }
 }

@@ -56,13 +56,19 @@ impl BodyUpstream {
                         let log = log.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes());
+                            // Only complete requests are recorded (an upload cut off is not one).
+                            let Ok(body) = body.collect().await.map(|c| c.to_bytes()) else {
+                                return Ok::<_, Infallible>(json_response(
+                                    StatusCode::BAD_REQUEST,
+                                    r#"{"code":"cut_off"}"#,
+                                ));
+                            };
                             log.lock().unwrap().push(Seen {
                                 method: parts.method,
                                 path: parts.uri.path().to_owned(),
-                                body: body.unwrap_or_default(),
+                                body,
                             });
-                            Ok::<_, Infallible>(json_response(StatusCode::OK, r#"{"ok":true}"#))
+                            Ok(json_response(StatusCode::OK, r#"{"ok":true}"#))
                         }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -474,6 +480,30 @@ async fn a_task_upload_into_a_held_index_is_refused_from_the_head_of_its_body() 
     let (status, body) = call_with(&gateway, Method::POST, "/v1.3/tasks", FORM, full(late)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["code"], "resource_protected");
+    // An unheld index first and a held one again after the file: the upload never completes
+    // upstream, whether the second index_id arrives with the head or long after it.
+    for file_len in [1024, 2 * 1024 * 1024] {
+        let mut twice = task_upload(&[("index_id", FREE_INDEX)], file_len);
+        let end = twice.len() - b"--b0undary--\r\n".len();
+        twice.truncate(end);
+        twice.extend_from_slice(
+            format!("--b0undary\r\nContent-Disposition: form-data; name=\"index_id\"\r\n\r\n{HELD_INDEX}\r\n--b0undary--\r\n").as_bytes(),
+        );
+        let pieces: Vec<&[u8]> = twice.chunks(7_777).collect();
+        let (status, body) = call_with(
+            &gateway,
+            Method::POST,
+            "/v1.3/tasks",
+            FORM,
+            chunked(&pieces),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("request_body_invalid")),
+            "{file_len}: {body}"
+        );
+    }
     assert!(upstream.seen().is_empty());
     // An unheld index: forwarded whole, head and streamed rest, byte for byte.
     let free = task_upload(

@@ -314,3 +314,38 @@ fn a_form_is_read_up_to_its_first_file_part() {
     );
     assert_eq!(form_boundary("application/json"), None);
 }
+
+#[test]
+fn the_rest_of_a_form_is_watched_for_a_checked_field_across_any_chunking() {
+    let file: String = (0..5000)
+        .map(|i| match i % 97 {
+            0 => "\r\n--XyZ".chars().next().unwrap(),
+            _ => (b'a' + (i % 26) as u8) as char,
+        })
+        .collect();
+    // Content that looks almost like a delimiter, never the whole boundary.
+    let file = file.replace("\ra", "\r\n--Xy");
+    let late = form(&[
+        ("index_id", None, "i2"),
+        ("video_file", Some("a.mp4"), &file),
+        ("index_id", None, "i1"),
+    ]);
+    let clean = form(&[
+        ("index_id", None, "i2"),
+        ("video_file", Some("a.mp4"), &file),
+        ("enable_video_stream", None, "true"),
+    ]);
+    let file_at = |body: &[u8]| match scan_form(body, "XyZ", true) {
+        Scan::Done(form) => form.file_at.unwrap(),
+        _ => panic!("not a form"),
+    };
+    for size in [1, 2, 3, 5, 7, 8, 9, 13, 64, 100, 1000, 4096, 100_000] {
+        for (body, refused) in [(&late, true), (&clean, false)] {
+            let mut watch = Watch::new("XyZ", vec!["index_id"]);
+            let result = body[file_at(body)..]
+                .chunks(size)
+                .try_for_each(|chunk| watch.feed(chunk));
+            assert_eq!(result.is_err(), refused, "chunks of {size}: {result:?}");
+        }
+    }
+}
