@@ -89,6 +89,12 @@ impl BodyUpstream {
 }
 
 fn hold_yaml(allow_additions: bool) -> String {
+    // The key only when set, so the default is what the tests without it exercise.
+    let additions = if allow_additions {
+        "    allow_additions: true\n"
+    } else {
+        ""
+    };
     format!(
         r#"guards:
   protected:
@@ -96,8 +102,7 @@ fn hold_yaml(allow_additions: bool) -> String {
     entity_collections: [{HELD_COLLECTION}]
     assets: [{HELD_ASSET}]
     message: "Legal hold: ask legal@example.com"
-    allow_additions: {allow_additions}
-"#
+{additions}"#
     )
 }
 
