@@ -295,6 +295,8 @@ struct RawProtected {
     #[serde(default)]
     assets: Vec<String>,
     message: Option<String>,
+    #[serde(default)]
+    allow_additions: bool,
 }
 
 #[derive(Deserialize)]
@@ -637,6 +639,7 @@ impl Validator<'_> {
                 entity_collections: p.entity_collections,
                 assets: p.assets,
                 message: p.message,
+                allow_additions: p.allow_additions,
             });
         let force_delete = raw_force_delete.map_or_else(ForceDeleteSettings::default, |f| {
             let defaults = ForceDeleteSettings::default();

@@ -186,6 +186,9 @@ pub enum GatewayError {
         /// When it expired (RFC 3339).
         at: String,
     },
+    /// The request body is longer than the gateway reads to check it (`guards.protected`).
+    #[error("{0}")]
+    RequestBodyTooLarge(String),
 }
 
 /// What went wrong talking to the upstream (bounded set: used as a metric label later).
@@ -257,6 +260,7 @@ impl GatewayError {
             GatewayError::ApprovalNotPending { .. } => StatusCode::CONFLICT,
             GatewayError::ParameterInvalid(_) => StatusCode::BAD_REQUEST,
             GatewayError::CertificateExpired { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::RequestBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -297,6 +301,7 @@ impl GatewayError {
             GatewayError::ApprovalNotPending { .. } => "approval_not_pending",
             GatewayError::ParameterInvalid(_) => "parameter_invalid",
             GatewayError::CertificateExpired { .. } => "certificate_expired",
+            GatewayError::RequestBodyTooLarge(_) => "request_body_too_large",
         }
     }
 

@@ -12,7 +12,8 @@
 //! into a protected index or collection; [`ProtectResources`] is its layer for what the path shows,
 //! and the guard above checks the references it lists.
 
-use std::collections::HashSet;
+mod protection;
+
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
@@ -22,10 +23,16 @@ use crate::classify::Operation;
 use crate::credentials::UpstreamKey;
 use crate::error::GatewayError;
 use crate::forward::Forwarder;
-use crate::gate::{Admit, AdmitAsync, AsyncGateLayer, GateLayer};
+use crate::gate::{AdmitAsync, AsyncGateLayer};
 use crate::ids::RuleId;
 use crate::metrics::Metrics;
 use crate::routes::ids::ASSETS_DELETE;
+
+use protection::count_protected;
+pub use protection::{
+    BodyField, Kind, ProtectBodies, ProtectLayers, ProtectResources, Protected, ProtectedSettings,
+    Protection, BODY_IDS, FORM_HEAD_LIMIT, JSON_LIMIT, PROTECTED_RULE,
+};
 
 /// One indexed asset that referenced a force-deleted asset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,232 +159,6 @@ pub struct ForceDeleteGuard {
     key: Arc<UpstreamKey>,
     metrics: Arc<Metrics>,
     protection: Arc<Protection>,
-}
-
-/// `guards.protected`: resources under a legal hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProtectedSettings {
-    /// Index ids.
-    pub indexes: Vec<String>,
-    /// Entity collection ids.
-    pub entity_collections: Vec<String>,
-    /// Asset ids.
-    pub assets: Vec<String>,
-    /// Shown to a refused client after the protected id.
-    pub message: Option<String>,
-}
-
-/// The rule id protection refuses under (denied records, `tl_gateway_policy_denials_total`).
-pub const PROTECTED_RULE: &str = "guards.protected";
-
-/// Protected resources, compiled: what a request may not touch, whoever sends it.
-#[derive(Debug, Default)]
-pub struct Protection {
-    indexes: HashSet<String>,
-    collections: HashSet<String>,
-    assets: HashSet<String>,
-    message: Option<String>,
-}
-
-/// What protects a resource a request touches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Protected {
-    /// `index`, `entity collection` or `asset`.
-    pub kind: &'static str,
-    /// The protected id.
-    pub id: String,
-}
-
-impl Protection {
-    /// Compile `guards.protected`.
-    pub fn new(settings: &ProtectedSettings) -> Self {
-        Protection {
-            indexes: settings.indexes.iter().cloned().collect(),
-            collections: settings.entity_collections.iter().cloned().collect(),
-            assets: settings.assets.iter().cloned().collect(),
-            message: settings.message.clone(),
-        }
-    }
-
-    /// Whether nothing is protected.
-    pub fn is_empty(&self) -> bool {
-        self.indexes.is_empty() && self.collections.is_empty() && self.assets.is_empty()
-    }
-
-    /// Whether a forced asset delete needs the reference lookup to be judged (some index or
-    /// entity collection is protected).
-    pub fn needs_lookup(&self) -> bool {
-        !self.indexes.is_empty() || !self.collections.is_empty()
-    }
-
-    /// What the request's path shows it touches, if protected: any destructive route whose
-    /// `index_id`, `entity_collection_id` or `asset_id` is protected. A request on a route the
-    /// gateway does not know (`routes.unknown: forward`) that may change something is refused when
-    /// any of its path segments is a protected id: what it does cannot be judged.
-    pub fn protected_in_path(&self, op: &Operation) -> Option<Protected> {
-        if self.is_empty() {
-            return None;
-        }
-        match op.route {
-            Some(route) if route.destructive => [
-                ("index_id", "index", &self.indexes),
-                (
-                    "entity_collection_id",
-                    "entity collection",
-                    &self.collections,
-                ),
-                ("asset_id", "asset", &self.assets),
-            ]
-            .into_iter()
-            .find_map(|(param, kind, ids)| {
-                op.param(param)
-                    .filter(|id| ids.contains(*id))
-                    .map(|id| Protected {
-                        kind,
-                        id: id.to_owned(),
-                    })
-            }),
-            Some(_) => None,
-            None if crate::routes::is_safe(&op.method) => None,
-            None => op.path.split('/').find_map(|segment| {
-                [
-                    ("index", &self.indexes),
-                    ("entity collection", &self.collections),
-                    ("asset", &self.assets),
-                ]
-                .into_iter()
-                .find(|(_, ids)| ids.contains(segment))
-                .map(|(kind, _)| Protected {
-                    kind,
-                    id: segment.to_owned(),
-                })
-            }),
-        }
-    }
-
-    /// What a forced asset delete would unlink that is protected, if anything.
-    pub fn protected_in_references(&self, references: &References) -> Option<Protected> {
-        references
-            .indexed_assets
-            .iter()
-            .find(|a| self.indexes.contains(&a.index_id))
-            .map(|a| Protected {
-                kind: "index",
-                id: a.index_id.clone(),
-            })
-            .or_else(|| {
-                references
-                    .entities
-                    .iter()
-                    .find(|e| self.collections.contains(&e.collection_id))
-                    .map(|e| Protected {
-                        kind: "entity collection",
-                        id: e.collection_id.clone(),
-                    })
-            })
-    }
-
-    /// The refusal for a request touching `protected`.
-    pub fn refusal(&self, protected: Protected, how: &str) -> GatewayError {
-        let mut message = format!("{} {} is protected: {how}", protected.kind, protected.id);
-        if let Some(extra) = &self.message {
-            message.push_str(". ");
-            message.push_str(extra);
-        }
-        GatewayError::ResourceProtected {
-            id: protected.id,
-            message: Arc::from(message),
-        }
-    }
-
-    /// Refuse a forced delete whose references reach into a protected index or collection — or
-    /// could: a listing cut short by `max_pages`, or an item without its index or collection id,
-    /// cannot show that it does not.
-    pub fn check_references(&self, references: &References) -> Result<(), GatewayError> {
-        if self.needs_lookup() {
-            let unknown = !references.complete
-                || references
-                    .indexed_assets
-                    .iter()
-                    .any(|a| a.index_id.is_empty())
-                || references
-                    .entities
-                    .iter()
-                    .any(|e| e.collection_id.is_empty());
-            if unknown {
-                let mut message = "this forced delete may reach a protected index or entity collection: its references could not all be listed (guards.force_delete.max_pages) or named".to_owned();
-                if let Some(extra) = &self.message {
-                    message.push_str(". ");
-                    message.push_str(extra);
-                }
-                return Err(GatewayError::ResourceProtected {
-                    id: "unknown".into(),
-                    message: Arc::from(message),
-                });
-            }
-        }
-        match self.protected_in_references(references) {
-            None => Ok(()),
-            Some(protected) => {
-                let how = match protected.kind {
-                    "index" => "this forced delete would unlink an indexed asset in it",
-                    _ => "this forced delete would unlink an entity in it",
-                };
-                Err(self.refusal(protected, how))
-            }
-        }
-    }
-}
-
-/// The protection layer for what the path shows (after policy, before approvals): refuses with 403
-/// `resource_protected`. References are checked by the guard once listed.
-#[derive(Clone, Debug)]
-pub struct ProtectResources {
-    protection: Arc<Protection>,
-    metrics: Arc<Metrics>,
-}
-
-impl ProtectResources {
-    /// The layer (none when nothing is protected).
-    pub fn layer(
-        protection: Arc<Protection>,
-        metrics: Arc<Metrics>,
-    ) -> Option<GateLayer<ProtectResources>> {
-        (!protection.is_empty()).then(|| {
-            GateLayer::new(ProtectResources {
-                protection,
-                metrics,
-            })
-        })
-    }
-}
-
-impl<B> Admit<B> for ProtectResources {
-    fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        let Some(op) = req.extensions().get::<Operation>() else {
-            return Err(GatewayError::Internal(
-                "protection could not be checked: request not classified",
-            ));
-        };
-        match self.protection.protected_in_path(op) {
-            None => Ok(()),
-            Some(protected) => {
-                count_protected(&self.metrics);
-                tracing::info!(protected = %protected.id, kind = protected.kind, operation = op.route_id(), "refused: protected resource");
-                Err(self.protection.refusal(
-                    protected,
-                    "it cannot be deleted or changed through this gateway",
-                ))
-            }
-        }
-    }
-}
-
-fn count_protected(metrics: &Metrics) {
-    metrics
-        .policy_denials
-        .with_label_values(&[PROTECTED_RULE])
-        .inc();
 }
 
 impl ForceDeleteGuard {
@@ -587,87 +368,6 @@ impl<B: Send + 'static> AdmitAsync<B> for GuardForcedDeletes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{Classifier, ClassifySettings, UnknownRoutes};
-
-    fn op(unknown: UnknownRoutes, method: http::Method, target: &str) -> Operation {
-        let classifier = Classifier::new(ClassifySettings {
-            unknown_routes: unknown,
-            ..ClassifySettings::default()
-        });
-        classifier
-            .classify(
-                &method,
-                http::Version::HTTP_11,
-                &target.parse().unwrap(),
-                &http::HeaderMap::new(),
-                method == http::Method::PATCH,
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn protection_reads_ids_from_destructive_routes_and_from_unknown_unsafe_ones() {
-        let protection = Protection::new(&ProtectedSettings {
-            indexes: vec!["i1".into()],
-            entity_collections: vec!["c1".into()],
-            assets: vec!["a1".into()],
-            message: None,
-        });
-        let at = |method, target| {
-            protection
-                .protected_in_path(&op(UnknownRoutes::Forward, method, target))
-                .map(|p| format!("{} {}", p.kind, p.id))
-        };
-        use http::Method;
-        assert_eq!(
-            at(Method::DELETE, "/v1.3/indexes/i1").as_deref(),
-            Some("index i1")
-        );
-        assert_eq!(at(Method::DELETE, "/v1.3/indexes/i2"), None);
-        assert_eq!(
-            at(Method::PATCH, "/v1.3/indexes/i1/indexed-assets/x").as_deref(),
-            Some("index i1")
-        );
-        assert_eq!(at(Method::GET, "/v1.3/indexes/i1"), None, "reads pass");
-        assert_eq!(
-            at(Method::DELETE, "/v1.3/entity-collections/c1/entities/e1").as_deref(),
-            Some("entity collection c1")
-        );
-        assert_eq!(
-            at(Method::DELETE, "/v1.3/assets/a1").as_deref(),
-            Some("asset a1")
-        );
-        assert_eq!(
-            at(Method::PUT, "/v1.3/assets/a1/user-metadata").as_deref(),
-            Some("asset a1")
-        );
-        // A route the gateway does not know, forwarded under routes.unknown: forward.
-        assert_eq!(
-            at(Method::POST, "/v1.3/indexes/i1/brand-new-thing").as_deref(),
-            Some("index i1")
-        );
-        assert_eq!(at(Method::GET, "/v1.3/indexes/i1/brand-new-thing"), None);
-        let references = References {
-            indexed_assets: vec![IndexedAssetRef {
-                id: "ia".into(),
-                index_id: "i1".into(),
-                index_name: None,
-            }],
-            entities: vec![],
-            complete: true,
-        };
-        assert!(matches!(
-            protection.check_references(&references),
-            Err(GatewayError::ResourceProtected { id, .. }) if id == "i1"
-        ));
-        let nothing = References {
-            complete: true,
-            ..References::default()
-        };
-        assert!(protection.check_references(&nothing).is_ok());
-        // A listing cut short cannot show the delete stays clear of the hold.
-        assert!(protection.check_references(&References::default()).is_err());
-    }
 
     #[test]
     fn pages_parse_nested_and_flat_index_ids() {

@@ -175,24 +175,35 @@ impl StateStore {
 }
 
 /// GCRA over `buckets` at `now` (µs), all or nothing; `tats` holds each bucket's theoretical
-/// arrival time and is updated only if every bucket admits. The same algorithm as `gcra.lua`.
+/// arrival time and is updated only if every bucket admits. The same algorithm as `gcra.lua`,
+/// including its repair: a TAT beyond the latest any admission leaves (`now + tolerance +
+/// emission`) is read, and kept, as that one, so a wait is never more than one emission interval.
 pub fn gcra(
     tats: &mut std::collections::HashMap<String, u64>,
     buckets: &[Bucket],
     now: u64,
 ) -> Vec<Verdict> {
     let mut pending: Vec<(&str, u64)> = Vec::with_capacity(buckets.len());
+    let mut repaired: Vec<(&str, u64)> = Vec::new();
     let mut verdicts = Vec::with_capacity(buckets.len());
     let mut refused = false;
     for bucket in buckets {
         // A key repeated in one call sees its earlier (tentative) update.
-        let tat = pending
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == bucket.key)
-            .map(|(_, t)| *t)
-            .or_else(|| tats.get(&bucket.key).copied())
-            .unwrap_or(now);
+        let tat = match pending.iter().rev().find(|(k, _)| *k == bucket.key) {
+            Some((_, tentative)) => *tentative,
+            None => {
+                let stored = tats.get(&bucket.key).copied().unwrap_or(now);
+                let latest = now
+                    .saturating_add(bucket.tolerance_us)
+                    .saturating_add(bucket.emission_us);
+                if stored > latest {
+                    repaired.push((&bucket.key, latest));
+                    latest
+                } else {
+                    stored
+                }
+            }
+        };
         let earliest = tat.saturating_sub(bucket.tolerance_us);
         if now < earliest {
             refused = true;
@@ -204,10 +215,9 @@ pub fn gcra(
             verdicts.push(Verdict::Admit);
         }
     }
-    if !refused {
-        for (key, tat) in pending {
-            tats.insert(key.to_owned(), tat);
-        }
+    let written = if refused { repaired } else { pending };
+    for (key, tat) in written {
+        tats.insert(key.to_owned(), tat);
     }
     verdicts
 }
@@ -264,6 +274,26 @@ mod tests {
         assert_eq!(&verdicts[..2], &[Verdict::Admit, Verdict::Admit]);
         assert!(matches!(verdicts[2], Verdict::Refuse { .. }));
         assert!(tats.is_empty(), "refused as a whole");
+    }
+
+    #[test]
+    fn a_tat_beyond_any_admission_is_repaired_and_waits_one_interval_at_most() {
+        let b = [bucket("k", 1, 3)];
+        // Ten days ahead of the clock (the clock went back, or the state was written by hand).
+        let mut tats = HashMap::from([("k".to_owned(), 864_000_000_000)]);
+        let verdicts = gcra(&mut tats, &b, 1_000_000);
+        assert_eq!(
+            verdicts,
+            vec![Verdict::Refuse {
+                wait: Duration::from_secs(1)
+            }]
+        );
+        assert_eq!(
+            tats["k"],
+            1_000_000 + 2_000_000 + 1_000_000,
+            "kept as the latest TAT"
+        );
+        assert_eq!(gcra(&mut tats, &b, 2_000_000), vec![Verdict::Admit]);
     }
 
     #[test]

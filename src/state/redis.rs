@@ -131,7 +131,7 @@ impl RedisStore {
             .duration
             .observe(started.elapsed().as_secs_f64());
         match answer {
-            Ok(Ok(waits)) if waits.len() == buckets.len() => {
+            Ok(Ok(waits)) if waits.len() == buckets.len() && waits.iter().all(|w| *w >= 0) => {
                 self.metrics.count("ok");
                 Ok(waits
                     .into_iter()
@@ -142,6 +142,14 @@ impl RedisStore {
                         },
                     })
                     .collect())
+            }
+            // A negative wait is no answer (an integer reply that overflowed): never an admission.
+            Ok(Ok(waits)) if waits.len() == buckets.len() => {
+                self.metrics.count("error");
+                Err(StoreError::Failed(format!(
+                    "the script answered a negative wait ({:?})",
+                    waits.iter().find(|w| **w < 0)
+                )))
             }
             Ok(Ok(waits)) => {
                 self.metrics.count("error");

@@ -2,6 +2,8 @@
 //! TwelveLabs-shaped error, and every audited request gets its outcome record.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -573,4 +575,112 @@ async fn the_in_flight_limit_sheds_load_and_limits_refuse_oversized_requests() {
         "{answer:.80}"
     );
     gateway.shutdown().await;
+}
+
+/// A raw upstream for the retry tests: on every connection it answers GETs (keep-alive) and counts
+/// DELETEs, which it reads whole and then either drops without a word (`answer_deletes: false`) or
+/// answers; with `close_after_get` it closes each connection right after answering a GET.
+/// Returns the URL, the connections accepted and the DELETEs received.
+async fn retry_upstream(
+    answer_deletes: bool,
+    close_after_get: bool,
+) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let (c, d) = (connections.clone(), deletes.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let d = d.clone();
+            tokio::spawn(async move {
+                while let Some(head) = read_request_head(&mut stream).await {
+                    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                    if head.starts_with(b"DELETE ") {
+                        d.fetch_add(1, Ordering::SeqCst);
+                        if !answer_deletes {
+                            // Read whole (it has no body), then the connection is gone.
+                            return;
+                        }
+                    }
+                    if stream.write_all(OK).await.is_err() {
+                        return;
+                    }
+                    if close_after_get && head.starts_with(b"GET ") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), connections, deletes)
+}
+
+/// Warm the gateway's pool: one GET whose response is read to its end leaves its connection idle.
+async fn warm(gateway: &TestGateway) {
+    let response = get(&gateway.url("/v1.3/indexes"), Some(ALICE_KEY)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    body_bytes(response).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_written_to_a_pooled_connection_that_then_fails_is_never_retried() {
+    let (upstream, connections, deletes) = retry_upstream(false, false).await;
+    let (gateway, _dir, audit) = gateway_with_audit(&upstream).await;
+    warm(&gateway).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_clean_error(
+        delete(&gateway).await,
+        StatusCode::BAD_GATEWAY,
+        "upstream_unavailable",
+    )
+    .await;
+    // Give a (wrong) retry every chance to arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        deletes.load(Ordering::SeqCst),
+        1,
+        "the upstream received the DELETE once: a request it may have acted on is not sent again"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "no new connection");
+    let record = outcome(&audit).await;
+    assert_eq!(
+        (record["status"].as_u64(), record["error"].as_str()),
+        (Some(502), Some("upstream_unavailable"))
+    );
+    // On a fresh connection (none idle now) the same holds.
+    assert_clean_error(
+        delete(&gateway).await,
+        StatusCode::BAD_GATEWAY,
+        "upstream_unavailable",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(deletes.load(Ordering::SeqCst), 2);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    still_serving(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_a_pooled_connection_the_upstream_closed_while_idle_goes_out_once_on_a_new_one()
+{
+    let (upstream, connections, deletes) = retry_upstream(true, true).await;
+    let (gateway, _dir, _audit) = gateway_with_audit(&upstream).await;
+    for round in 1..=3 {
+        warm(&gateway).await;
+        // The upstream has closed the idle connection; the DELETE was never written to it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = delete(&gateway).await;
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        assert_eq!(deletes.load(Ordering::SeqCst), round);
+    }
+    // The first GET's connection, then one new connection per DELETE (each then serves the next
+    // round's GET, after which the upstream closes it).
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        4,
+        "a new connection for each DELETE"
+    );
+    still_serving(&gateway).await;
 }

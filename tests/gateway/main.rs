@@ -14,6 +14,7 @@ mod hardening;
 mod keys;
 mod process;
 mod properties;
+mod protection;
 mod ratelimit;
 mod reload;
 mod sdk;

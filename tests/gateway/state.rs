@@ -508,3 +508,244 @@ async fn buckets_expire_once_they_are_full_again() {
     assert_eq!(redis.command(&["KEYS", "tlgw:rl:quick:*"]), "*0");
     gateway.shutdown().await;
 }
+
+// The GCRA script itself on a real redis-server (issue #21, item 7), against the in-memory
+// `state::gcra` for the same inputs.
+
+mod script {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tl_gateway::metrics::Metrics;
+    use tl_gateway::state::redis::RedisStore;
+    use tl_gateway::state::{gcra, Bucket, OnUnavailable, RedisSettings, Verdict};
+
+    use super::RedisServer;
+
+    const PREFIX: &str = "t:";
+    const SECOND: u64 = 1_000_000;
+
+    fn store(redis: &RedisServer) -> Arc<RedisStore> {
+        RedisStore::start(
+            &RedisSettings {
+                url: redis.url(),
+                key_prefix: PREFIX.into(),
+                timeout: Duration::from_secs(2),
+                on_unavailable: OnUnavailable::Deny,
+            },
+            Metrics::new().store.clone(),
+        )
+        .unwrap()
+    }
+
+    /// `per_second` requests a second, `burst` at once.
+    fn bucket(key: &str, per_second: u64, burst: u64) -> Bucket {
+        let emission_us = SECOND / per_second;
+        Bucket {
+            key: key.into(),
+            emission_us,
+            tolerance_us: emission_us * (burst - 1),
+        }
+    }
+
+    /// The server's clock (µs), as the script reads it.
+    fn now_us(redis: &RedisServer) -> u64 {
+        redis
+            .command(&[
+                "EVAL",
+                "local t = redis.call('TIME') return t[1] * 1000000 + t[2]",
+                "0",
+            ])
+            .parse()
+            .unwrap()
+    }
+
+    /// A bucket's stored TAT (µs), if any.
+    fn tat(redis: &RedisServer, key: &str) -> Option<u64> {
+        let text = redis.command(&["GET", &format!("{PREFIX}{key}")]);
+        (!text.is_empty()).then(|| text.parse().unwrap())
+    }
+
+    /// Verdicts as admit/refuse only (waits are compared separately, within clock skew).
+    fn shape(verdicts: &[Verdict]) -> Vec<bool> {
+        verdicts.iter().map(|v| *v == Verdict::Admit).collect()
+    }
+
+    fn waits(verdicts: &[Verdict]) -> Vec<Duration> {
+        verdicts
+            .iter()
+            .filter_map(|v| match v {
+                Verdict::Refuse { wait } => Some(*wait),
+                Verdict::Admit => None,
+            })
+            .collect()
+    }
+
+    /// Run `buckets` on Redis and on the in-memory GCRA (at the server's time); both must agree.
+    async fn both(
+        redis: &RedisServer,
+        store: &RedisStore,
+        memory: &mut HashMap<String, u64>,
+        buckets: &[Bucket],
+    ) -> Vec<Verdict> {
+        let now = now_us(redis);
+        let on_redis = store.check(buckets).await.unwrap();
+        let in_memory = gcra(memory, buckets, now);
+        assert_eq!(
+            shape(&on_redis),
+            shape(&in_memory),
+            "redis {on_redis:?} vs memory {in_memory:?}"
+        );
+        for (r, m) in waits(&on_redis).into_iter().zip(waits(&in_memory)) {
+            let skew = r.abs_diff(m);
+            assert!(
+                skew < Duration::from_millis(250),
+                "waits differ: redis {r:?}, memory {m:?}"
+            );
+        }
+        on_redis
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_refusing_bucket_among_several_consumes_nothing_on_redis() {
+        let redis = RedisServer::start();
+        let store = store(&redis);
+        let mut memory = HashMap::new();
+        let tight = bucket("tight", 1, 1);
+        let roomy = bucket("roomy", 1, 3);
+        let other = bucket("other", 10, 2);
+        let verdicts = both(&redis, &store, &mut memory, std::slice::from_ref(&tight)).await;
+        assert_eq!(verdicts, vec![Verdict::Admit]);
+        let spent = tat(&redis, "tight").unwrap();
+        let verdicts = both(
+            &redis,
+            &store,
+            &mut memory,
+            &[roomy.clone(), other.clone(), tight.clone()],
+        )
+        .await;
+        assert_eq!(&verdicts[..2], &[Verdict::Admit, Verdict::Admit]);
+        let Verdict::Refuse { wait } = verdicts[2] else {
+            panic!("{verdicts:?}")
+        };
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!(tat(&redis, "roomy"), None, "nothing consumed from roomy");
+        assert_eq!(tat(&redis, "other"), None, "nothing consumed from other");
+        assert_eq!(tat(&redis, "tight"), Some(spent), "tight unchanged");
+        // roomy still has its whole burst of 3, other its burst of 2.
+        for _ in 0..3 {
+            let verdicts = both(&redis, &store, &mut memory, std::slice::from_ref(&roomy)).await;
+            assert_eq!(verdicts, vec![Verdict::Admit]);
+        }
+        let verdicts = both(&redis, &store, &mut memory, std::slice::from_ref(&roomy)).await;
+        assert!(matches!(verdicts[0], Verdict::Refuse { .. }));
+        let verdicts = both(&redis, &store, &mut memory, &[other.clone(), other.clone()]).await;
+        assert_eq!(verdicts, vec![Verdict::Admit; 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_repeated_in_one_call_counts_each_time_and_is_refused_as_a_whole() {
+        let redis = RedisServer::start();
+        let store = store(&redis);
+        let mut memory = HashMap::new();
+        let k = bucket("k", 1, 2);
+        let other = bucket("free", 1, 5);
+        let verdicts = both(
+            &redis,
+            &store,
+            &mut memory,
+            &[k.clone(), other.clone(), k.clone(), k.clone()],
+        )
+        .await;
+        assert_eq!(
+            shape(&verdicts),
+            vec![true, true, true, false],
+            "the third use of k is over its burst of 2"
+        );
+        assert_eq!(
+            tat(&redis, "k"),
+            None,
+            "refused as a whole: nothing written"
+        );
+        assert_eq!(tat(&redis, "free"), None);
+        let before = now_us(&redis);
+        let verdicts = both(&redis, &store, &mut memory, &[k.clone(), k.clone()]).await;
+        assert_eq!(verdicts, vec![Verdict::Admit; 2]);
+        let stored = tat(&redis, "k").unwrap();
+        // Counted twice: two emission intervals ahead of the clock.
+        assert!(
+            stored >= before + 2 * SECOND && stored < before + 2 * SECOND + 250_000,
+            "{stored} vs {before}"
+        );
+        let verdicts = both(&redis, &store, &mut memory, std::slice::from_ref(&k)).await;
+        assert!(
+            matches!(verdicts[0], Verdict::Refuse { .. }),
+            "the burst is spent"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tat_in_the_past_or_far_future_never_gives_a_negative_or_huge_wait() {
+        let redis = RedisServer::start();
+        let store = store(&redis);
+        let b = |key: &str| bucket(key, 1, 2);
+        let now = now_us(&redis);
+        // Long in the past (or nonsense below zero): full again, the TAT starts from now.
+        for (key, stored) in [
+            ("past", "1".to_owned()),
+            ("negative", "-5000000".to_owned()),
+        ] {
+            redis.command(&["SET", &format!("{PREFIX}{key}"), &stored]);
+            let mut memory =
+                HashMap::from([(key.to_owned(), stored.parse::<i64>().unwrap().max(0) as u64)]);
+            let verdicts = both(&redis, &store, &mut memory, &[b(key)]).await;
+            assert_eq!(verdicts, vec![Verdict::Admit], "{key}");
+            let written = tat(&redis, key).unwrap();
+            assert!(
+                written >= now + SECOND && written < now + SECOND + 250_000,
+                "{key}: {written}"
+            );
+        }
+        // In the future beyond what any admission can leave (the server's clock went back, or the
+        // key was written by hand), up to beyond what fits in a Redis integer reply: refused, and the
+        // wait is at most one emission interval — never negative (read as "admit"), never years.
+        for (key, stored) in [
+            ("ahead", (now + 10 * SECOND).to_string()),
+            ("days", (now + 10 * 86_400 * SECOND).to_string()),
+            ("overflow", "99999999999999999999".to_owned()),
+        ] {
+            redis.command(&["SET", &format!("{PREFIX}{key}"), &stored]);
+            let verdicts = store.check(&[b(key)]).await.unwrap();
+            let Verdict::Refuse { wait } = verdicts[0] else {
+                panic!("{key}: a bucket full until the far future admitted: {verdicts:?}")
+            };
+            assert!(
+                wait > Duration::ZERO && wait <= Duration::from_secs(1),
+                "{key}: wait {wait:?} (Retry-After must be sane)"
+            );
+            // The in-memory GCRA says the same for the same state.
+            let mut memory =
+                HashMap::from([(key.to_owned(), stored.parse::<f64>().unwrap() as u64)]);
+            let in_memory = gcra(&mut memory, &[b(key)], now_us(&redis));
+            assert!(
+                matches!(in_memory[0], Verdict::Refuse { wait } if wait <= Duration::from_secs(1)),
+                "{key}: memory {in_memory:?}"
+            );
+            // The impossible TAT is brought back to the latest possible one, so the bucket admits
+            // again once an emission interval has passed.
+            let written = tat(&redis, key).unwrap();
+            assert!(written <= now_us(&redis) + 2 * SECOND, "{key}: {written}");
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let verdicts = store.check(&[b("ahead")]).await.unwrap();
+        assert_eq!(
+            verdicts,
+            vec![Verdict::Admit],
+            "admits again after the repaired wait"
+        );
+    }
+}
