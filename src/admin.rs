@@ -20,6 +20,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use crate::audit::AuditLog;
 use crate::body::{self, GatewayBody};
 use crate::credentials::UpstreamKey;
+use crate::keys::Keyring;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
 use crate::store::RecordStore;
@@ -32,6 +33,7 @@ pub struct Readiness {
     audit: Option<AuditLog>,
     store: StateStore,
     records: RecordStore,
+    keyring: Arc<Keyring>,
     limits_fail_closed: Arc<AtomicBool>,
     tls: Option<Arc<ServerTls>>,
     draining: AtomicBool,
@@ -44,6 +46,7 @@ impl Readiness {
         audit: Option<AuditLog>,
         store: StateStore,
         records: RecordStore,
+        keyring: Arc<Keyring>,
         limits_fail_closed: Arc<AtomicBool>,
         tls: Option<Arc<ServerTls>>,
     ) -> Arc<Self> {
@@ -52,6 +55,7 @@ impl Readiness {
             audit,
             store,
             records,
+            keyring,
             limits_fail_closed,
             tls,
             draining: AtomicBool::new(false),
@@ -101,9 +105,16 @@ impl Readiness {
             Ok(()) => Check::Ok,
             Err(why) => Check::Degraded(format!("unavailable: {why}")),
         };
+        // Never having read the clients and keys stops this replica (its store keys would all be
+        // refused); a snapshot that is only old is a shared cause (the store), already degraded.
+        let keys = match self.keyring.loaded() {
+            Some(_) => Check::Ok,
+            None => Check::Failed("no key snapshot loaded from the store yet".into()),
+        };
         vec![
             ("config", Check::Ok),
             ("store", records),
+            ("keys", keys),
             ("tls", tls),
             ("upstream_key", upstream_key),
             ("audit", audit),
@@ -116,6 +127,9 @@ impl Readiness {
     /// whether the replica is ready.
     pub fn observe(&self, metrics: &Metrics) -> (bool, Vec<(&'static str, Check)>) {
         let checks = self.checks();
+        if let Some(age) = self.keyring.loaded() {
+            metrics.keys_snapshot_age.set(age.as_secs() as i64);
+        }
         let ready = !checks.iter().any(|(_, c)| matches!(c, Check::Failed(_)));
         for (name, check) in &checks {
             metrics

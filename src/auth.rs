@@ -12,9 +12,11 @@
 //! clientAuth names nobody.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use http::{header, HeaderMap, Request};
 use prometheus::IntGauge;
 use sha2::{Digest, Sha256};
@@ -36,6 +38,8 @@ pub struct ClientKey {
     pub label: String,
     /// After this the key is refused with 401 `key_expired`.
     pub expires: Option<SystemTime>,
+    /// Revoked at runtime (store clients): refused with 401 `key_revoked`.
+    pub revoked: bool,
 }
 
 impl ClientKey {
@@ -48,6 +52,7 @@ impl ClientKey {
             sha256,
             label: ClientKey::DEFAULT_LABEL.to_owned(),
             expires: None,
+            revoked: false,
         }
     }
 }
@@ -68,6 +73,8 @@ pub struct ClientSettings {
     pub cert_subject: Option<CertSubject>,
     /// Requests in flight at most for this client (overrides `server.max_in_flight_per_client`).
     pub max_in_flight: Option<usize>,
+    /// Disabled at runtime (store clients): every key refused with 401 `client_disabled`.
+    pub disabled: bool,
 }
 
 impl ClientSettings {
@@ -83,6 +90,7 @@ impl ClientSettings {
             cert_sha256: None,
             cert_subject: None,
             max_in_flight: None,
+            disabled: false,
         }
     }
 }
@@ -210,6 +218,9 @@ struct KeyEntry {
     client: u32,
     label: Arc<str>,
     expires: Option<SystemTime>,
+    revoked: bool,
+    /// When it was last used (Unix seconds), for keys whose use is recorded (store keys).
+    used: Option<Arc<AtomicU64>>,
 }
 
 /// The configured clients, by key digest and by certificate.
@@ -224,6 +235,8 @@ pub struct ClientKeys {
     buckets: Vec<Vec<u32>>,
     by_cert: HashMap<[u8; 32], u32>,
     by_subject: HashMap<CertSubject, u32>,
+    /// Clients disabled at runtime, by position.
+    disabled: Vec<bool>,
     /// `tl_gateway_client_last_seen_timestamp_seconds{client}`, per client (when built with metrics).
     last_seen: Vec<Option<IntGauge>>,
 }
@@ -249,6 +262,8 @@ impl ClientKeys {
                     client: i as u32,
                     label: Arc::from(key.label.as_str()),
                     expires: key.expires,
+                    revoked: key.revoked,
+                    used: None,
                 });
             }
             if let Some(digest) = client.cert_sha256 {
@@ -271,7 +286,17 @@ impl ClientKeys {
             buckets,
             by_cert,
             by_subject,
+            disabled: clients.iter().map(|c| c.disabled).collect(),
             last_seen: vec![None; clients.len()],
+        }
+    }
+
+    /// Record each use of the keys `usage` hands a clock for (by client id and label): the
+    /// request path only stores the current second into it (no lock, no allocation).
+    pub fn track_usage(&mut self, usage: impl Fn(&ClientId, &str) -> Option<Arc<AtomicU64>>) {
+        for entry in &mut self.keys {
+            let client = &self.principals[entry.client as usize].client;
+            entry.used = usage(client, &entry.label);
         }
     }
 
@@ -315,6 +340,18 @@ impl ClientKeys {
         }
         let entry = &self.keys[index as usize];
         let principal = &self.principals[entry.client as usize];
+        if entry.revoked {
+            return Err(GatewayError::KeyRevoked {
+                client: principal.client.clone(),
+                label: entry.label.to_string(),
+            });
+        }
+        if self.disabled[entry.client as usize] {
+            return Err(GatewayError::ClientDisabled {
+                client: principal.client.clone(),
+                label: entry.label.to_string(),
+            });
+        }
         if let Some(at) = entry.expires {
             if SystemTime::now() >= at {
                 return Err(GatewayError::KeyExpired {
@@ -323,6 +360,9 @@ impl ClientKeys {
                     at: crate::units::rfc3339(at),
                 });
             }
+        }
+        if let Some(used) = &entry.used {
+            used.store(unix_seconds(SystemTime::now()) as u64, Ordering::Relaxed);
         }
         Ok((principal, &entry.label))
     }
@@ -420,6 +460,12 @@ fn unix_seconds(at: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A fresh random client key: `tlgw_` and 40 alphanumerics (≈ 238 bits).
+pub fn new_client_key() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    format!("tlgw_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
+}
+
 /// Lowercase hex SHA-256 of a raw key, as written in `clients[].key_sha256`.
 pub fn key_digest_hex(key: &str) -> String {
     crate::units::hex(&Sha256::digest(key.as_bytes()))
@@ -485,12 +531,17 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 /// layers below.
 #[derive(Clone, Debug)]
 pub struct Authenticate {
-    keys: Arc<ClientKeys>,
+    keys: KeySnapshot,
 }
 
+/// The clients and keys every request is authenticated against: YAML clients and the store's,
+/// swapped whole when either changes (reload, a key issued or revoked on any replica), read
+/// without a lock on every request.
+pub type KeySnapshot = Arc<ArcSwap<ClientKeys>>;
+
 impl Authenticate {
-    /// The layer authenticating against these clients.
-    pub fn layer(keys: Arc<ClientKeys>) -> GateLayer<Authenticate> {
+    /// The layer authenticating against the current snapshot.
+    pub fn layer(keys: KeySnapshot) -> GateLayer<Authenticate> {
         GateLayer::new(Authenticate { keys })
     }
 }
@@ -499,6 +550,7 @@ impl<B> Admit<B> for Authenticate {
     fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
         let principal = self
             .keys
+            .load()
             .identify(req.headers(), req.extensions().get::<PeerCertificate>())?;
         tracing::Span::current().record("client", principal.client.as_str());
         req.extensions_mut().insert(principal);

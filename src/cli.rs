@@ -438,10 +438,7 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// A fresh random client key: `tlgw_` and 40 alphanumerics (≈ 238 bits).
-pub fn new_client_key() -> String {
-    format!("tlgw_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
-}
+pub use crate::auth::new_client_key;
 
 fn keygen(
     id: &str,

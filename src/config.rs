@@ -27,6 +27,7 @@ use crate::credentials::KeySource;
 use crate::forward::UpstreamOrigin;
 use crate::guards::{ForceDeleteSettings, OnError, ProtectedSettings};
 use crate::ids::{ClientId, Role, RuleId};
+use crate::keys::{KeySettings, RawKeys};
 use crate::matcher::{MatchSettings, QueryValue};
 use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings};
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
@@ -79,8 +80,11 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Where shared state (rate-limit buckets) lives.
     pub state: StateSettings,
-    /// Where records (approvals) live: `memory` (no `store:` section), SQLite or PostgreSQL.
+    /// Where records (approvals, clients and keys) live: `memory` (no `store:` section), SQLite
+    /// or PostgreSQL.
     pub store: StoreSettings,
+    /// The keys API: who manages clients and keys, which roles they grant, how long keys live.
+    pub keys: KeySettings,
     /// Approvals: the link shown in messages and notifications, and the webhook.
     pub approvals: ApprovalsConfig,
     /// `guards.protected`: resources no request may delete or change.
@@ -245,6 +249,8 @@ struct RawConfig {
     state: Option<RawState>,
     #[serde(default)]
     store: Option<RawStore>,
+    #[serde(default)]
+    keys: Option<RawKeys>,
     #[serde(default)]
     approvals: Option<RawApprovals>,
     #[serde(default)]
@@ -629,6 +635,33 @@ impl Validator<'_> {
             }
         }
         let approvals = self.approvals(raw.approvals)?;
+        // Every role the configuration names: what an admin may grant by default.
+        let mut named_roles: Vec<Role> = Vec::new();
+        for role in clients
+            .iter()
+            .flat_map(|c| c.roles.iter())
+            .chain(policy.rules.iter().flat_map(|r| r.allow_roles.iter()))
+            .chain(
+                policy
+                    .rules
+                    .iter()
+                    .filter_map(|r| r.approval.as_ref())
+                    .flat_map(|a| a.approver_roles.iter()),
+            )
+        {
+            if !named_roles.contains(role) {
+                named_roles.push(role.clone());
+            }
+        }
+        let keys = match raw.keys {
+            None => KeySettings::defaults(named_roles),
+            Some(raw) => raw.compile(named_roles).map_err(|(at, message)| {
+                let path: Vec<Seg> = std::iter::once(Seg::Key("keys"))
+                    .chain(at.iter().map(|k| Seg::Key(k)))
+                    .collect();
+                (self.fail)(&path, message)
+            })?,
+        };
         let (raw_force_delete, raw_protected) = match raw.guards {
             Some(g) => (g.force_delete, g.protected),
             None => (None, None),
@@ -669,6 +702,7 @@ impl Validator<'_> {
             },
             state,
             store,
+            keys,
             approvals,
             protected,
             tls,
@@ -1160,6 +1194,7 @@ impl Validator<'_> {
                             sha256: key.sha256.0,
                             label,
                             expires,
+                            revoked: false,
                         });
                     }
                     keys
@@ -1220,6 +1255,7 @@ impl Validator<'_> {
                 cert_sha256: client.cert_sha256.map(|d| d.0),
                 cert_subject,
                 max_in_flight: client.max_in_flight.map(|n| n.max(1)),
+                disabled: false,
             });
         }
         Ok(clients)

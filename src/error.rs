@@ -189,6 +189,36 @@ pub enum GatewayError {
     /// The request body is longer than the gateway reads to check it (`guards.protected`).
     #[error("{0}")]
     RequestBodyTooLarge(String),
+    /// The key was revoked (at runtime, through the keys API).
+    #[error(
+        "key '{label}' of client {client} was revoked; ask for a new one (tl-gateway keys issue)"
+    )]
+    KeyRevoked {
+        /// Whose key.
+        client: ClientId,
+        /// Its label.
+        label: String,
+    },
+    /// The key's client is disabled.
+    #[error("client {client} is disabled (key '{label}'); ask an admin to enable it")]
+    ClientDisabled {
+        /// The client.
+        client: ClientId,
+        /// The key presented.
+        label: String,
+    },
+    /// The keys API: a client with this id exists (in the configuration or the store).
+    #[error("client {0} already exists")]
+    ClientExists(String),
+    /// The keys API: no such client.
+    #[error("no client {0}")]
+    ClientNotFound(String),
+    /// The keys API: a client from the configuration file cannot be changed through the API.
+    #[error("client {0} is configured in the YAML file: change it there (clients[])")]
+    ClientReadOnly(String),
+    /// The record store could not take a change (the detail is for the log only).
+    #[error("the change could not be stored: the record store did not answer; nothing was changed. The gateway's log has the details under this request id")]
+    StoreUnavailable(String),
 }
 
 /// What went wrong talking to the upstream (bounded set: used as a metric label later).
@@ -261,6 +291,12 @@ impl GatewayError {
             GatewayError::ParameterInvalid(_) => StatusCode::BAD_REQUEST,
             GatewayError::CertificateExpired { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::RequestBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::KeyRevoked { .. } | GatewayError::ClientDisabled { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::ClientExists(_) | GatewayError::ClientReadOnly(_) => StatusCode::CONFLICT,
+            GatewayError::ClientNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -302,6 +338,12 @@ impl GatewayError {
             GatewayError::ParameterInvalid(_) => "parameter_invalid",
             GatewayError::CertificateExpired { .. } => "certificate_expired",
             GatewayError::RequestBodyTooLarge(_) => "request_body_too_large",
+            GatewayError::KeyRevoked { .. } => "key_revoked",
+            GatewayError::ClientDisabled { .. } => "client_disabled",
+            GatewayError::ClientExists(_) => "client_exists",
+            GatewayError::ClientNotFound(_) => "client_not_found",
+            GatewayError::ClientReadOnly(_) => "client_read_only",
+            GatewayError::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -328,9 +370,9 @@ impl GatewayError {
     pub fn detail(&self) -> Option<&str> {
         match self {
             GatewayError::LimitsUnavailable { reason, .. } => Some(reason),
-            GatewayError::AuditUnavailable(why) | GatewayError::ApprovalsUnavailable(why) => {
-                Some(why)
-            }
+            GatewayError::AuditUnavailable(why)
+            | GatewayError::ApprovalsUnavailable(why)
+            | GatewayError::StoreUnavailable(why) => Some(why),
             _ => None,
         }
     }

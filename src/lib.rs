@@ -30,6 +30,7 @@ pub mod error;
 pub mod forward;
 pub mod gate;
 pub mod guards;
+pub mod keys;
 pub mod metrics;
 pub mod overload;
 pub mod policy;

@@ -169,6 +169,13 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `tl_gateway_store_up`: 1 while the record store (approvals) answers.
     pub store_up: IntGauge,
+    /// `tl_gateway_key_events_total{event}`: changes made through the keys API.
+    pub key_events: IntCounterVec,
+    /// `tl_gateway_keys_snapshot_age_seconds`: since the key snapshot was last read from the store
+    /// (refreshed on every scrape).
+    pub keys_snapshot_age: IntGauge,
+    /// `tl_gateway_keys_refresh_interval_seconds`: `store.refresh_interval` (for the alert).
+    pub keys_refresh_interval: IntGauge,
 }
 
 /// Registers metrics in one registry.
@@ -431,7 +438,20 @@ impl Metrics {
             ),
             store_up: r.gauge(
                 "tl_gateway_store_up",
-                "1 while the record store (approvals; memory, SQLite or PostgreSQL) answers.",
+                "1 while the record store (approvals, clients and keys; memory, SQLite or PostgreSQL) answers.",
+            ),
+            key_events: r.counter_vec(
+                "tl_gateway_key_events_total",
+                "Changes made through the keys API, by event (client_created, client_updated, client_disabled, client_enabled, key_issued, key_revoked, key_rotated).",
+                &["event"],
+            ),
+            keys_snapshot_age: r.gauge(
+                "tl_gateway_keys_snapshot_age_seconds",
+                "Seconds since this replica last read every client and key from the store (authentication uses that snapshot).",
+            ),
+            keys_refresh_interval: r.gauge(
+                "tl_gateway_keys_refresh_interval_seconds",
+                "store.refresh_interval: the key snapshot is read again at least this often.",
             ),
             registry,
         })

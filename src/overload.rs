@@ -314,6 +314,8 @@ where
 pub struct ClientSlots {
     default: usize,
     slots: Mutex<HashMap<ClientId, (usize, Arc<Semaphore>)>>,
+    /// Clients issued at runtime (the record store): the default cap, made on first use.
+    runtime: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
 }
 
 impl ClientSlots {
@@ -322,7 +324,18 @@ impl ClientSlots {
         Arc::new(ClientSlots {
             default: default.max(1),
             slots: Mutex::new(HashMap::new()),
+            runtime: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The cap of a client the configuration does not name (issued at runtime).
+    fn runtime_slot(&self, client: &ClientId) -> (usize, Arc<Semaphore>) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = runtime
+            .entry(client.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.default)))
+            .clone();
+        (self.default, slot)
     }
 
     /// The caps for these clients.
@@ -350,12 +363,17 @@ impl ClientSlots {
 #[derive(Clone, Debug)]
 pub struct ClientInFlightLayer {
     caps: Arc<HashMap<ClientId, (usize, Arc<Semaphore>)>>,
+    slots: Arc<ClientSlots>,
 }
 
 impl ClientInFlightLayer {
-    /// Enforce these caps (from [`ClientSlots::build`]).
-    pub fn new(caps: Arc<HashMap<ClientId, (usize, Arc<Semaphore>)>>) -> Self {
-        ClientInFlightLayer { caps }
+    /// Enforce the caps of `slots` for `clients` (the configured ones; clients issued at runtime
+    /// get the default cap).
+    pub fn new(slots: Arc<ClientSlots>, clients: &[ClientSettings]) -> Self {
+        ClientInFlightLayer {
+            caps: slots.build(clients),
+            slots,
+        }
     }
 }
 
@@ -365,6 +383,7 @@ impl<S> Layer<S> for ClientInFlightLayer {
         ClientInFlight {
             inner,
             caps: self.caps.clone(),
+            slots: self.slots.clone(),
         }
     }
 }
@@ -374,6 +393,7 @@ impl<S> Layer<S> for ClientInFlightLayer {
 pub struct ClientInFlight<S> {
     inner: S,
     caps: Arc<HashMap<ClientId, (usize, Arc<Semaphore>)>>,
+    slots: Arc<ClientSlots>,
 }
 
 impl<S, B> Service<Request<B>> for ClientInFlight<S>
@@ -394,19 +414,18 @@ where
                 "the per-client in-flight cap could not be checked: request not authenticated",
             ))));
         };
-        let Some((cap, slots)) = self.caps.get(&principal.client) else {
-            return Either::Right(future::ready(Err(GatewayError::Internal(
-                "the per-client in-flight cap could not be checked: unknown client",
-            ))));
+        let (cap, slots) = match self.caps.get(&principal.client) {
+            Some((cap, slots)) => (*cap, slots.clone()),
+            None => self.slots.runtime_slot(&principal.client),
         };
-        match slots.clone().try_acquire_owned() {
+        match slots.try_acquire_owned() {
             Ok(permit) => Either::Left(Held {
                 inner: self.inner.call(req),
                 permit: Some(permit),
             }),
             Err(_) => Either::Right(future::ready(Err(GatewayError::ClientInFlight {
                 client: principal.client.clone(),
-                cap: *cap,
+                cap,
             }))),
         }
     }

@@ -169,6 +169,16 @@ impl Gateway {
             records,
             notify,
         );
+        // The key snapshot: read now (authentication of store keys starts with it), then kept
+        // current in the background; a replica that could not read it is not ready until it does.
+        if let Err(error) = shared.keyring.refresh().await {
+            tracing::warn!(%error, "the key snapshot could not be read from the store yet; retrying (YAML clients work meanwhile)");
+        }
+        shared.keyring.watch(config.store.refresh_interval);
+        shared
+            .metrics
+            .keys_refresh_interval
+            .set(config.store.refresh_interval.as_secs() as i64);
         let parts = StackParts::from_config(config, &shared)?;
         let forwarder = parts.forwarder.clone();
         if let (Some(log), false) = (&shared.audit, unresolved.is_empty()) {
@@ -192,6 +202,7 @@ impl Gateway {
                 shared.audit.clone(),
                 shared.store.clone(),
                 shared.records.clone(),
+                shared.keyring.clone(),
                 shared.limits_fail_closed.clone(),
                 tls.clone(),
             ),

@@ -22,7 +22,7 @@ use crate::approvals::notify::Notifier;
 use crate::approvals::{Approvals, RequireApprovalLayer};
 use crate::audit::layer::{AuditLayer, RecordIntent};
 use crate::audit::{AuditLog, AuditScope};
-use crate::auth::{Authenticate, ClientKeys};
+use crate::auth::{Authenticate, KeySnapshot};
 use crate::body::GatewayBody;
 use crate::classify::{Classifier, Classify};
 use crate::config::Config;
@@ -32,6 +32,7 @@ use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{
     ForceDeleteGuard, GuardForcedDeletes, ProtectResources, Protection, PROTECTED_RULE,
 };
+use crate::keys::Keyring;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::overload::{in_flight_limit, ClientInFlightLayer, ClientSlots};
 use crate::policy::{Enforce, Policy};
@@ -112,8 +113,10 @@ pub struct Shared {
     pub in_flight: Arc<Semaphore>,
     /// Per-client in-flight caps, kept across reloads.
     pub client_slots: Arc<ClientSlots>,
-    /// Where records live (approvals): memory, SQLite or PostgreSQL.
+    /// Where records live (approvals, clients and keys): memory, SQLite or PostgreSQL.
     pub records: RecordStore,
+    /// Clients and keys: YAML and store, the snapshot authentication reads.
+    pub keyring: Arc<Keyring>,
     /// Two-person approvals (in the record store).
     pub approvals: Approvals,
 }
@@ -136,8 +139,15 @@ impl Shared {
             notify,
             config.approvals.max_pending_per_client,
         );
+        let keyring = Keyring::new(
+            &config.clients,
+            records.clone(),
+            audit.clone(),
+            metrics.clone(),
+        );
         Shared {
             approvals,
+            keyring,
             records,
             upstream_key,
             metrics,
@@ -182,8 +192,8 @@ pub fn gateway_url(config: &Config) -> String {
 /// Everything the request path needs, each part for its own layer.
 #[derive(Clone, Debug)]
 pub struct StackParts {
-    /// Configured clients.
-    pub clients: Arc<ClientKeys>,
+    /// The clients and keys requests are authenticated against (YAML and store).
+    pub clients: KeySnapshot,
     /// The real upstream key.
     pub upstream_key: Arc<UpstreamKey>,
     /// The upstream client.
@@ -248,7 +258,8 @@ impl StackParts {
             shared.metrics.clone(),
             protection.clone(),
         );
-        let clients = Arc::new(ClientKeys::with_metrics(&config.clients, &shared.metrics));
+        shared.keyring.set_config_clients(&config.clients);
+        let clients = shared.keyring.snapshot();
         StackParts {
             require_approval: RequireApprovalLayer::new(
                 shared.approvals.clone(),
@@ -263,6 +274,8 @@ impl StackParts {
                 audit_roles: Arc::from(config.ui.audit_roles.clone()),
                 approver_roles: approver_roles(config),
                 audit_log: shared.audit.as_ref().map(|a| a.path().to_path_buf()),
+                keyring: shared.keyring.clone(),
+                keys: config.keys.clone(),
             }),
             protection,
             clients,
@@ -292,7 +305,10 @@ impl StackParts {
                 Arc::new(limits)
             },
             in_flight: shared.in_flight.clone(),
-            client_in_flight: ClientInFlightLayer::new(shared.client_slots.build(&config.clients)),
+            client_in_flight: ClientInFlightLayer::new(
+                shared.client_slots.clone(),
+                &config.clients,
+            ),
         }
     }
 }

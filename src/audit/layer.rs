@@ -153,6 +153,8 @@ pub struct Ticket {
     forwarded: AtomicBool,
     finished: AtomicBool,
     is_delete: bool,
+    /// A call of the gateway's own API: its answer, error or not, is the definitive outcome.
+    is_gateway: bool,
 }
 
 impl Ticket {
@@ -209,6 +211,7 @@ impl Ticket {
             forwarded: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             is_delete: op.method == Method::DELETE,
+            is_gateway: op.is_gateway(),
         }
     }
 
@@ -251,7 +254,8 @@ impl Ticket {
             // The intent may become durable although the request is never forwarded: say so, or
             // the next start would report it as unresolved.
             Ending::ClientLeft => (499, Some("client_disconnected_before_forwarding"), false),
-            Ending::Failed(error) => (error.status().as_u16(), Some(error.code()), false),
+            // The gateway's API answered itself: nothing is left unknown.
+            Ending::Failed(error) => (error.status().as_u16(), Some(error.code()), self.is_gateway),
         };
         let mut event = self.event(Phase::Outcome);
         event.decision = Some("allow".into());

@@ -31,6 +31,9 @@ pub enum Phase {
     DeniedSummary,
     /// An approval changed state (asked, approved, denied, expired, used, cancelled).
     Approval,
+    /// A client or key changed through the keys API (created, updated, disabled, issued, revoked,
+    /// rotated).
+    Admin,
 }
 
 impl Phase {
@@ -138,6 +141,15 @@ pub struct Event {
     /// On a `denied` record refused by `guards.protected`: the protected id.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub protected: Option<String>,
+    /// On `admin`: what happened (`client_created`, `key_issued`, `key_revoked`, …).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub event: Option<String>,
+    /// On `admin`: who did it (`client` is the client it was done to).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub actor: Option<String>,
+    /// On `admin`: the key's label, when a key was issued, revoked or rotated.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub label: Option<String>,
 }
 
 /// A record as written: the event, its sequence number and chain links.

@@ -93,6 +93,62 @@ static ROUTES: &[Route] = &[
     ),
     route(
         Method::GET,
+        "/tl-gateway/v1/clients",
+        "gateway.clients.list",
+        NO_Q,
+        BodyKind::None,
+        false,
+    ),
+    route(
+        Method::POST,
+        "/tl-gateway/v1/clients",
+        "gateway.clients.create",
+        NO_Q,
+        BodyKind::Json,
+        true,
+    ),
+    route(
+        Method::GET,
+        "/tl-gateway/v1/clients/{client_id}",
+        "gateway.clients.retrieve",
+        NO_Q,
+        BodyKind::None,
+        false,
+    ),
+    route(
+        Method::PATCH,
+        "/tl-gateway/v1/clients/{client_id}",
+        "gateway.clients.update",
+        NO_Q,
+        BodyKind::Json,
+        true,
+    ),
+    route(
+        Method::POST,
+        "/tl-gateway/v1/clients/{client_id}/keys",
+        "gateway.keys.issue",
+        NO_Q,
+        BodyKind::Json,
+        true,
+    ),
+    route(
+        Method::DELETE,
+        "/tl-gateway/v1/clients/{client_id}/keys/{label}",
+        "gateway.keys.revoke",
+        NO_Q,
+        BodyKind::None,
+        true,
+    ),
+    route(
+        Method::POST,
+        "/tl-gateway/v1/me/keys",
+        "gateway.keys.rotate",
+        NO_Q,
+        BodyKind::Json,
+        true,
+    ),
+    route(
+        Method::GET,
         "/tl-gateway/v1/audit/recent",
         "gateway.audit.recent",
         AUDIT_RECENT,
@@ -118,6 +174,20 @@ pub mod ids {
     pub const APPROVALS_CANCEL: RouteId = RouteId("gateway.approvals.cancel");
     /// `GET /tl-gateway/v1/audit/recent`.
     pub const AUDIT_RECENT: RouteId = RouteId("gateway.audit.recent");
+    /// `GET /tl-gateway/v1/clients`.
+    pub const CLIENTS_LIST: RouteId = RouteId("gateway.clients.list");
+    /// `POST /tl-gateway/v1/clients`.
+    pub const CLIENTS_CREATE: RouteId = RouteId("gateway.clients.create");
+    /// `GET /tl-gateway/v1/clients/{client_id}`.
+    pub const CLIENTS_RETRIEVE: RouteId = RouteId("gateway.clients.retrieve");
+    /// `PATCH /tl-gateway/v1/clients/{client_id}`.
+    pub const CLIENTS_UPDATE: RouteId = RouteId("gateway.clients.update");
+    /// `POST /tl-gateway/v1/clients/{client_id}/keys`.
+    pub const KEYS_ISSUE: RouteId = RouteId("gateway.keys.issue");
+    /// `DELETE /tl-gateway/v1/clients/{client_id}/keys/{label}`.
+    pub const KEYS_REVOKE: RouteId = RouteId("gateway.keys.revoke");
+    /// `POST /tl-gateway/v1/me/keys`.
+    pub const KEYS_ROTATE: RouteId = RouteId("gateway.keys.rotate");
 }
 
 impl RouteTable {
@@ -169,7 +239,9 @@ mod tests {
             assert!(route.is_gateway(), "{}", route.id);
             let path = route
                 .template
-                .replace("{approval_id}", "apr_0123456789abcdef");
+                .replace("{approval_id}", "apr_0123456789abcdef")
+                .replace("{client_id}", "bob")
+                .replace("{label}", "laptop");
             let segments: Vec<&str> = path.split('/').skip(2).collect();
             match table.lookup(&route.method, &segments) {
                 Lookup::Found { route: found, .. } => assert_eq!(found.id, route.id),

@@ -202,6 +202,23 @@ impl RecordStore {
         }
     }
 
+    /// Tell the other replicas that records on `channel` changed (PostgreSQL `NOTIFY`).
+    pub async fn notify(&self, channel: &str) -> Result<(), StoreError> {
+        match self {
+            RecordStore::Memory(_) => Ok(()),
+            RecordStore::Sql(sql) => sql.notify(channel).await,
+        }
+    }
+
+    /// Notifications from the other replicas on `channel` (PostgreSQL); `None` where there are
+    /// no other replicas to hear from (memory, SQLite).
+    pub fn listen(&self, channel: &str) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        match self {
+            RecordStore::Memory(_) => None,
+            RecordStore::Sql(sql) => sql.listen(channel),
+        }
+    }
+
     /// `Ok` while the store answers (for `/readyz`).
     pub fn readiness(&self) -> Result<(), String> {
         match self {

@@ -371,6 +371,58 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Tell every replica listening on `channel` that something changed (PostgreSQL `NOTIFY`; a
+    /// SQLite file has one replica: nothing to do).
+    pub async fn notify(&self, channel: &str) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(()),
+            Pool::Postgres(pool) => {
+                self.run(async {
+                    sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(channel)
+                        .execute(pool)
+                        .await
+                        .map(|_| ())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Notifications on `channel` (PostgreSQL `LISTEN`, reconnected after a failure; one is also
+    /// sent after each reconnection, since notifications may have been missed meanwhile). `None`
+    /// for SQLite.
+    pub fn listen(&self, channel: &str) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return None;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let pool = pool.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut listener) = sqlx::postgres::PgListener::connect_with(&pool).await {
+                    if listener.listen(&channel).await.is_ok() {
+                        let _ = tx.try_send(());
+                        while listener.try_recv().await.ok().flatten().is_some() {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            let _ = tx.try_send(());
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Some(rx)
+    }
+}
+
 /// `$first, $first+1, …` for `count` parameters (only numbers: never data in the SQL text).
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

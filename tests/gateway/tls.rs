@@ -618,6 +618,7 @@ async fn keys_expire_overlap_while_rotating_and_are_named_in_the_audit_log() {
                 sha256: tl_gateway::units::parse_hex::<32>(&digest(text)).unwrap(),
                 label: label.into(),
                 expires,
+                revoked: false,
             }
         };
         let now = std::time::SystemTime::now();

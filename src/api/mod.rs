@@ -19,6 +19,8 @@
 //! Errors: 403 `approval_forbidden`, 404 `approval_not_found`, 409 `approval_not_pending`, 400
 //! `parameter_invalid`, 503 `approvals_unavailable`; and every error of the stack above it.
 
+pub mod clients;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -63,6 +65,10 @@ pub struct ApiSettings {
     pub approver_roles: Arc<[Role]>,
     /// The live audit file, when the audit log is on.
     pub audit_log: Option<PathBuf>,
+    /// Clients and keys (YAML and store).
+    pub keyring: Arc<crate::keys::Keyring>,
+    /// The `keys:` section.
+    pub keys: crate::keys::KeySettings,
 }
 
 /// The service answering gateway API calls (route ids `gateway.*`) at the bottom of the stack.
@@ -158,14 +164,72 @@ async fn handle(
     let approvals = &settings.approvals;
     let approval_id = || op.param("approval_id").unwrap_or_default().to_owned();
     match route {
-        ids::ME => Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "client": caller.client.as_str(),
-                "roles": caller.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-                "can_read_audit": can_read_audit(&settings, &caller),
-            }),
-        )),
+        ids::ME => {
+            let keys = match clients::view_of(&settings, caller.client.as_str()).await {
+                Ok(view) => view["keys"].clone(),
+                Err(GatewayError::StoreUnavailable(_)) => serde_json::Value::Null,
+                Err(_) => serde_json::json!([]),
+            };
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "client": caller.client.as_str(),
+                    "roles": caller.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                    "can_read_audit": can_read_audit(&settings, &caller),
+                    "can_manage_keys": caller.roles.iter().any(|r| settings.keys.admin_roles.contains(r)),
+                    "keys": keys,
+                }),
+            ))
+        }
+        ids::CLIENTS_LIST => clients::list(&settings, &caller).await,
+        ids::CLIENTS_CREATE => {
+            let body = read_json::<clients::CreateBody>(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &clients::create(&settings, &caller, body).await?,
+            ))
+        }
+        ids::CLIENTS_RETRIEVE => {
+            let id = op.param("client_id").unwrap_or_default();
+            if id != caller.client.as_str() {
+                clients::require_admin(&settings, &caller)?;
+            }
+            Ok(json(
+                StatusCode::OK,
+                &clients::view_of(&settings, id).await?,
+            ))
+        }
+        ids::CLIENTS_UPDATE => {
+            let id = op.param("client_id").unwrap_or_default().to_owned();
+            let body = read_json::<clients::UpdateBody>(req).await?;
+            Ok(json(
+                StatusCode::OK,
+                &clients::update(&settings, &caller, &id, body).await?,
+            ))
+        }
+        ids::KEYS_ISSUE => {
+            let id = op.param("client_id").unwrap_or_default().to_owned();
+            let body = read_json::<clients::KeyBody>(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &clients::issue(&settings, &caller, &id, body).await?,
+            ))
+        }
+        ids::KEYS_REVOKE => {
+            let id = op.param("client_id").unwrap_or_default();
+            let label = op.param("label").unwrap_or_default();
+            Ok(json(
+                StatusCode::OK,
+                &clients::revoke(&settings, &caller, id, label).await?,
+            ))
+        }
+        ids::KEYS_ROTATE => {
+            let body = read_json::<clients::KeyBody>(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &clients::rotate(&settings, &caller, body).await?,
+            ))
+        }
         ids::APPROVALS_LIST => {
             let state = match op.query.text("state") {
                 None | Some("") | Some("all") => None,
@@ -285,13 +349,29 @@ fn limit(op: &Operation, default: usize, max: usize) -> Result<usize, GatewayErr
     }
 }
 
-/// An optional small JSON body `{"comment": "..."}`. A body that stalls or arrives too slowly is
-/// the client's 408, as on every other route.
+/// An optional small JSON body `{"comment": "..."}`.
 async fn read_decision(req: Request<GatewayBody>) -> Result<DecisionBody, GatewayError> {
+    let mut body: DecisionBody = read_json(req).await?;
+    if let Some(comment) = &mut body.comment {
+        if comment.chars().count() > MAX_COMMENT {
+            return Err(GatewayError::ParameterInvalid(format!(
+                "the comment is longer than {MAX_COMMENT} characters"
+            )));
+        }
+        if comment.trim().is_empty() {
+            body.comment = None;
+        }
+    }
+    Ok(body)
+}
+
+/// A small JSON body (empty: the type's default). A body that stalls or arrives too slowly is the
+/// client's 408, as on every other route.
+async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    req: Request<GatewayBody>,
+) -> Result<T, GatewayError> {
     let too_big = || {
-        GatewayError::ParameterInvalid(format!(
-            "the body must be JSON of at most {MAX_BODY} bytes: {{\"comment\": \"...\"}}"
-        ))
+        GatewayError::ParameterInvalid(format!("the body must be JSON of at most {MAX_BODY} bytes"))
     };
     let mut body = req.into_body();
     let mut bytes = Vec::new();
@@ -310,24 +390,10 @@ async fn read_decision(req: Request<GatewayBody>) -> Result<DecisionBody, Gatewa
         }
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(DecisionBody::default());
+        return Ok(T::default());
     }
-    let mut body: DecisionBody = serde_json::from_slice(&bytes).map_err(|e| {
-        GatewayError::ParameterInvalid(format!(
-            "the body must be {{\"comment\": \"...\"}} (or empty): {e}"
-        ))
-    })?;
-    if let Some(comment) = &mut body.comment {
-        if comment.chars().count() > MAX_COMMENT {
-            return Err(GatewayError::ParameterInvalid(format!(
-                "the comment is longer than {MAX_COMMENT} characters"
-            )));
-        }
-        if comment.trim().is_empty() {
-            body.comment = None;
-        }
-    }
-    Ok(body)
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::ParameterInvalid(format!("the body could not be read: {e}")))
 }
 
 /// A JSON answer that no cache keeps.
