@@ -49,6 +49,56 @@ pub fn two_person(audit: &Path, extra: &str) -> String {
     format!("{TWO_PERSON}audit:\n  path: {}\n{extra}", audit.display())
 }
 
+/// Where a test's approvals live: each core approvals test runs on every record store.
+pub enum Backend {
+    Memory,
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresServer),
+}
+
+impl Backend {
+    /// The `store:` section (none for memory: the default).
+    pub fn yaml(&self) -> String {
+        match self {
+            Backend::Memory => String::new(),
+            Backend::Sqlite(dir) => format!(
+                "store:\n  backend: sqlite\n  sqlite:\n    path: {}\n",
+                dir.path().join("store.db").display()
+            ),
+            Backend::Postgres(server) => server.store_yaml(),
+        }
+    }
+}
+
+/// Each named test once per record store: `NAME::memory`, `NAME::sqlite`, `NAME::postgres`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(Backend::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite(tempfile::tempdir().unwrap())).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres(PostgresServer::start())).await
+            }
+        }
+    )*};
+}
+
+on_every_store!(
+    the_sdk_asks_an_admin_approves_and_the_identical_retry_passes_exactly_once,
+    nobody_approves_their_own_request_and_only_approvers_decide,
+    approvals_expire_undecided_and_unused,
+    an_approval_is_bound_to_its_request_and_its_requester,
+    an_approval_refused_below_it_is_given_back,
+);
+
 async fn forced_delete(gateway: &TestGateway, key: &str, asset: &str) -> Response<Incoming> {
     send(
         Proto::Http1,
@@ -155,14 +205,16 @@ fn approval_id_in(output: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_asks_an_admin_approves_and_the_identical_retry_passes_exactly_once() {
+async fn the_sdk_asks_an_admin_approves_and_the_identical_retry_passes_exactly_once(
+    backend: Backend,
+) {
     let (emulator, upstream) = start_emulator().await;
     let seeded = emulator.seed_demo();
     let asset = seeded.referenced_asset_id.clone();
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let gateway = TestGateway::start_with(&upstream, &two_person(&audit, ""), |_| {}).await;
+    let gateway =
+        TestGateway::start_with(&upstream, &two_person(&audit, &backend.yaml()), |_| {}).await;
 
     // The member's SDK call is refused with approval_required (the same id for the same request).
     let output = sdk(&gateway, "ask", BOB_KEY, &asset, "").await;
@@ -299,14 +351,13 @@ async fn the_sdk_asks_an_admin_approves_and_the_identical_retry_passes_exactly_o
     gateway.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nobody_approves_their_own_request_and_only_approvers_decide() {
+async fn nobody_approves_their_own_request_and_only_approvers_decide(backend: Backend) {
     let (emulator, upstream) = start_emulator().await;
     let asset = emulator.create_asset("a.mp4");
     let dir = tempfile::tempdir().unwrap();
     let gateway = TestGateway::start_with(
         &upstream,
-        &two_person(&dir.path().join("audit.jsonl"), ""),
+        &two_person(&dir.path().join("audit.jsonl"), &backend.yaml()),
         more_admins,
     )
     .await;
@@ -413,14 +464,14 @@ async fn two_approvals_need_two_distinct_approvers() {
     gateway.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approvals_expire_undecided_and_unused() {
+async fn approvals_expire_undecided_and_unused(backend: Backend) {
     let (emulator, upstream) = start_emulator().await;
     let asset = emulator.create_asset("a.mp4");
     let rules = TWO_PERSON.replace(
         "approver_roles: [admin]",
         "approver_roles: [admin]\n        ttl: 1s\n        use_within: 1s",
     );
+    let rules = format!("{rules}{}", backend.yaml());
     let gateway = TestGateway::start_with(&upstream, &rules, |_| {}).await;
 
     let id = ask(&gateway, BOB_KEY, &asset).await;
@@ -464,12 +515,12 @@ async fn approvals_expire_undecided_and_unused() {
     gateway.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approval_is_bound_to_its_request_and_its_requester() {
+async fn an_approval_is_bound_to_its_request_and_its_requester(backend: Backend) {
     let (emulator, upstream) = start_emulator().await;
     let asset = emulator.create_asset("a.mp4");
     let other = emulator.create_asset("b.mp4");
-    let gateway = TestGateway::start_with(&upstream, TWO_PERSON, more_admins).await;
+    let config = format!("{TWO_PERSON}{}", backend.yaml());
+    let gateway = TestGateway::start_with(&upstream, &config, more_admins).await;
     let id = ask(&gateway, BOB_KEY, &asset).await;
     assert_eq!(approve(&gateway, &id, ALICE_KEY).await.0, StatusCode::OK);
 
@@ -547,12 +598,16 @@ async fn racing_resends_forward_one_even_across_replicas_sharing_postgres() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approval_refused_below_it_is_given_back() {
+async fn an_approval_refused_below_it_is_given_back(backend: Backend) {
     let (emulator, upstream) = start_emulator().await;
     let asset = emulator.create_asset("a.mp4");
     let limit = "rate_limits:\n  - id: one-delete-a-second\n    match: { method: DELETE }\n    per: client\n    rate: 1/second\n    burst: 1\n";
-    let gateway = TestGateway::start_with(&upstream, &format!("{TWO_PERSON}{limit}"), |_| {}).await;
+    let gateway = TestGateway::start_with(
+        &upstream,
+        &format!("{TWO_PERSON}{limit}{}", backend.yaml()),
+        |_| {},
+    )
+    .await;
     let id = ask(&gateway, BOB_KEY, &asset).await;
     assert_eq!(approve(&gateway, &id, ALICE_KEY).await.0, StatusCode::OK);
     // Bob spends his one delete; the approved retry is refused by the limit, not forwarded...

@@ -372,3 +372,50 @@ async fn two_gateway_processes_on_one_postgres_see_each_others_keys_within_a_sec
     drop(a);
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdk_works_with_a_key_issued_through_the_api_until_it_is_revoked() {
+    let (emulator, upstream) = crate::sdk::start_emulator().await;
+    let seeded = emulator.seed_demo();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start_with(&upstream, &sqlite_store(dir.path()), |_| {}).await;
+    let base = gateway.url("");
+    let key = onboard(&base, "grace").await;
+    let output =
+        crate::sdk::run_sdk_script(gateway.url("/v1.3"), &key, &seeded.referenced_asset_id, "")
+            .await;
+    for step in ["list", "upload", "delete"] {
+        assert!(
+            output
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(step)),
+            "no {step} step:\n{output}"
+        );
+    }
+    // The gateway's own key went upstream, never the issued one.
+    assert!(emulator
+        .requests()
+        .iter()
+        .all(|r| r.headers.values().all(|v| v.as_bytes() != key.as_bytes())));
+    let (status, _) = call(
+        &base,
+        Method::DELETE,
+        "clients/grace/keys/laptop",
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut command = std::process::Command::new(crate::sdk::python());
+    command.arg("-c").arg(
+        "import os\nfrom twelvelabs import TwelveLabs\ntry:\n    list(TwelveLabs(api_key=os.environ['K'], base_url=os.environ['U']).assets.list())\n    print('NOT REFUSED')\nexcept Exception as e:\n    print('REFUSED', getattr(e, 'status_code', ''), getattr(e, 'body', ''))\n",
+    );
+    command
+        .env("K", &key)
+        .env("U", gateway.url("/v1.3"))
+        .env_remove("TWELVELABS_BASE_URL");
+    let output = run_checked(command, "SDK after revocation").await;
+    assert!(output.contains("REFUSED 401"), "{output}");
+    assert!(output.contains("key_revoked"), "{output}");
+    gateway.shutdown().await;
+}

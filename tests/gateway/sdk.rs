@@ -23,7 +23,7 @@ pub fn python() -> PathBuf {
 }
 
 /// Run `tests/sdk/sdk_e2e.py` with `key` against the gateway; returns its output.
-async fn run_sdk_script(
+pub async fn run_sdk_script(
     base_url: String,
     key: &str,
     referenced: &str,
