@@ -646,8 +646,13 @@ clients:
         approver_roles: [admin]
 audit:
   path: {audit}
+store:
+  backend: sqlite
+  sqlite:
+    path: {store}
 {tls}"#,
         audit = audit.display(),
+        store = audit.with_file_name("store.db").display(),
         alice = key_digest_hex(alice),
         bob = key_digest_hex(bob),
         carol = key_digest_hex(carol),
@@ -748,6 +753,10 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, tls: bool) -> Result
         "  audit:    {}  (tl-gateway audit verify {})",
         audit_path.display(),
         audit_path.display()
+    );
+    println!(
+        "  store:    {}  (SQLite: approvals, clients and keys issued through the API)",
+        audit_path.with_file_name("store.db").display()
     );
     println!();
     println!("  client  role    key");
