@@ -1,6 +1,6 @@
 //! The deployment kit against the real thing: every metric the alerts and the dashboard use exists
 //! in a running gateway's /metrics, and a real Prometheus server scrapes the gateway and sees its
-//! deletions (and loads the alert rules).
+//! deletions (and loads the alert rules); the kit's two gateway configurations pass `check`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -251,4 +251,68 @@ async fn try_get(url: &str) -> Result<serde_json::Value, String> {
         .map_err(|e| e.to_string())?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// The kit's two gateway configurations, with the container paths of their secrets and data moved
+/// into `dir` (where the secret files are written), so `check` reads them as the pod would.
+fn kit_config_here(file: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let secrets = [
+        (
+            "/run/secrets/twelvelabs-api-key",
+            "tlk_example_upstream_key",
+        ),
+        ("/run/redis/url", "redis://:password@127.0.0.1:6379/0"),
+        (
+            "/run/postgres/url",
+            "postgres://tlgw:password@127.0.0.1:5432/tlgw",
+        ),
+    ];
+    let mut text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+    for (i, (path, value)) in secrets.iter().enumerate() {
+        let here = dir.join(format!("secret-{i}"));
+        std::fs::write(&here, format!("{value}\n")).unwrap();
+        text = text.replace(path, here.to_str().unwrap());
+    }
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    text = text.replace("/var/lib/tl-gateway", data.to_str().unwrap());
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn the_kit_configurations_pass_check_and_differ_only_in_their_store() {
+    const SEVERAL: &str = "deploy/kubernetes/gateway.yaml";
+    const SINGLE: &str = "deploy/kubernetes-single-replica/gateway.yaml";
+    for (file, backend) in [(SEVERAL, "postgres"), (SINGLE, "sqlite")] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = kit_config_here(file, dir.path());
+        let output = std::process::Command::new(binary())
+            .args(["check", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(repo_root().join(file)).unwrap())
+                .unwrap();
+        assert_eq!(parsed["store"]["backend"].as_str(), Some(backend), "{file}");
+    }
+    // The overlay replaces the ConfigMap wholesale: everything but store: must stay in step.
+    let without_store = |file: &str| {
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(repo_root().join(file)).unwrap())
+                .unwrap();
+        value.as_mapping_mut().unwrap().remove("store").unwrap();
+        value
+    };
+    assert_eq!(
+        without_store(SEVERAL),
+        without_store(SINGLE),
+        "{SINGLE} differs from {SEVERAL} outside store:"
+    );
 }
