@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 on success; 1 with a one-line reason on failure; 2 for usage errors (clap).
 
+mod api_client;
 mod approvals;
 
 use std::net::SocketAddr;
