@@ -167,6 +167,37 @@ pub fn list(value: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Rows under a header, each column as wide as its widest cell, two spaces apart; no trailing
+/// blanks.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths.get(i).copied().unwrap_or(0);
+            for _ in cell.chars().count()..pad {
+                line.push(' ');
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +260,23 @@ mod tests {
         );
         let unknown = serde_json::json!({"code": "route_unknown", "message": "no route"});
         assert!(refusal(StatusCode::NOT_FOUND, &unknown, b"").contains("is --gateway a tl-gateway"));
+    }
+
+    #[test]
+    fn a_table_aligns_its_columns() {
+        let rows = vec![
+            vec!["alice".to_owned(), "admin".to_owned(), "config".to_owned()],
+            vec![
+                "bob-the-builder".to_owned(),
+                "-".to_owned(),
+                "store".to_owned(),
+            ],
+        ];
+        assert_eq!(
+            table(&["ID", "ROLES", "SOURCE"], &rows),
+            "ID               ROLES  SOURCE\n\
+             alice            admin  config\n\
+             bob-the-builder  -      store\n"
+        );
     }
 }
