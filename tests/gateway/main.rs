@@ -12,6 +12,7 @@ mod frameworks;
 mod gateway_api;
 mod hardening;
 mod keys;
+mod keys_cli;
 mod process;
 mod properties;
 mod protection;
