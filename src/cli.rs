@@ -1,9 +1,11 @@
-//! Subcommands: `serve`, `demo`, `check`, `explain`, `test`, `audit`, `approvals`, `keygen`,
-//! `probe` (and the hidden `emulator`).
+//! Subcommands: `serve`, `demo`, `check`, `explain`, `test`, `audit`, `approvals`, `clients`,
+//! `keys`, `keygen`, `probe` (and the hidden `emulator`).
 //!
 //! Exit codes: 0 on success; 1 with a one-line reason on failure; 2 for usage errors (clap).
 
+mod api_client;
 mod approvals;
+mod keys;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,6 @@ use crate::credentials::KeySource;
 use crate::credentials::UpstreamKey;
 use crate::emulator::Emulator;
 use crate::guards::Protection;
-use crate::ids::{ClientId, Role};
 use crate::policy::explain;
 use crate::server::{shutdown_signal, Gateway};
 use crate::telemetry;
@@ -94,6 +95,18 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: approvals::ApprovalsCommand,
+    },
+    /// List, show, create, disable or enable clients on a running gateway (your key from
+    /// TL_GATEWAY_KEY or --key-file; managing others needs a role in keys.admin_roles).
+    Clients {
+        #[command(subcommand)]
+        command: keys::ClientsCommand,
+    },
+    /// Issue, revoke or rotate personal keys on a running gateway; a new key is printed once,
+    /// alone on stdout.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Print a new random client key (once) and its YAML entry.
     Keygen {
@@ -225,7 +238,7 @@ async fn run(command: Command) -> Result<(), String> {
             roles,
             label,
             expires,
-        } => keygen(&id, &roles, label.as_deref(), expires.as_deref()),
+        } => keys::keygen(&id, &roles, label.as_deref(), expires.as_deref()),
         Command::Emulator {
             listen,
             api_key,
@@ -233,6 +246,8 @@ async fn run(command: Command) -> Result<(), String> {
         } => emulator(listen, api_key, seed).await,
         Command::Probe { url } => probe(&url).await,
         Command::Approvals { command } => approvals::run(command).await,
+        Command::Clients { command } => keys::run_clients(command).await,
+        Command::Keys { command } => keys::run_keys(command).await,
     }
 }
 
@@ -439,84 +454,6 @@ fn now_unix() -> i64 {
 }
 
 pub use crate::auth::new_client_key;
-
-fn keygen(
-    id: &str,
-    roles: &[String],
-    label: Option<&str>,
-    expires: Option<&str>,
-) -> Result<(), String> {
-    let id: ClientId = id.parse()?;
-    let roles = roles
-        .iter()
-        .map(|r| r.parse::<Role>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let expires = match expires {
-        None => None,
-        Some(text) => Some(match humantime::parse_duration(text) {
-            Ok(duration) => std::time::SystemTime::now() + duration,
-            Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
-                format!("--expires {text:?}: give a duration (90d) or an RFC 3339 time")
-            })?,
-        }),
-    };
-    if let Some(label) = label {
-        if label.is_empty()
-            || label.len() > 64
-            || !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(format!("--label {label:?}: 1-64 of A-Z a-z 0-9 . _ -"));
-        }
-    }
-    let key = new_client_key();
-    let roles = roles
-        .iter()
-        .map(Role::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    println!("# Personal key for {id}: hand it over once; the gateway stores only its digest.");
-    println!("{key}");
-    println!();
-    if label.is_none() && expires.is_none() {
-        println!("# Add under `clients:` in the gateway configuration:");
-        println!("  - id: {id}");
-        println!("    roles: [{roles}]");
-        println!("    key_sha256: {}", key_digest_hex(&key));
-        return Ok(());
-    }
-    let label = label.unwrap_or("key");
-    // Whole seconds: the form the configuration reads back.
-    let expires = expires.map(|at| {
-        let seconds = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
-        )
-        .to_string()
-    });
-    let entry = match &expires {
-        Some(at) => format!(
-            "{{ sha256: {}, label: {label}, expires: {at} }}",
-            key_digest_hex(&key)
-        ),
-        None => format!("{{ sha256: {}, label: {label} }}", key_digest_hex(&key)),
-    };
-    println!("# A new client: add under `clients:`");
-    println!("  - id: {id}");
-    println!("    roles: [{roles}]");
-    println!("    keys:");
-    println!("      - {entry}");
-    println!();
-    println!(
-        "# Rotating an existing client's key: add the line below to its `keys:` (the old key keeps"
-    );
-    println!("# working until its own expires, or until you remove it).");
-    println!("      - {entry}");
-    Ok(())
-}
 
 async fn probe(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;

@@ -2,17 +2,11 @@
 //! API (`/tl-gateway/v1/approvals`) from a terminal. The caller's personal key comes from
 //! `TL_GATEWAY_KEY` or `--key-file` (never a command-line argument, where `ps` would show it).
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
-use bytes::Bytes;
-use clap::{Args, Subcommand};
-use http::{header, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use clap::Subcommand;
+use http::Method;
 use serde_json::Value;
+
+use super::api_client::{call, list, segment, text, Target};
 
 /// The approvals subcommands.
 #[derive(Debug, Subcommand)]
@@ -61,55 +55,13 @@ pub enum ApprovalsCommand {
     },
 }
 
-/// Which gateway, and with which key.
-#[derive(Debug, Args)]
-pub struct Target {
-    /// The gateway's URL, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    gateway: String,
-    /// A file holding your personal key (default: the TL_GATEWAY_KEY environment variable).
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// Print the gateway's JSON instead of a summary.
-    #[arg(long)]
-    json: bool,
-}
-
-impl Target {
-    fn key(&self) -> Result<String, String> {
-        let key = match &self.key_file {
-            Some(file) => std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
-            None => std::env::var("TL_GATEWAY_KEY").map_err(|_| {
-                "no key: set TL_GATEWAY_KEY to your personal key, or pass --key-file FILE"
-                    .to_owned()
-            })?,
-        };
-        let key = key.trim().to_owned();
-        if key.is_empty() {
-            return Err("the key is empty".into());
-        }
-        Ok(key)
-    }
-
-    fn url(&self, path: &str) -> Result<Uri, String> {
-        let base = self.gateway.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!(
-                "--gateway {base:?}: give the URL with http:// or https://"
-            ));
-        }
-        format!("{base}{path}")
-            .parse()
-            .map_err(|_| format!("--gateway {base:?} is not a URL"))
-    }
-}
-
 /// Run one approvals command; the gateway's refusals become the error message.
 pub async fn run(command: ApprovalsCommand) -> Result<(), String> {
     match command {
         ApprovalsCommand::List { to, state } => {
-            let query = state.map(|s| format!("?state={s}")).unwrap_or_default();
+            let query = state
+                .map(|s| format!("?state={}", segment(&s)))
+                .unwrap_or_default();
             let answer = call(&to, Method::GET, &format!("approvals{query}"), None).await?;
             if to.json {
                 println!("{answer:#}");
@@ -134,7 +86,13 @@ pub async fn run(command: ApprovalsCommand) -> Result<(), String> {
             Ok(())
         }
         ApprovalsCommand::Show { to, id } => {
-            let answer = call(&to, Method::GET, &format!("approvals/{id}"), None).await?;
+            let answer = call(
+                &to,
+                Method::GET,
+                &format!("approvals/{}", segment(&id)),
+                None,
+            )
+            .await?;
             print_approval(&to, &answer);
             Ok(())
         }
@@ -154,7 +112,7 @@ async fn decide(
     let answer = call(
         to,
         Method::POST,
-        &format!("approvals/{id}/{action}"),
+        &format!("approvals/{}/{action}", segment(id)),
         Some(body),
     )
     .await?;
@@ -220,79 +178,4 @@ fn print_approval(to: &Target, a: &Value) {
             }
         }
     }
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn list(value: &Value) -> String {
-    value
-        .as_array()
-        .map(|items| items.iter().map(text).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
-}
-
-/// One call to `/tl-gateway/v1/{path}`; a non-2xx answer becomes `code: message`.
-async fn call(
-    to: &Target,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let key = to.key()?;
-    let uri = to.url(&format!("/tl-gateway/v1/{path}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .map_err(|e| e.to_string())?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("x-api-key", key)
-        .header(header::ACCEPT, "application/json");
-    let payload = match body {
-        Some(body) => {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-            Bytes::from(body.to_string())
-        }
-        None => Bytes::new(),
-    };
-    let request = request
-        .body(Full::new(payload))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
-        .await
-        .map_err(|_| format!("{}: no answer within 30 s", to.gateway))?
-        .map_err(|e| format!("{}: {e}", to.gateway))?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{}: {e}", to.gateway))?
-        .to_bytes();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if status.is_success() {
-        return Ok(value);
-    }
-    let code = value["code"].as_str().unwrap_or("error");
-    let message = value["message"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    let hint = if status == StatusCode::NOT_FOUND && code == "route_unknown" {
-        " (is --gateway a tl-gateway?)"
-    } else {
-        ""
-    };
-    Err(format!("{} {code}: {message}{hint}", status.as_u16()))
 }

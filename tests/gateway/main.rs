@@ -13,6 +13,7 @@ mod gateway_api;
 mod hardening;
 mod keys;
 mod keys_api;
+mod keys_cli;
 mod process;
 mod properties;
 mod protection;
