@@ -277,6 +277,11 @@ fn requester_index(requester: &str) -> String {
     format!("approvals-by:{requester}")
 }
 
+/// The index of one requester's pending approvals (left by every transition out of pending).
+fn pending_index(requester: &str) -> String {
+    format!("approvals-pending:{requester}")
+}
+
 /// SHA-256 of the canonical request an approval is bound to.
 pub fn request_sha256(method: &str, target: &str) -> String {
     hex(&Sha256::digest(format!("{method} {target}").as_bytes()))
@@ -414,6 +419,16 @@ impl Approvals {
             let _ = self.store.swap(&key, &text, raw, old_ttl).await;
             return Err(ApprovalError::Audit(why));
         }
+        if new.state != State::Pending {
+            // Best effort: a failed removal is caught when the count reads the document.
+            let _ = self
+                .store
+                .index_remove(
+                    &pending_index(&new.requester),
+                    std::slice::from_ref(&new.id),
+                )
+                .await;
+        }
         self.announce(new, actor, comment);
         Ok(Some(text))
     }
@@ -467,24 +482,35 @@ impl Approvals {
             .inc();
     }
 
-    /// How many of `requester`'s approvals are pending.
-    async fn pending_of(&self, requester: &str) -> Result<usize, ApprovalError> {
-        let index = requester_index(requester);
-        let ids = self.store.index_newest(&index, PAGE).await?;
-        let keys: Vec<String> = ids.iter().map(|id| doc_key(id)).collect();
-        let docs = self.store.get_many(&keys).await?;
+    /// How many of `requester`'s approvals are pending, exactly, up to `cap` (the count stops
+    /// there). Read from the requester's index of pending approvals, which every transition out
+    /// of pending leaves; an entry whose approval is no longer pending (a removal that failed, an
+    /// expiry not yet settled) is checked against its document and dropped.
+    async fn pending_of(&self, requester: &str, cap: usize) -> Result<usize, ApprovalError> {
+        let index = pending_index(requester);
         let now = now_ms();
         let mut pending = 0;
-        let mut gone = Vec::new();
-        for (id, doc) in ids.into_iter().zip(docs) {
-            match doc.and_then(|d| serde_json::from_str::<Approval>(&d).ok()) {
-                Some(a) if a.state == State::Pending && a.deadline_ms >= now => pending += 1,
-                Some(_) => {}
-                None => gone.push(id),
+        let mut before: Option<(u64, String)> = None;
+        loop {
+            let page = self
+                .store
+                .index_page(&index, before.as_ref().map(|(s, m)| (*s, m.as_str())), PAGE)
+                .await?;
+            let keys: Vec<String> = page.iter().map(|(id, _)| doc_key(id)).collect();
+            let docs = self.store.get_many(&keys).await?;
+            let mut stale = Vec::new();
+            for ((id, _), doc) in page.iter().zip(docs) {
+                match doc.and_then(|d| serde_json::from_str::<Approval>(&d).ok()) {
+                    Some(a) if a.state == State::Pending && a.deadline_ms >= now => pending += 1,
+                    _ => stale.push(id.clone()),
+                }
             }
+            self.store.index_remove(&index, &stale).await?;
+            if pending >= cap || page.len() < PAGE {
+                return Ok(pending);
+            }
+            before = page.last().map(|(id, score)| (*score, id.clone()));
         }
-        self.store.index_remove(&index, &gone).await?;
-        Ok(pending)
     }
 
     /// A request that `required` asks approval for: use its approval, or refuse it with the
@@ -538,7 +564,11 @@ impl Approvals {
                 }
             }
             // None, a final one, or a stale one: ask anew.
-            if self.pending_of(principal.client.as_str()).await? >= self.max_pending_per_client {
+            if self
+                .pending_of(principal.client.as_str(), self.max_pending_per_client)
+                .await?
+                >= self.max_pending_per_client
+            {
                 return Err(GatewayError::ApprovalsPendingCap(
                     self.max_pending_per_client,
                 ));
@@ -552,14 +582,6 @@ impl Approvals {
                 });
             }
             let id = new_id();
-            let claimed = match &found {
-                None => self.store.insert(&key, &id, pointer_ttl).await,
-                Some(old) => self.store.swap(&key, old, &id, pointer_ttl).await,
-            }
-            .map_err(ApprovalError::from)?;
-            if !claimed {
-                continue;
-            }
             let mut approval = new_approval(
                 &id,
                 required,
@@ -570,11 +592,40 @@ impl Approvals {
                 &sha,
             );
             approval.references = references.clone().flatten();
+            // The document first, then the pointer to it: whoever finds the pointer (another copy
+            // of this request, on any replica) finds the approval, so racing asks agree on one id.
+            let text = serde_json::to_string(&approval).map_err(|e| {
+                ApprovalError::from(StoreError::Failed(format!(
+                    "an approval could not be serialised: {e}"
+                )))
+            })?;
+            let doc = doc_key(&id);
+            self.store
+                .insert(&doc, &text, retention_of(&approval))
+                .await
+                .map_err(ApprovalError::from)?;
+            let claimed = match &found {
+                None => self.store.insert(&key, &id, pointer_ttl).await,
+                Some(old) => self.store.swap(&key, old, &id, pointer_ttl).await,
+            };
+            match claimed {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another copy claimed it first: drop ours (never announced), use theirs.
+                    let _ = self.store.remove(&doc, &text).await;
+                    continue;
+                }
+                Err(error) => {
+                    let _ = self.store.remove(&doc, &text).await;
+                    return Err(ApprovalError::from(error).into());
+                }
+            }
             match self.create(&approval).await {
                 Ok(()) => return Ok(Asked::Pending(approval)),
                 Err(error) => {
-                    // Abandon the claim: the next try starts clean.
+                    // Not recorded, so not asked: the pointer and the document go.
                     let _ = self.store.remove(&key, &id).await;
+                    let _ = self.store.remove(&doc, &text).await;
                     return Err(error.into());
                 }
             }
@@ -584,12 +635,14 @@ impl Approvals {
         ))
     }
 
-    /// Store a new pending approval and its indexes; record it.
+    /// Index a new pending approval (its document is stored and claimed); record it.
     async fn create(&self, approval: &Approval) -> Result<(), ApprovalError> {
-        let text = serde_json::to_string(approval)
-            .map_err(|e| StoreError::Failed(format!("an approval could not be serialised: {e}")))?;
         self.store
-            .insert(&doc_key(&approval.id), &text, retention_of(approval))
+            .index_add(
+                &pending_index(&approval.requester),
+                &approval.id,
+                approval.created_ms,
+            )
             .await?;
         self.store
             .index_add(INDEX, &approval.id, approval.created_ms)

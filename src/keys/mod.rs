@@ -61,7 +61,7 @@ pub struct Keyring {
     /// When the store was last read whole (Unix ms; 0: never).
     loaded_ms: AtomicU64,
     /// Wakes the watcher after a local change.
-    changed: tokio::sync::Notify,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Keyring {
@@ -83,7 +83,7 @@ impl Keyring {
             usage: Mutex::default(),
             flushed: Mutex::default(),
             loaded_ms: AtomicU64::new(0),
-            changed: tokio::sync::Notify::new(),
+            changed: Arc::default(),
         });
         keyring.rebuild();
         keyring
@@ -166,22 +166,24 @@ impl Keyring {
     /// the keyring.
     pub fn watch(self: &Arc<Self>, refresh_interval: Duration) {
         let weak = Arc::downgrade(self);
+        let changed = self.changed.clone();
         let mut notifications = self.store.listen(CHANNEL);
         tokio::spawn(async move {
             let mut last_flush = tokio::time::Instant::now();
             loop {
-                let Some(keyring) = weak.upgrade() else {
-                    return;
+                // Held only while working, so the keyring (and this task) ends with the gateway.
+                let never_loaded = match weak.upgrade() {
+                    Some(keyring) => keyring.loaded().is_none(),
+                    None => return,
                 };
-                let failed = keyring.loaded().is_none();
-                let wait = if failed {
+                let wait = if never_loaded {
                     Duration::from_millis(500).min(refresh_interval)
                 } else {
                     refresh_interval
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = keyring.changed.notified() => {}
+                    _ = changed.notified() => {}
                     Some(()) = async {
                         match notifications.as_mut() {
                             Some(rx) => rx.recv().await,
@@ -189,6 +191,9 @@ impl Keyring {
                         }
                     } => {}
                 }
+                let Some(keyring) = weak.upgrade() else {
+                    return;
+                };
                 if let Err(error) = keyring.refresh().await {
                     tracing::warn!(%error, "the key snapshot could not be refreshed; the last one keeps authenticating");
                 }

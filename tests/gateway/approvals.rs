@@ -1181,3 +1181,98 @@ async fn a_legal_hold_refuses_a_forced_delete_whose_references_cannot_all_be_lis
     assert!(h.emulator.asset_exists(&h.free_asset));
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_cap_counts_exactly_however_many_approvals_came_and_went() {
+    let (emulator, upstream) = start_emulator().await;
+    let config = format!("{TWO_PERSON}approvals:\n  max_pending_per_client: 10\n");
+    let gateway = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    let assets: Vec<String> = (0..40)
+        .map(|i| emulator.create_asset(&format!("a{i}.mp4")))
+        .collect();
+    // Ten pending, one of them cancelled: nine.
+    let mut pending = Vec::new();
+    for asset in &assets[..10] {
+        pending.push(ask(&gateway, BOB_KEY, asset).await);
+    }
+    let cancel = |id: String| {
+        let gateway = &gateway;
+        async move {
+            let (status, _) = api(
+                gateway,
+                Method::POST,
+                &format!("approvals/{id}/cancel"),
+                BOB_KEY,
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    cancel(pending.remove(0)).await;
+    // 101 ask-and-cancel cycles push the nine far down the requester's history.
+    for i in 0..101 {
+        let id = ask(&gateway, BOB_KEY, &assets[10 + i % 30]).await;
+        cancel(id).await;
+    }
+    // Exactly one more fits (nine + one = ten); the next is refused.
+    ask(&gateway, BOB_KEY, &assets[39]).await;
+    let response = forced_delete(&gateway, BOB_KEY, &assets[38]).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let (_, listed) = api(
+        &gateway,
+        Method::GET,
+        "approvals?state=pending&limit=500",
+        BOB_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed["approvals"].as_array().unwrap().len(),
+        10,
+        "{listed}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_identical_asks_on_two_replicas_make_one_approval() {
+    let postgres = PostgresServer::start();
+    let (emulator, upstream) = start_emulator().await;
+    let config = format!("{TWO_PERSON}{}", postgres.store_yaml());
+    let a = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    let b = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    for trial in 0..4 {
+        let asset = emulator.create_asset(&format!("t{trial}.mp4"));
+        let mut askers = Vec::new();
+        for i in 0..8 {
+            let target = if i % 2 == 0 { a.url("") } else { b.url("") };
+            let asset = asset.clone();
+            askers.push(tokio::spawn(async move {
+                let response = send(
+                    Proto::Http1,
+                    request(
+                        Method::DELETE,
+                        &format!("{target}/v1.3/assets/{asset}?force=true"),
+                        Some(BOB_KEY),
+                    )
+                    .body(body::empty())
+                    .unwrap(),
+                )
+                .await;
+                assert_eq!(response.status(), StatusCode::FORBIDDEN);
+                response.headers()["x-tl-gateway-approval-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            }));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for asker in askers {
+            ids.insert(asker.await.unwrap());
+        }
+        assert_eq!(ids.len(), 1, "trial {trial}: {ids:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
