@@ -88,6 +88,8 @@ clients:
   - id: alice
     roles: [admin]
     key_sha256: d7488ca6175fed1af2450dea5acac0dc06f2e7a5199459878eca70385645fac6
+keys:
+  assignable_roles: [member]
 store:
   backend: postgres
   postgres:
