@@ -70,17 +70,20 @@ pub fn require_admin(settings: &ApiSettings, caller: &Principal) -> Result<(), G
         message: Some(
             format!(
                 "managing clients and keys needs one of the roles [{}]",
-                settings
-                    .keys
-                    .admin_roles
-                    .iter()
-                    .map(Role::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                role_list(&settings.keys.admin_roles)
             )
             .into(),
         ),
     })
+}
+
+/// `a, b, c`: roles as a message names them.
+pub fn role_list(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(Role::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn time_of_ms(ms: u64) -> String {
@@ -207,13 +210,7 @@ fn grantable(settings: &ApiSettings, roles: &[String]) -> Result<Vec<Role>, Gate
             if !settings.keys.assignable_roles.contains(&role) {
                 return Err(GatewayError::ParameterInvalid(format!(
                     "role {name:?} cannot be granted (keys.assignable_roles: [{}])",
-                    settings
-                        .keys
-                        .assignable_roles
-                        .iter()
-                        .map(Role::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    role_list(&settings.keys.assignable_roles)
                 )));
             }
             Ok(role)

@@ -293,12 +293,7 @@ async fn handle(
                     message: Some(
                         format!(
                             "reading the audit log needs one of the roles [{}]",
-                            settings
-                                .audit_roles
-                                .iter()
-                                .map(|r| r.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            clients::role_list(&settings.audit_roles)
                         )
                         .into(),
                     ),
