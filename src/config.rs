@@ -120,6 +120,8 @@ pub struct ApprovalsConfig {
     pub notify: Option<NotifySettings>,
     /// Pending approvals one requester may have at once (more: 429).
     pub max_pending_per_client: usize,
+    /// The largest request body an approval can cover (larger: 413).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApprovalsConfig {
@@ -128,6 +130,7 @@ impl Default for ApprovalsConfig {
             public_url: None,
             notify: None,
             max_pending_per_client: crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT,
+            max_body_bytes: crate::approvals::body::DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -271,6 +274,7 @@ struct RawApprovals {
     public_url: Option<String>,
     notify: Option<RawNotify>,
     max_pending_per_client: Option<usize>,
+    max_body_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -612,7 +616,7 @@ impl Validator<'_> {
         };
         if store.backend == StoreBackend::Memory {
             warnings.push(
-                "store.backend is memory: approvals live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"
+                "store.backend is memory: approvals, and clients and keys issued through the API, live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"
                     .into(),
             );
         }
@@ -801,6 +805,11 @@ impl Validator<'_> {
                 .max_pending_per_client
                 .unwrap_or(crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT)
                 .max(1),
+            max_body_bytes: raw
+                .max_body_bytes
+                .map_or(crate::approvals::body::DEFAULT_MAX_BODY_BYTES, |b| {
+                    b.0.min(16 * 1024 * 1024) as usize
+                }),
         })
     }
 

@@ -268,6 +268,7 @@ impl StackParts {
                 protection.clone(),
                 shared.metrics.clone(),
                 gateway_url(config),
+                config.approvals.max_body_bytes,
             ),
             api: GatewayApi::new(ApiSettings {
                 approvals: shared.approvals.clone(),

@@ -26,6 +26,7 @@
 //! state store: in memory by default (lost on restart), in Redis with `state.backend: redis`
 //! (shared by the replicas, surviving restarts, with expiring keys).
 
+pub mod body;
 pub mod notify;
 
 use std::sync::Arc;
@@ -158,8 +159,12 @@ pub struct Approval {
     pub method: String,
     /// … and canonical target (path and query), as forwarded.
     pub target: String,
-    /// SHA-256 of `METHOD target`: what the approval is bound to (with the requester).
+    /// SHA-256 of `METHOD target` (and of the body's digest when it has one): what the approval
+    /// is bound to (with the requester).
     pub request_sha256: String,
+    /// The request's body as the approvers see it (JSON as text), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     /// When it was asked for.
     pub created_at: String,
     /// Pending: when it expires undecided; approved: when the re-send must have come.
@@ -282,9 +287,14 @@ fn pending_index(requester: &str) -> String {
     format!("approvals-pending:{requester}")
 }
 
-/// SHA-256 of the canonical request an approval is bound to.
-pub fn request_sha256(method: &str, target: &str) -> String {
-    hex(&Sha256::digest(format!("{method} {target}").as_bytes()))
+/// SHA-256 of the canonical request an approval is bound to: method, canonical target and, when
+/// the request has a body, the body's SHA-256 (another body is another request).
+pub fn request_sha256(method: &str, target: &str, body_sha256: Option<&str>) -> String {
+    let bound = match body_sha256 {
+        None => format!("{method} {target}"),
+        Some(body) => format!("{method} {target}\nbody sha256 {body}"),
+    };
+    hex(&Sha256::digest(bound.as_bytes()))
 }
 
 fn new_id() -> String {
@@ -521,6 +531,7 @@ impl Approvals {
         required: &ApprovalRequired,
         principal: &Principal,
         op: &Operation,
+        body: Option<&body::BoundBody>,
         lookup: F,
     ) -> Result<Asked, GatewayError>
     where
@@ -529,7 +540,7 @@ impl Approvals {
     {
         let method = op.method.as_str().to_owned();
         let target = op.path_and_query();
-        let sha = request_sha256(&method, &target);
+        let sha = request_sha256(&method, &target, body.map(|b| b.sha256.as_str()));
         let requirements = requirements_of(required);
         let key = request_key(principal.client.as_str(), &sha);
         // The pointer outlives a pending approval by `use_within`, so an approval given at the last
@@ -592,6 +603,7 @@ impl Approvals {
                 &sha,
             );
             approval.references = references.clone().flatten();
+            approval.body = body.map(|b| b.shown.clone());
             // The document first, then the pointer to it: whoever finds the pointer (another copy
             // of this request, on any replica) finds the approval, so racing asks agree on one id.
             let text = serde_json::to_string(&approval).map_err(|e| {
@@ -961,6 +973,7 @@ fn new_approval(
         method: method.to_owned(),
         target: target.to_owned(),
         request_sha256: sha.to_owned(),
+        body: None,
         created_at: time_of(created),
         expires_at: time_of(deadline),
         approver_roles: required
@@ -1030,6 +1043,7 @@ struct LayerShared {
     protection: Arc<Protection>,
     metrics: Arc<Metrics>,
     gateway_url: String,
+    max_body_bytes: usize,
 }
 
 impl RequireApprovalLayer {
@@ -1042,6 +1056,7 @@ impl RequireApprovalLayer {
         protection: Arc<Protection>,
         metrics: Arc<Metrics>,
         gateway_url: String,
+        max_body_bytes: usize,
     ) -> Self {
         RequireApprovalLayer {
             shared: Arc::new(LayerShared {
@@ -1050,6 +1065,7 @@ impl RequireApprovalLayer {
                 protection,
                 metrics,
                 gateway_url,
+                max_body_bytes,
             }),
         }
     }
@@ -1080,7 +1096,7 @@ where
     S: tower::Service<Request<B>, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
-    B: Send + 'static,
+    B: body::Rebody + Send + 'static,
 {
     type Response = S::Response;
     type Error = GatewayError;
@@ -1096,7 +1112,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
         // Fail closed: policy inserts a decision on every request it lets through.
         let required = match req.extensions().get::<Decision>() {
@@ -1115,11 +1131,18 @@ where
         std::mem::swap(&mut self.inner, &mut inner);
         let shared = self.shared.clone();
         Either::Right(Box::pin(async move {
-            let (op, principal) = judged(&req, UNJUDGED)?;
-            let (op, principal) = (op.clone(), principal.clone());
+            let (op, principal) = {
+                let (op, principal) = judged(&req, UNJUDGED)?;
+                (op.clone(), principal.clone())
+            };
+            // The body is part of what is approved: read it (bounded), bind its digest, and
+            // forward the same bytes.
+            let (mut req, bound) = body::bind(req, shared.max_body_bytes).await?;
             match shared
                 .approvals
-                .ask_or_use(&required, &principal, &op, || references_for(&shared, &op))
+                .ask_or_use(&required, &principal, &op, bound.as_ref(), || {
+                    references_for(&shared, &op)
+                })
                 .await?
             {
                 Asked::Pending(approval) => {

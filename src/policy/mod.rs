@@ -443,6 +443,25 @@ fn compile_rule(
                     .into(),
             );
         }
+        // An approval covers the request's body; multipart bodies are uploads, never held.
+        let multipart = |route: &RouteId| {
+            table
+                .by_id(route.as_str())
+                .is_some_and(|r| r.body == crate::routes::BodyKind::Multipart)
+        };
+        let can_match_multipart = match &matcher.routes {
+            Some(routes) => routes.iter().any(multipart),
+            None => table.routes().iter().any(|r| {
+                r.body == crate::routes::BodyKind::Multipart
+                    && matcher.method.as_ref().is_none_or(|m| *m == r.method)
+            }),
+        };
+        if can_match_multipart {
+            return Err(
+                "approval on a rule that can match a multipart route (an upload): an approval covers the request's body, and uploads cannot be held; narrow match to the routes meant (path or operation)"
+                    .into(),
+            );
+        }
         if approval.approver_roles.is_empty() {
             return Err("approval.approver_roles is empty: nobody could approve".into());
         }

@@ -614,6 +614,11 @@
           h('p', { 'data-testid': 'rule-message', text: String(a.message) }),
         ]));
       }
+      if (typeof a.body === 'string') {
+        // The approval covers this exact body: shown as text, never interpreted.
+        parts.push(h('h3', { text: 'Request body (approved exactly as shown)' }));
+        parts.push(h('pre', { class: 'request-body', 'data-testid': 'request-body', text: a.body }));
+      }
       parts.push(h('h3', { text: 'Blast radius: what this delete unlinks' }));
       parts.push(referencesSection(a.references));
       if (decisions.length) {

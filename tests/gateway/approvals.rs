@@ -1276,3 +1276,99 @@ async fn parallel_identical_asks_on_two_replicas_make_one_approval() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+const METADATA_TWO_PERSON: &str = r#"policy:
+  rules:
+    - id: metadata-two-person
+      match: { method: PUT, path: "/v1.3/assets/{asset_id}/user-metadata" }
+      allow_roles: [admin, member]
+      approval:
+        approver_roles: [admin]
+approvals:
+  max_body_bytes: 1KiB
+"#;
+
+async fn put_metadata(gateway: &TestGateway, asset: &str, json: &str) -> Response<Incoming> {
+    send(
+        Proto::Http1,
+        request(
+            Method::PUT,
+            &gateway.url(&format!("/v1.3/assets/{asset}/user-metadata")),
+            Some(BOB_KEY),
+        )
+        .header("content-type", "application/json")
+        .body(full(json.to_owned()))
+        .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_covers_the_body_and_another_body_asks_anew() {
+    let upstream = Upstream::recording().await;
+    let gateway = TestGateway::start_with(
+        &format!("http://{}", upstream.addr),
+        METADATA_TWO_PERSON,
+        |_| {},
+    )
+    .await;
+    let benign = r#"{"user_metadata":{"owner":"bob","note":"benign"}}"#;
+    let response = put_metadata(&gateway, "a1", benign).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let id = response.headers()["x-tl-gateway-approval-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The approver sees the body it is asked to approve.
+    let (_, shown) = api(
+        &gateway,
+        Method::GET,
+        &format!("approvals/{id}"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(shown["body"], benign);
+    assert_eq!(approve(&gateway, &id, ALICE_KEY).await.0, StatusCode::OK);
+
+    // Another body is another request: it asks anew and is not forwarded.
+    let response = put_metadata(&gateway, "a1", r#"{"user_metadata":{"owner":"mallory"}}"#).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_ne!(response.headers()["x-tl-gateway-approval-id"], id.as_str());
+    assert!(upstream.requests().is_empty());
+    // The approved body passes once, byte for byte.
+    assert_eq!(
+        put_metadata(&gateway, "a1", benign).await.status(),
+        StatusCode::OK
+    );
+    let forwarded = upstream.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded[0].body_len, benign.len() as u64);
+    let (_, used) = api(
+        &gateway,
+        Method::GET,
+        &format!("approvals/{id}"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(used["state"], "used");
+
+    // A body larger than approvals.max_body_bytes cannot be approved.
+    let big = format!(r#"{{"user_metadata":{{"x":"{}"}}}}"#, "y".repeat(2000));
+    let response = put_metadata(&gateway, "a2", &big).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body_json(response).await["code"], "request_body_too_large");
+    gateway.shutdown().await;
+}
+
+#[test]
+fn check_refuses_an_approval_on_a_rule_that_can_match_an_upload() {
+    let yaml = config_yaml(
+        "http://127.0.0.1:9",
+        std::path::Path::new("/dev/null"),
+        "policy:\n  rules:\n    - id: uploads-two-person\n      match: { method: POST }\n      allow_roles: [member]\n      approval: { approver_roles: [admin] }\n",
+    );
+    let error = Config::parse(std::path::Path::new("gateway.yaml"), &yaml).unwrap_err();
+    assert!(error.to_string().contains("multipart"), "{error}");
+}
