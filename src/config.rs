@@ -122,6 +122,8 @@ pub struct ApprovalsConfig {
     pub max_pending_per_client: usize,
     /// The largest request body an approval can cover (larger: 413).
     pub max_body_bytes: usize,
+    /// New approvals one requester may ask for per minute (more: 429).
+    pub max_asks_per_client: u32,
 }
 
 impl Default for ApprovalsConfig {
@@ -131,6 +133,7 @@ impl Default for ApprovalsConfig {
             notify: None,
             max_pending_per_client: crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT,
             max_body_bytes: crate::approvals::body::DEFAULT_MAX_BODY_BYTES,
+            max_asks_per_client: crate::approvals::DEFAULT_MAX_ASKS_PER_CLIENT,
         }
     }
 }
@@ -275,6 +278,7 @@ struct RawApprovals {
     notify: Option<RawNotify>,
     max_pending_per_client: Option<usize>,
     max_body_bytes: Option<ByteSize>,
+    max_asks_per_client: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -810,6 +814,10 @@ impl Validator<'_> {
                 .map_or(crate::approvals::body::DEFAULT_MAX_BODY_BYTES, |b| {
                     b.0.min(16 * 1024 * 1024) as usize
                 }),
+            max_asks_per_client: raw
+                .max_asks_per_client
+                .unwrap_or(crate::approvals::DEFAULT_MAX_ASKS_PER_CLIENT)
+                .max(1),
         })
     }
 

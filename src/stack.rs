@@ -138,7 +138,8 @@ impl Shared {
             metrics.clone(),
             notify,
             config.approvals.max_pending_per_client,
-        );
+        )
+        .with_ask_budget(store.clone(), config.approvals.max_asks_per_client);
         let keyring = Keyring::new(
             &config.clients,
             records.clone(),

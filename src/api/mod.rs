@@ -300,12 +300,41 @@ async fn handle(
                 });
             }
             let limit = limit(&op, 50, MAX_AUDIT_RECORDS)?;
+            // `?phase=intent,outcome`: only those phases (destructive calls stay findable however
+            // much else was recorded since); by default every phase but approval bookkeeping.
+            let phases: Option<Vec<String>> = match op.query.text("phase") {
+                None => None,
+                Some(list) => {
+                    let phases: Vec<String> = list.split(',').map(str::to_owned).collect();
+                    const KNOWN: [&str; 8] = [
+                        "intent",
+                        "outcome",
+                        "denied",
+                        "denied_summary",
+                        "reconciled",
+                        "approval",
+                        "admin",
+                        "deferred",
+                    ];
+                    if let Some(bad) = phases.iter().find(|p| !KNOWN.contains(&p.as_str())) {
+                        return Err(GatewayError::ParameterInvalid(format!(
+                            "phase {bad:?} is not one of {}",
+                            KNOWN.join(", ")
+                        )));
+                    }
+                    Some(phases)
+                }
+            };
             let records = match settings.audit_log.clone() {
                 None => Vec::new(),
                 Some(live) => tokio::task::spawn_blocking(move || {
                     crate::audit::recent(&live, limit, |record| {
-                        // Calls, not approval bookkeeping (the approvals tabs show that).
-                        record.get("phase").and_then(|p| p.as_str()) != Some("approval")
+                        let phase = record.get("phase").and_then(|p| p.as_str());
+                        match &phases {
+                            Some(wanted) => phase.is_some_and(|p| wanted.iter().any(|w| w == p)),
+                            // Calls, not approval bookkeeping (the approvals tabs show that).
+                            None => phase != Some("approval"),
+                        }
                     })
                 })
                 .await

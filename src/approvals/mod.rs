@@ -43,6 +43,7 @@ use crate::classify::Operation;
 use crate::error::GatewayError;
 pub use crate::ext::ApprovalUsed;
 use crate::guards::{ForceDeleteGuard, Protection, References, PROTECTED_RULE};
+use crate::ids::RuleId;
 use crate::metrics::Metrics;
 use crate::policy::{ApprovalRequired, Decision};
 use crate::store::{RecordStore, StoreError};
@@ -50,6 +51,9 @@ use crate::units::{hex, rfc3339};
 
 /// How long finished approvals are kept (for the page's decided tab and `approvals list`).
 pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+/// Default `approvals.max_asks_per_client` (new approvals per requester per minute).
+pub const DEFAULT_MAX_ASKS_PER_CLIENT: u32 = 30;
 
 /// Default `approvals.max_pending_per_client`.
 pub const DEFAULT_MAX_PENDING_PER_CLIENT: usize = 10;
@@ -59,6 +63,9 @@ const INDEX: &str = "approvals";
 
 /// Approvals read per store round trip when listing.
 const PAGE: usize = 100;
+
+/// Who the audit records name for what the gateway does by itself (expiry, give-backs).
+pub const GATEWAY_ACTOR: &str = "gateway";
 
 /// How long an audit record of a transition may take to become durable.
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -344,6 +351,8 @@ impl From<ApprovalError> for GatewayError {
 #[derive(Debug, Clone)]
 pub struct Approvals {
     store: RecordStore,
+    /// Where the per-requester ask budget counts (`approvals.max_asks_per_client`).
+    counters: Option<(crate::state::StateStore, u32)>,
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     notify: Option<notify::Notifier>,
@@ -369,10 +378,50 @@ impl Approvals {
     ) -> Self {
         Approvals {
             store,
+            counters: None,
             audit,
             metrics,
             notify,
             max_pending_per_client: max_pending_per_client.max(1),
+        }
+    }
+
+    /// Bound how often one requester may ask: at most `per_minute` new approvals a minute, counted
+    /// in `state` (shared by the replicas on Redis).
+    pub fn with_ask_budget(mut self, state: crate::state::StateStore, per_minute: u32) -> Self {
+        self.counters = Some((state, per_minute.max(1)));
+        self
+    }
+
+    /// Take one ask from `requester`'s budget, or refuse with 429.
+    async fn spend_ask(&self, requester: &str) -> Result<(), GatewayError> {
+        let Some((state, per_minute)) = &self.counters else {
+            return Ok(());
+        };
+        let emission_us = 60_000_000 / u64::from(*per_minute);
+        let bucket = crate::state::Bucket {
+            key: format!("asks:{requester}"),
+            emission_us,
+            tolerance_us: emission_us * u64::from(per_minute - 1),
+        };
+        match state.check(std::slice::from_ref(&bucket)).await {
+            Ok(verdicts) => match verdicts.first() {
+                Some(crate::state::Verdict::Refuse { wait }) => {
+                    Err(GatewayError::TooManyRequests {
+                        limit: RuleId::builtin("approvals.max_asks_per_client"),
+                        retry_after: wait.as_secs().max(1),
+                        rate: crate::units::Rate {
+                            count: *per_minute,
+                            period: Duration::from_secs(60),
+                        },
+                        burst: *per_minute,
+                    })
+                }
+                _ => Ok(()),
+            },
+            Err(error) => Err(GatewayError::ApprovalsUnavailable(format!(
+                "the ask budget could not be checked: {error}"
+            ))),
         }
     }
 
@@ -395,7 +444,10 @@ impl Approvals {
         }
         let mut expired = approval.clone();
         expired.state = State::Expired;
-        match self.transition(&raw, &expired, None, None).await? {
+        match self
+            .transition(&raw, &expired, Some(GATEWAY_ACTOR), None)
+            .await?
+        {
             Some(new_raw) => Ok(Some((new_raw, expired))),
             // Someone else moved it first: read what it is now.
             None => match self.store.get(&doc_key(&approval.id)).await? {
@@ -585,6 +637,8 @@ impl Approvals {
                 ));
             }
             if references.is_none() {
+                // Asking costs: a bounded budget per requester, before any upstream lookup.
+                self.spend_ask(principal.client.as_str()).await?;
                 // Before claiming: a refusal here (a legal hold, a failed lookup) leaves nothing.
                 let list = lookup.take().map(|f| f());
                 references = Some(match list {
@@ -796,13 +850,17 @@ impl Approvals {
         {
             Ok(true) => {
                 tracing::info!(approval_id = %used.id, refusal = refusal.code(), "approval given back");
-                if let Some(log) = &self.audit {
-                    let mut event = event_of(&approved, &approved.requester);
-                    event.comment = Some(format!(
-                        "given back: the request was refused before it reached the upstream ({})",
-                        refusal.code()
-                    ));
-                    log.write(event);
+                // Recorded durably, as every transition is; the approval stays given back (the
+                // request was refused either way), and a failure to record it is logged loudly.
+                let comment = format!(
+                    "given back: the request was refused before it reached the upstream ({})",
+                    refusal.code()
+                );
+                if let Err(why) = self
+                    .audit_durably(&approved, Some(GATEWAY_ACTOR), Some(&comment))
+                    .await
+                {
+                    tracing::error!(approval_id = %used.id, %why, "the give-back of an approval could not be recorded durably");
                 }
             }
             Ok(false) => {}

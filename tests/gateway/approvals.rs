@@ -1185,7 +1185,9 @@ async fn a_legal_hold_refuses_a_forced_delete_whose_references_cannot_all_be_lis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pending_cap_counts_exactly_however_many_approvals_came_and_went() {
     let (emulator, upstream) = start_emulator().await;
-    let config = format!("{TWO_PERSON}approvals:\n  max_pending_per_client: 10\n");
+    let config = format!(
+        "{TWO_PERSON}approvals:\n  max_pending_per_client: 10\n  max_asks_per_client: 1000\n"
+    );
     let gateway = TestGateway::start_with(&upstream, &config, |_| {}).await;
     let assets: Vec<String> = (0..40)
         .map(|i| emulator.create_asset(&format!("a{i}.mp4")))
@@ -1371,4 +1373,40 @@ fn check_refuses_an_approval_on_a_rule_that_can_match_an_upload() {
     );
     let error = Config::parse(std::path::Path::new("gateway.yaml"), &yaml).unwrap_err();
     assert!(error.to_string().contains("multipart"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_has_a_budget_per_requester() {
+    let (emulator, upstream) = start_emulator().await;
+    let config = format!("{TWO_PERSON}approvals:\n  max_asks_per_client: 3\n");
+    let gateway = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    for i in 0..3 {
+        let id = ask(
+            &gateway,
+            BOB_KEY,
+            &emulator.create_asset(&format!("b{i}.mp4")),
+        )
+        .await;
+        let (status, _) = api(
+            &gateway,
+            Method::POST,
+            &format!("approvals/{id}/cancel"),
+            BOB_KEY,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let lookups_before = emulator.requests().len();
+    let response = forced_delete(&gateway, BOB_KEY, &emulator.create_asset("b4.mp4")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = body_json(response).await;
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("approvals.max_asks_per_client"));
+    // Refused before any reference lookup upstream.
+    assert_eq!(emulator.requests().len(), lookups_before);
+    gateway.shutdown().await;
 }

@@ -127,6 +127,21 @@ async fn recent_calls_are_the_newest_audit_records_for_audit_roles_only() {
     assert!(records.iter().all(|r| r["phase"] != "approval"), "{body}");
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
+    // Filtered by phase: the destructive calls stay findable under any amount of other records.
+    let (status, body) = api_get(
+        &gateway,
+        "audit/recent?limit=10&phase=intent,outcome",
+        ALICE_KEY,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 6, "{body}");
+    assert!(records
+        .iter()
+        .all(|r| r["phase"] == "intent" || r["phase"] == "outcome"));
+    let (status, _) = api_get(&gateway, "audit/recent?phase=bogus", ALICE_KEY).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // A member: 403 policy_denied, and `me` says so before the page asks.
     let (status, body) = api_get(&gateway, "audit/recent", BOB_KEY).await;
