@@ -364,7 +364,38 @@ pub struct Approvals {
 enum Asked {
     /// Approved, and now used by this request (with the stored text, to give it back).
     Use(Approval, String),
-    Pending(Approval),
+    /// Pending (created now or found again); with why an approved one no longer covered it.
+    Pending(Approval, Option<String>),
+}
+
+/// Why `now` reaches beyond `approved` (references the approvers did not see), if it does.
+fn beyond(approved: &References, now: &References) -> Option<String> {
+    let new_assets: Vec<&str> = now
+        .indexed_assets
+        .iter()
+        .filter(|r| !approved.indexed_assets.iter().any(|a| a.id == r.id))
+        .map(|r| r.id.as_str())
+        .collect();
+    let new_entities: Vec<&str> = now
+        .entities
+        .iter()
+        .filter(|r| !approved.entities.iter().any(|a| a.id == r.id))
+        .map(|r| r.id.as_str())
+        .collect();
+    if new_assets.is_empty() && new_entities.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "it would now unlink {} indexed asset(s) and {} entit(y/ies) the approvers did not see ({})",
+        new_assets.len(),
+        new_entities.len(),
+        new_assets
+            .iter()
+            .chain(new_entities.iter())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 impl Approvals {
@@ -600,6 +631,8 @@ impl Approvals {
         let pointer_ttl = required.ttl + required.use_within;
         let mut lookup = Some(lookup);
         let mut references: Option<Option<References>> = None;
+        let mut grown: Option<String> = None;
+        let mut spent = false;
         for _ in 0..8 {
             let found = self.store.get(&key).await.map_err(ApprovalError::from)?;
             if let Some(id) = &found {
@@ -609,9 +642,30 @@ impl Approvals {
                     let current = approval.requester == principal.client.as_str()
                         && approval.request_sha256 == sha
                         && approval.requirements == requirements;
+                    // An approval covers the blast radius its approvers saw: listed again at use,
+                    // more or other references ask anew.
+                    if current && approval.state == State::Approved {
+                        if let Some(approved) = &approval.references {
+                            if references.is_none() {
+                                let list = lookup.take().map(|f| f());
+                                references = Some(match list {
+                                    Some(list) => list.await?,
+                                    None => None,
+                                });
+                            }
+                            if let Some(Some(now)) = &references {
+                                grown = beyond(approved, now).map(|why| {
+                                    format!(
+                                        "approval {} no longer covers this request: {why}",
+                                        approval.id
+                                    )
+                                });
+                            }
+                        }
+                    }
                     match approval.state {
-                        State::Pending if current => return Ok(Asked::Pending(approval)),
-                        State::Approved if current => {
+                        State::Pending if current => return Ok(Asked::Pending(approval, None)),
+                        State::Approved if current && grown.is_none() => {
                             let mut used = approval.clone();
                             used.state = State::Used;
                             used.used_at = Some(rfc3339(SystemTime::now()));
@@ -636,9 +690,12 @@ impl Approvals {
                     self.max_pending_per_client,
                 ));
             }
-            if references.is_none() {
+            if !spent {
                 // Asking costs: a bounded budget per requester, before any upstream lookup.
                 self.spend_ask(principal.client.as_str()).await?;
+                spent = true;
+            }
+            if references.is_none() {
                 // Before claiming: a refusal here (a legal hold, a failed lookup) leaves nothing.
                 let list = lookup.take().map(|f| f());
                 references = Some(match list {
@@ -687,7 +744,7 @@ impl Approvals {
                 }
             }
             match self.create(&approval).await {
-                Ok(()) => return Ok(Asked::Pending(approval)),
+                Ok(()) => return Ok(Asked::Pending(approval, grown)),
                 Err(error) => {
                     // Not recorded, so not asked: the pointer and the document go.
                     let _ = self.store.remove(&key, &id).await;
@@ -1203,8 +1260,14 @@ where
                 })
                 .await?
             {
-                Asked::Pending(approval) => {
-                    Err(approval_required(&approval, &required, &shared.gateway_url))
+                Asked::Pending(approval, why) => {
+                    let mut refusal = approval_required(&approval, &required, &shared.gateway_url);
+                    if let (Some(why), GatewayError::ApprovalRequired { message, .. }) =
+                        (why, &mut refusal)
+                    {
+                        *message = format!("{why}; a new approval was asked for. {message}");
+                    }
+                    Err(refusal)
                 }
                 Asked::Use(approval, raw) => {
                     req.extensions_mut().insert(ApprovalUsed {

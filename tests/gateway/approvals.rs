@@ -1410,3 +1410,59 @@ async fn asking_has_a_budget_per_requester() {
     assert_eq!(emulator.requests().len(), lookups_before);
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_covers_only_the_blast_radius_its_approvers_saw() {
+    let (emulator, upstream) = start_emulator().await;
+    let asset = emulator.create_asset("quiet.mp4");
+    let gateway = TestGateway::start_with(&upstream, TWO_PERSON, |_| {}).await;
+    let id = ask(&gateway, BOB_KEY, &asset).await;
+    let (_, shown) = api(
+        &gateway,
+        Method::GET,
+        &format!("approvals/{id}"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(shown["references"]["indexed_assets"], serde_json::json!([]));
+    assert_eq!(approve(&gateway, &id, ALICE_KEY).await.0, StatusCode::OK);
+
+    // Meanwhile the asset was indexed: the approved delete would now unlink something unseen.
+    let index = emulator.create_index("late");
+    emulator.index_asset(&index, &asset).unwrap();
+    let response = forced_delete(&gateway, BOB_KEY, &asset).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let again = response.headers()["x-tl-gateway-approval-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(again, id);
+    let body = body_json(response).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("no longer covers"), "{message}");
+    assert_eq!(deletes_seen(&emulator, &asset), 0);
+    // The new approval shows the approvers what it reaches now.
+    let (_, shown) = api(
+        &gateway,
+        Method::GET,
+        &format!("approvals/{again}"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(
+        shown["references"]["indexed_assets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(approve(&gateway, &again, ALICE_KEY).await.0, StatusCode::OK);
+    assert_eq!(
+        forced_delete(&gateway, BOB_KEY, &asset).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(deletes_seen(&emulator, &asset), 1);
+    gateway.shutdown().await;
+}
