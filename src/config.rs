@@ -288,6 +288,7 @@ struct RawNotify {
     webhook_url_file: Option<PathBuf>,
     timeout: Option<ConfigDuration>,
     max_attempts: Option<u32>,
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -795,10 +796,32 @@ impl Validator<'_> {
                     ));
                 }
                 let defaults = NotifySettings::default();
+                let secret_at = [
+                    Seg::Key("approvals"),
+                    Seg::Key("notify"),
+                    Seg::Key("secret_file"),
+                ];
+                let secret = match &n.secret_file {
+                    None => None,
+                    Some(file) => {
+                        let text = std::fs::read_to_string(file).map_err(|e| {
+                            (self.fail)(&secret_at, format!("cannot read {}: {e}", file.display()))
+                        })?;
+                        let secret = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
+                        if secret.len() < 16 {
+                            return Err((self.fail)(
+                                &secret_at,
+                                "the signing secret must be at least 16 bytes".into(),
+                            ));
+                        }
+                        Some(secret)
+                    }
+                };
                 Some(NotifySettings {
                     url,
                     timeout: n.timeout.map_or(defaults.timeout, |d| d.0),
                     max_attempts: n.max_attempts.unwrap_or(defaults.max_attempts).max(1),
+                    secret,
                 })
             }
         };

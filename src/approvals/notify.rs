@@ -28,6 +28,9 @@ pub struct NotifySettings {
     pub timeout: Duration,
     /// Attempts per notification (the first included).
     pub max_attempts: u32,
+    /// The key bodies are signed with (`approvals.notify.secret_file`): `x-tl-gateway-signature:
+    /// sha256=<hex HMAC-SHA256 of the body>`.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl Default for NotifySettings {
@@ -36,12 +39,28 @@ impl Default for NotifySettings {
             url: String::new(),
             timeout: Duration::from_secs(5),
             max_attempts: 5,
+            secret: None,
         }
     }
 }
 
 /// Notifications waiting to be sent, at most.
 const QUEUE: usize = 1024;
+
+/// Notifications in flight at once: a slow or dead endpoint delays none of the others.
+const CONCURRENT: usize = 16;
+
+/// The header carrying the body's signature.
+pub const SIGNATURE_HEADER: &str = "x-tl-gateway-signature";
+
+/// `sha256=<hex>`: the HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Mac, SimpleHmac};
+    let mut mac = <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(secret)
+        .expect("HMAC takes a key of any length");
+    mac.update(body);
+    format!("sha256={}", crate::units::hex(&mac.finalize().into_bytes()))
+}
 
 /// The first retry waits this long; each further one twice as long (at most [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -137,32 +156,42 @@ async fn send_all(
     mut rx: mpsc::Receiver<Bytes>,
     metrics: Arc<Metrics>,
 ) {
-    let count = |result: &str| {
-        metrics
-            .approval_notifications
-            .with_label_values(&[result])
-            .inc()
-    };
+    let settings = Arc::new(settings);
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
     while let Some(body) = rx.recv().await {
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=settings.max_attempts {
-            match post(&client, &settings, body.clone()).await {
-                Ok(()) => {
-                    count("sent");
-                    break;
-                }
-                Err(why) if attempt < settings.max_attempts => {
-                    tracing::warn!(attempt, error = %why, "approval webhook failed; retrying in {backoff:?}");
-                    count("retried");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(why) => {
-                    tracing::error!(attempts = attempt, error = %why, "approval webhook failed; notification given up");
-                    count("failed");
+        // Each notification retries on its own: one waiting for a dead endpoint holds one slot.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, settings, metrics) = (client.clone(), settings.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let count = |result: &str| {
+                metrics
+                    .approval_notifications
+                    .with_label_values(&[result])
+                    .inc()
+            };
+            let mut backoff = FIRST_BACKOFF;
+            for attempt in 1..=settings.max_attempts {
+                match post(&client, &settings, body.clone()).await {
+                    Ok(()) => {
+                        count("sent");
+                        break;
+                    }
+                    Err(why) if attempt < settings.max_attempts => {
+                        tracing::warn!(attempt, error = %why, "approval webhook failed; retrying in {backoff:?}");
+                        count("retried");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Err(why) => {
+                        tracing::error!(attempts = attempt, error = %why, "approval webhook failed; notification given up");
+                        count("failed");
+                    }
                 }
             }
-        }
+        });
     }
 }
 
@@ -171,15 +200,29 @@ async fn post(
     settings: &NotifySettings,
     body: Bytes,
 ) -> Result<(), String> {
-    let request = Request::post(settings.url.as_str())
+    let mut request = Request::post(settings.url.as_str())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::USER_AGENT, "tl-gateway")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+        .header(header::USER_AGENT, "tl-gateway");
+    if let Some(secret) = &settings.secret {
+        request = request.header(SIGNATURE_HEADER, signature(secret, &body));
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
     match tokio::time::timeout(settings.timeout, client.request(request)).await {
         Err(_) => Err(format!("no answer within {:?}", settings.timeout)),
         Ok(Err(error)) => Err(error.to_string()),
         Ok(Ok(response)) if response.status().is_success() => Ok(()),
         Ok(Ok(response)) => Err(format!("status {}", response.status())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_signature_is_hmac_sha256_as_rfc_4231_computes_it() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            super::signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 }

@@ -1466,3 +1466,80 @@ async fn an_approval_covers_only_the_blast_radius_its_approvers_saw() {
     assert_eq!(deletes_seen(&emulator, &asset), 1);
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_bodies_are_signed_and_a_hanging_endpoint_delays_no_other_notification() {
+    // The first notification hangs; every later one is answered at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    /// When a notification arrived, its signature header and its body.
+    type Received = (Instant, String, Vec<u8>);
+    let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (log, hang) = (log.clone(), std::mem::take(&mut first));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let signature = req
+                            .headers()
+                            .get("x-tl-gateway-signature")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                        if hang {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        log.lock()
+                            .unwrap()
+                            .push((Instant::now(), signature, bytes.to_vec()));
+                        Ok::<_, Infallible>(Response::new(body::empty()))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let (emulator, upstream) = start_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    let secret = "s3cret-signing-key-0123456789";
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let config = format!(
+        "{TWO_PERSON}approvals:\n  notify:\n    webhook_url: http://{addr}/hook\n    timeout: 20s\n    max_attempts: 1\n    secret_file: {}\n",
+        secret_file.display()
+    );
+    let gateway = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    ask(&gateway, BOB_KEY, &emulator.create_asset("h1.mp4")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = Instant::now();
+    ask(&gateway, BOB_KEY, &emulator.create_asset("h2.mp4")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (arrived, signature, bytes) = loop {
+        if let Some(found) = seen.lock().unwrap().first().cloned() {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second notification waited behind the hanging first"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(arrived.duration_since(asked) < Duration::from_secs(3));
+    assert_eq!(
+        signature,
+        tl_gateway::approvals::notify::signature(secret.as_bytes(), &bytes)
+    );
+    assert!(signature.starts_with("sha256=") && signature.len() == 7 + 64);
+    let event: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(event["event"], "approval.requested");
+    gateway.shutdown().await;
+}
