@@ -1394,3 +1394,6 @@ pub fn view(approval: &Approval, caller: &Principal) -> serde_json::Value {
     }
     value
 }
+
+#[cfg(test)]
+mod tests;
