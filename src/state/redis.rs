@@ -91,6 +91,7 @@ impl RedisStore {
             metrics,
         });
         tokio::spawn(probe(Arc::downgrade(&store)));
+        tokio::spawn(warn_if_evicting(Arc::downgrade(&store)));
         Ok(store)
     }
 
@@ -208,6 +209,45 @@ impl RedisStore {
             Ok(Err(error)) => Err(format!("{}: {error}", self.where_)),
             Err(_) => Err(format!("{}: no answer to PING", self.where_)),
         }
+    }
+}
+
+/// Limit state must never be evicted silently: an evicted budget starts full again. Once the
+/// server answers, say so loudly if its `maxmemory-policy` may evict (anything but `noeviction`:
+/// buckets carry an expiry, so `volatile-*` evicts them too). With `noeviction` a full Redis fails
+/// writes, and each limit follows its `on_unavailable` (budgets fail closed).
+async fn warn_if_evicting(store: std::sync::Weak<RedisStore>) {
+    for _ in 0..30 {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let mut connection = store.connection.clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async::<Vec<String>>(&mut connection),
+        )
+        .await;
+        match answer {
+            Ok(Ok(pair)) => {
+                match pair.get(1).map(String::as_str) {
+                    Some("noeviction") | None => {}
+                    Some(policy) => tracing::warn!(
+                        store = %store.where_,
+                        policy,
+                        "the Redis server may evict keys (maxmemory-policy {policy}): an evicted limit starts afresh and an exhausted budget admits again; set maxmemory-policy noeviction (deploy/README.md)"
+                    ),
+                }
+                return;
+            }
+            // CONFIG may be disabled (managed Redis): nothing to check.
+            Ok(Err(error)) if !is_transport(&error) => return,
+            _ => {}
+        }
+        drop(store);
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -19,10 +19,16 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     process: Option<KillOnDrop>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A server started with these extra arguments (e.g. `--maxmemory 2mb`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -32,6 +38,7 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             process: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.run();
         server
@@ -45,6 +52,7 @@ impl RedisServer {
         let child = std::process::Command::new(binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
@@ -748,4 +756,58 @@ mod script {
             "admits again after the repaired wait"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_that_never_evicts_keeps_an_exhausted_budget_exhausted() {
+    // The kit's policy: noeviction, and a small maxmemory to fill.
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let upstream = Upstream::recording().await;
+    let origin = format!("http://{}", upstream.addr);
+    let limits = r#"rate_limits:
+  - id: member-delete-budget
+    match: { method: DELETE }
+    roles: [member]
+    per: client
+    rate: 3/day
+    burst: 3
+"#;
+    let gateway = TestGateway::start_with(&origin, &state_yaml(&redis, limits), |_| {}).await;
+    for i in 0..3 {
+        assert_eq!(
+            delete(&gateway, BOB_KEY, &format!("/v1.3/indexes/i{i}"))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        delete(&gateway, BOB_KEY, "/v1.3/indexes/i3").await.status(),
+        429
+    );
+    // Fill Redis to its limit with other keys (an attacker's churn, or anything else).
+    let filler = "x".repeat(10_000);
+    for i in 0..1000 {
+        let reply = redis.try_command(&["SET", &format!("filler:{i}"), &filler]);
+        if matches!(&reply, Err(e) if e.contains("OOM"))
+            || matches!(&reply, Ok(r) if r.contains("OOM"))
+        {
+            break;
+        }
+    }
+    // Full: the budget's state was not evicted, so the exhausted budget admits nothing more
+    // (429 from the bucket, or 503 limits_unavailable where the write is refused: never 200).
+    for i in 4..8 {
+        let status = delete(&gateway, BOB_KEY, &format!("/v1.3/indexes/i{i}"))
+            .await
+            .status();
+        assert!(status == 429 || status == 503, "{status}");
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "only the three budgeted deletes went out"
+    );
+    gateway.shutdown().await;
 }
