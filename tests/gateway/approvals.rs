@@ -134,21 +134,7 @@ async fn api(
     key: &str,
     body: Option<serde_json::Value>,
 ) -> (StatusCode, serde_json::Value) {
-    let builder = request(
-        method,
-        &gateway.url(&format!("/tl-gateway/v1/{path}")),
-        Some(key),
-    );
-    let req = match body {
-        Some(json) => builder
-            .header("content-type", "application/json")
-            .body(full(json.to_string()))
-            .unwrap(),
-        None => builder.body(body::empty()).unwrap(),
-    };
-    let response = send(Proto::Http1, req).await;
-    let status = response.status();
-    (status, body_json(response).await)
+    api_call(&gateway.url(""), method, path, key, body).await
 }
 
 async fn approve(gateway: &TestGateway, id: &str, key: &str) -> (StatusCode, serde_json::Value) {

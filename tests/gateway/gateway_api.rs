@@ -28,19 +28,7 @@ async fn api(
     path: &str,
     key: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let response = send(
-        Proto::Http1,
-        request(
-            method,
-            &gateway.url(&format!("/tl-gateway/v1/{path}")),
-            Some(key),
-        )
-        .body(body::empty())
-        .unwrap(),
-    )
-    .await;
-    let status = response.status();
-    (status, body_json(response).await)
+    api_call(&gateway.url(""), method, path, key, None).await
 }
 
 /// Bob asks to delete index `index`: 403 approval_required; the approval id.

@@ -5,35 +5,10 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use tl_gateway::body;
 
 use crate::process::GatewayProcess;
 use crate::store::PostgresServer;
 use crate::support::*;
-
-async fn call(
-    base: &str,
-    method: Method,
-    path: &str,
-    key: &str,
-    json: Option<serde_json::Value>,
-) -> (StatusCode, serde_json::Value) {
-    let builder = request(method, &format!("{base}/tl-gateway/v1/{path}"), Some(key));
-    let req = match json {
-        Some(json) => builder
-            .header("content-type", "application/json")
-            .body(full(json.to_string()))
-            .unwrap(),
-        None => builder.body(body::empty()).unwrap(),
-    };
-    let response = send(Proto::Http1, req).await;
-    let status = response.status();
-    let bytes = body_bytes(response).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
-}
 
 async fn assets(base: &str, key: &str) -> (StatusCode, serde_json::Value) {
     let response = get(&format!("{base}/v1.3/assets"), Some(key)).await;
@@ -47,7 +22,7 @@ async fn assets(base: &str, key: &str) -> (StatusCode, serde_json::Value) {
 
 /// Create `id` (member) and issue it a key, as alice; the key.
 async fn onboard(base: &str, id: &str) -> String {
-    let (status, client) = call(
+    let (status, client) = api_call(
         base,
         Method::POST,
         "clients",
@@ -57,7 +32,7 @@ async fn onboard(base: &str, id: &str) -> String {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{client}");
     assert_eq!(client["source"], "store");
-    let (status, issued) = call(
+    let (status, issued) = api_call(
         base,
         Method::POST,
         &format!("clients/{id}/keys"),
@@ -96,7 +71,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     assert_eq!(assets(&base, &key).await.0, StatusCode::OK);
 
     // Listing: YAML and store clients, never a key or its digest.
-    let (status, listed) = call(&base, Method::GET, "clients", ALICE_KEY, None).await;
+    let (status, listed) = api_call(&base, Method::GET, "clients", ALICE_KEY, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = listed.to_string();
     assert!(!text.contains(&key) && !text.contains(&tl_gateway::auth::key_digest_hex(&key)));
@@ -109,7 +84,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     assert_eq!(alice["source"], "config");
 
     // Refusals in the TwelveLabs shape.
-    let (status, body) = call(
+    let (status, body) = api_call(
         &base,
         Method::POST,
         "clients",
@@ -121,7 +96,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
         (status, body["code"].as_str()),
         (StatusCode::CONFLICT, Some("client_exists"))
     );
-    let (status, body) = call(
+    let (status, body) = api_call(
         &base,
         Method::POST,
         "clients",
@@ -133,7 +108,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
         (status, body["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("parameter_invalid"))
     );
-    let (status, body) = call(
+    let (status, body) = api_call(
         &base,
         Method::PATCH,
         "clients/bob",
@@ -145,19 +120,19 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
         (status, body["code"].as_str()),
         (StatusCode::CONFLICT, Some("client_read_only"))
     );
-    let (status, body) = call(&base, Method::GET, "clients", BOB_KEY, None).await;
+    let (status, body) = api_call(&base, Method::GET, "clients", BOB_KEY, None).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("policy_denied"))
     );
-    let (status, body) = call(&base, Method::GET, "clients/nobody", ALICE_KEY, None).await;
+    let (status, body) = api_call(&base, Method::GET, "clients/nobody", ALICE_KEY, None).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("client_not_found"))
     );
 
     // A second key, then the first revoked: 401 key_revoked naming client and label.
-    let (status, second) = call(
+    let (status, second) = api_call(
         &base,
         Method::POST,
         "clients/carol/keys",
@@ -167,7 +142,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let second = second["key"].as_str().unwrap().to_owned();
-    let (status, _) = call(
+    let (status, _) = api_call(
         &base,
         Method::DELETE,
         "clients/carol/keys/laptop",
@@ -184,7 +159,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     assert_eq!(assets(&base, &second).await.0, StatusCode::OK);
 
     // Disabled: every key refused with client_disabled; enabled again: works.
-    let (status, _) = call(
+    let (status, _) = api_call(
         &base,
         Method::PATCH,
         "clients/carol",
@@ -194,7 +169,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(assets(&base, &second).await.1["code"], "client_disabled");
-    let (status, _) = call(
+    let (status, _) = api_call(
         &base,
         Method::PATCH,
         "clients/carol",
@@ -206,7 +181,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     assert_eq!(assets(&base, &second).await.0, StatusCode::OK);
 
     // Self-service rotation: a new key; the presented one retired at once (0s).
-    let (status, rotated) = call(
+    let (status, rotated) = api_call(
         &base,
         Method::POST,
         "me/keys",
@@ -220,7 +195,7 @@ async fn an_admin_issues_revokes_and_disables_and_a_restart_keeps_it_all() {
     assert_eq!(assets(&base, &second).await.1["code"], "key_expired");
     assert_eq!(assets(&base, &third).await.0, StatusCode::OK);
     // A YAML client cannot rotate through the API.
-    let (status, body) = call(
+    let (status, body) = api_call(
         &base,
         Method::POST,
         "me/keys",
@@ -309,7 +284,7 @@ async fn two_gateway_processes_on_one_postgres_see_each_others_keys_within_a_sec
     .await;
     eprintln!("issued on A, usable on B after {took:?}");
     // Revoked on B: refused on A within a second.
-    let (status, _) = call(
+    let (status, _) = api_call(
         &base_b,
         Method::DELETE,
         "clients/erin/keys/laptop",
@@ -325,7 +300,7 @@ async fn two_gateway_processes_on_one_postgres_see_each_others_keys_within_a_sec
     eprintln!("revoked on B, refused on A after {took:?}");
 
     // PostgreSQL down: existing keys keep working from the snapshot, changes get 503.
-    let (status, issued) = call(
+    let (status, issued) = api_call(
         &base_a,
         Method::POST,
         "clients/erin/keys",
@@ -342,7 +317,7 @@ async fn two_gateway_processes_on_one_postgres_see_each_others_keys_within_a_sec
     postgres.stop();
     assert_eq!(assets(&base_b, &spare).await.0, StatusCode::OK);
     assert_eq!(assets(&base_a, BOB_KEY).await.0, StatusCode::OK);
-    let (status, body) = call(
+    let (status, body) = api_call(
         &base_b,
         Method::POST,
         "clients",
@@ -358,7 +333,7 @@ async fn two_gateway_processes_on_one_postgres_see_each_others_keys_within_a_sec
     // Back: changes work again, without a restart.
     postgres.restart();
     within(Duration::from_secs(15), || async {
-        call(
+        api_call(
             &base_b,
             Method::POST,
             "clients",
@@ -397,7 +372,7 @@ async fn the_official_sdk_works_with_a_key_issued_through_the_api_until_it_is_re
         .requests()
         .iter()
         .all(|r| r.headers.values().all(|v| v.as_bytes() != key.as_bytes())));
-    let (status, _) = call(
+    let (status, _) = api_call(
         &base,
         Method::DELETE,
         "clients/grace/keys/laptop",

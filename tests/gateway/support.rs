@@ -390,3 +390,29 @@ pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<Vec
     }
     Some(head)
 }
+
+/// Call the gateway's own API at `base` (`http://addr`): `path` below `/tl-gateway/v1/`, the
+/// caller's key, an optional JSON body; the status and the JSON answer (`Null` if none).
+pub async fn api_call(
+    base: &str,
+    method: Method,
+    path: &str,
+    key: &str,
+    json: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let builder = request(method, &format!("{base}/tl-gateway/v1/{path}"), Some(key));
+    let req = match json {
+        Some(json) => builder
+            .header("content-type", "application/json")
+            .body(full(json.to_string()))
+            .unwrap(),
+        None => builder.body(tl_gateway::body::empty()).unwrap(),
+    };
+    let response = send(Proto::Http1, req).await;
+    let status = response.status();
+    let bytes = body_bytes(response).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
