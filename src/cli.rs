@@ -229,7 +229,7 @@ async fn run(command: Command) -> Result<(), String> {
             admin_listen,
             tls,
         } => demo(listen, admin_listen, tls).await,
-        Command::Check { config } => check(&config),
+        Command::Check { config } => check(&config).await,
         Command::Explain { .. } | Command::Test { .. } | Command::Audit { .. } => {
             Err("handled without a runtime".into())
         }
@@ -388,7 +388,7 @@ fn addr(result: std::io::Result<SocketAddr>) -> String {
     result.map_or_else(|e| format!("<{e}>"), |a| a.to_string())
 }
 
-fn check(path: &Path) -> Result<(), String> {
+async fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     println!(
         "{}: ok — {} client(s), {} policy rule(s), upstream {}",
@@ -420,6 +420,9 @@ fn check(path: &Path) -> Result<(), String> {
             println!("warning: the TLS certificate expires within 14 days");
         }
     }
+    if let crate::state::StateSettings::Redis(redis) = &config.state {
+        redis_eviction_check(redis).await;
+    }
     let now = std::time::SystemTime::now();
     for client in &config.clients {
         for key in &client.keys {
@@ -441,6 +444,27 @@ fn check(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Limit state must never be evicted: ask the configured Redis its `maxmemory-policy` (briefly;
+/// `check` also runs where the server cannot be reached, which is not an error).
+async fn redis_eviction_check(redis: &crate::state::RedisSettings) {
+    let where_ = crate::state::redacted(&redis.url);
+    let asked =
+        crate::state::redis::eviction_policy(&redis.url, std::time::Duration::from_secs(2)).await;
+    match asked {
+        Ok(Some(policy)) if crate::state::redis::evicts(&policy) => println!(
+            "warning: state.redis ({where_}): {}",
+            crate::state::redis::eviction_warning(&policy)
+        ),
+        Ok(Some(policy)) => println!("state: {where_} maxmemory-policy {policy}"),
+        Ok(None) => println!(
+            "note: state.redis ({where_}) does not say its maxmemory-policy (CONFIG disabled): make sure it is noeviction"
+        ),
+        Err(error) => println!(
+            "note: state.redis ({where_}) could not be asked its maxmemory-policy ({error}); it must be noeviction"
+        ),
+    }
 }
 
 fn listen_port(gateway: &Gateway) -> u16 {

@@ -91,6 +91,10 @@ pub struct StoreMetrics {
     pub duration: Histogram,
     /// `tl_gateway_state_store_up`: 1 while the store answers (always, for the memory backend).
     pub up: IntGauge,
+    /// `tl_gateway_state_memory_used_bytes`: the Redis server's `used_memory` (read every 10 s).
+    pub memory_used: IntGauge,
+    /// `tl_gateway_state_memory_max_bytes`: its `maxmemory` (0: no limit).
+    pub memory_max: IntGauge,
 }
 
 impl StoreMetrics {
@@ -308,6 +312,14 @@ impl Metrics {
             up: r.gauge(
                 "tl_gateway_state_store_up",
                 "1 while the state store answers (the Redis probe), 0 while it does not.",
+            ),
+            memory_used: r.gauge(
+                "tl_gateway_state_memory_used_bytes",
+                "The Redis server's used_memory (INFO memory, read every 10 s; 0 on the memory backend).",
+            ),
+            memory_max: r.gauge(
+                "tl_gateway_state_memory_max_bytes",
+                "The Redis server's maxmemory (0: none, or the memory backend). Near it, writes fail (noeviction) and limits follow on_unavailable.",
             ),
         };
         for result in ["ok", "error", "timeout", "unavailable"] {

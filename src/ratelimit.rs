@@ -256,6 +256,23 @@ impl RateLimits {
         principal: &Principal,
         mut fallback: impl FnMut(&RuleId, OnUnavailable),
     ) -> Result<(), Refusal> {
+        self.run(op, principal, true, &mut fallback).await
+    }
+
+    /// What [`check`](Self::check) would answer now, consuming nothing: asking for an approval
+    /// meets the limits its request will meet (a spent budget refuses the ask) without spending
+    /// them, since the approved re-send is counted.
+    pub async fn peek(&self, op: &Operation, principal: &Principal) -> Result<(), Refusal> {
+        self.run(op, principal, false, &mut |_, _| {}).await
+    }
+
+    async fn run(
+        &self,
+        op: &Operation,
+        principal: &Principal,
+        commit: bool,
+        fallback: &mut impl FnMut(&RuleId, OnUnavailable),
+    ) -> Result<(), Refusal> {
         let matching: Vec<&Limit> = self
             .limits
             .iter()
@@ -272,7 +289,12 @@ impl RateLimits {
                 tolerance_us: l.tolerance_us,
             })
             .collect();
-        match self.store.check(&buckets).await {
+        let answer = if commit {
+            self.store.check(&buckets).await
+        } else {
+            self.store.peek(&buckets).await
+        };
+        match answer {
             Ok(verdicts) => {
                 let refused = matching.iter().zip(verdicts).find_map(|(l, v)| match v {
                     Verdict::Admit => None,
@@ -348,32 +370,37 @@ impl<B: Send + 'static> AdmitAsync<B> for Limited {
             Ok(()) => return Ok(req),
             Err(refusal) => refusal,
         };
-        let client = principal.client.as_str();
-        match refusal {
-            Refusal::Exceeded(exceeded) => {
-                metrics
-                    .rate_limited
-                    .with_label_values(&[exceeded.limit.as_str()])
-                    .inc();
-                metrics
-                    .client_denials
-                    .with_label_values(&[client, "rate_limit"])
-                    .inc();
-                let wait = exceeded.wait;
-                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Err(GatewayError::TooManyRequests {
-                    limit: exceeded.limit,
-                    retry_after: retry_after.max(1),
-                    rate: exceeded.rate,
-                    burst: exceeded.burst,
-                })
+        Err(refused(refusal, metrics, principal.client.as_str()))
+    }
+}
+
+/// The answer to a request a limit refused (counted): 429 `too_many_requests` with the wait, or 503
+/// `limits_unavailable` when the store could not answer and the limit fails closed.
+pub fn refused(refusal: Refusal, metrics: &Metrics, client: &str) -> GatewayError {
+    match refusal {
+        Refusal::Exceeded(exceeded) => {
+            metrics
+                .rate_limited
+                .with_label_values(&[exceeded.limit.as_str()])
+                .inc();
+            metrics
+                .client_denials
+                .with_label_values(&[client, "rate_limit"])
+                .inc();
+            let wait = exceeded.wait;
+            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            GatewayError::TooManyRequests {
+                limit: exceeded.limit,
+                retry_after: retry_after.max(1),
+                rate: exceeded.rate,
+                burst: exceeded.burst,
             }
-            Refusal::Unavailable { limit, error } => {
-                tracing::warn!(limit = limit.as_str(), %error, "rate limit could not be checked; refusing (on_unavailable: deny)");
-                Err(GatewayError::LimitsUnavailable {
-                    limit,
-                    reason: error.to_string(),
-                })
+        }
+        Refusal::Unavailable { limit, error } => {
+            tracing::warn!(limit = limit.as_str(), %error, "rate limit could not be checked; refusing (on_unavailable: deny)");
+            GatewayError::LimitsUnavailable {
+                limit,
+                reason: error.to_string(),
             }
         }
     }

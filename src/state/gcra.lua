@@ -4,6 +4,8 @@
 -- KEYS[i]       a bucket: its theoretical arrival time (TAT, µs since the epoch) is stored there
 -- ARGV[2i-1]    T: the emission interval of bucket i (µs, >= 1)
 -- ARGV[2i]      tau: its tolerance, T * (burst - 1) (µs)
+-- ARGV[2n+1]    optional: 'peek' answers the same verdicts and consumes nothing (asking for an
+--               approval is checked against the limits the request will meet, without spending them)
 --
 -- Returns one integer per bucket: 0 admits, > 0 refuses and is the wait in µs (at most T). The
 -- buckets are written only if every one admits (a refused request consumes nothing), each with an
@@ -15,6 +17,7 @@
 -- integer reply (Redis turns it into a negative number).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local peek = ARGV[2 * #KEYS + 1] == 'peek'
 local tats, waits, repaired, refused = {}, {}, {}, false
 for i = 1, #KEYS do
   local key = KEYS[i]
@@ -44,7 +47,7 @@ local function store(key, tat)
   -- '%d': a bare Lua number is sent as '%.14g' and would lose the microseconds.
   redis.call('SET', key, string.format('%d', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
 end
-if refused then
+if refused or peek then
   for key, tat in pairs(repaired) do store(key, tat) end
 else
   for key, tat in pairs(tats) do store(key, tat) end

@@ -36,6 +36,15 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// Check `buckets` now, all or nothing.
     pub fn check(&self, buckets: &[Bucket]) -> Vec<Verdict> {
+        self.run(buckets, true)
+    }
+
+    /// What `check` would answer now, consuming nothing.
+    pub fn peek(&self, buckets: &[Bucket]) -> Vec<Verdict> {
+        self.run(buckets, false)
+    }
+
+    fn run(&self, buckets: &[Bucket], commit: bool) -> Vec<Verdict> {
         // The clock starts at the store's creation, offset so a fresh bucket is never "in the past".
         let now = self.now();
         // A poisoned lock still holds the buckets: keep enforcing them (fail closed).
@@ -44,7 +53,7 @@ impl MemoryStore {
         if state.checks.is_multiple_of(SWEEP_EVERY) {
             state.tats.retain(|_, tat| *tat > now);
         }
-        gcra(&mut state.tats, buckets, now)
+        gcra(&mut state.tats, buckets, now, commit)
     }
 
     fn now(&self) -> u64 {

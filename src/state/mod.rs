@@ -165,6 +165,15 @@ impl StateStore {
         }
     }
 
+    /// What [`check`](Self::check) would answer now, consuming nothing (a refused bucket's repair
+    /// aside): asking for an approval meets the limits its request will meet, without spending them.
+    pub async fn peek(&self, buckets: &[Bucket]) -> Result<Vec<Verdict>, StoreError> {
+        match self {
+            StateStore::Memory(memory) => Ok(memory.peek(buckets)),
+            StateStore::Redis(redis) => redis.run(buckets, true).await,
+        }
+    }
+
     /// `Ok` while the store answers (for `/readyz`).
     pub fn readiness(&self) -> Result<(), String> {
         match self {
@@ -175,13 +184,15 @@ impl StateStore {
 }
 
 /// GCRA over `buckets` at `now` (µs), all or nothing; `tats` holds each bucket's theoretical
-/// arrival time and is updated only if every bucket admits. The same algorithm as `gcra.lua`,
+/// arrival time and is updated only if every bucket admits and `commit` is set (a peek consumes
+/// nothing). The same algorithm as `gcra.lua`,
 /// including its repair: a TAT beyond the latest any admission leaves (`now + tolerance +
 /// emission`) is read, and kept, as that one, so a wait is never more than one emission interval.
 pub fn gcra(
     tats: &mut std::collections::HashMap<String, u64>,
     buckets: &[Bucket],
     now: u64,
+    commit: bool,
 ) -> Vec<Verdict> {
     let mut pending: Vec<(&str, u64)> = Vec::with_capacity(buckets.len());
     let mut repaired: Vec<(&str, u64)> = Vec::new();
@@ -215,7 +226,11 @@ pub fn gcra(
             verdicts.push(Verdict::Admit);
         }
     }
-    let written = if refused { repaired } else { pending };
+    let written = if refused || !commit {
+        repaired
+    } else {
+        pending
+    };
     for (key, tat) in written {
         tats.insert(key.to_owned(), tat);
     }
@@ -241,9 +256,9 @@ mod tests {
         let mut tats = HashMap::new();
         let b = [bucket("k", 1, 5)];
         for _ in 0..5 {
-            assert_eq!(gcra(&mut tats, &b, 10_000_000), vec![Verdict::Admit]);
+            assert_eq!(gcra(&mut tats, &b, 10_000_000, true), vec![Verdict::Admit]);
         }
-        let refused = gcra(&mut tats, &b, 10_000_000);
+        let refused = gcra(&mut tats, &b, 10_000_000, true);
         assert_eq!(
             refused,
             vec![Verdict::Refuse {
@@ -251,26 +266,42 @@ mod tests {
             }]
         );
         // A second later one more is admitted.
-        assert_eq!(gcra(&mut tats, &b, 11_000_000), vec![Verdict::Admit]);
+        assert_eq!(gcra(&mut tats, &b, 11_000_000, true), vec![Verdict::Admit]);
     }
 
     #[test]
     fn a_refusal_by_any_bucket_consumes_nothing_from_the_others() {
         let mut tats = HashMap::new();
         let both = [bucket("roomy", 1, 10), bucket("tight", 1, 1)];
-        assert_eq!(gcra(&mut tats, &both, 0), vec![Verdict::Admit; 2]);
+        assert_eq!(gcra(&mut tats, &both, 0, true), vec![Verdict::Admit; 2]);
         let before = tats.clone();
-        let verdicts = gcra(&mut tats, &both, 0);
+        let verdicts = gcra(&mut tats, &both, 0, true);
         assert_eq!(verdicts[0], Verdict::Admit);
         assert!(matches!(verdicts[1], Verdict::Refuse { .. }));
         assert_eq!(tats, before, "nothing consumed");
     }
 
     #[test]
+    fn a_peek_answers_as_a_check_would_and_consumes_nothing() {
+        let mut tats = HashMap::new();
+        let b = [bucket("k", 1, 2)];
+        assert_eq!(gcra(&mut tats, &b, 0, false), vec![Verdict::Admit]);
+        assert!(tats.is_empty(), "a peek writes nothing");
+        assert_eq!(gcra(&mut tats, &b, 0, true), vec![Verdict::Admit]);
+        assert_eq!(gcra(&mut tats, &b, 0, true), vec![Verdict::Admit]);
+        let before = tats.clone();
+        assert!(matches!(
+            gcra(&mut tats, &b, 0, false)[0],
+            Verdict::Refuse { .. }
+        ));
+        assert_eq!(tats, before);
+    }
+
+    #[test]
     fn a_key_repeated_in_one_call_counts_twice() {
         let mut tats = HashMap::new();
         let twice = [bucket("k", 1, 2), bucket("k", 1, 2), bucket("k", 1, 2)];
-        let verdicts = gcra(&mut tats, &twice, 0);
+        let verdicts = gcra(&mut tats, &twice, 0, true);
         assert_eq!(&verdicts[..2], &[Verdict::Admit, Verdict::Admit]);
         assert!(matches!(verdicts[2], Verdict::Refuse { .. }));
         assert!(tats.is_empty(), "refused as a whole");
@@ -281,7 +312,7 @@ mod tests {
         let b = [bucket("k", 1, 3)];
         // Ten days ahead of the clock (the clock went back, or the state was written by hand).
         let mut tats = HashMap::from([("k".to_owned(), 864_000_000_000)]);
-        let verdicts = gcra(&mut tats, &b, 1_000_000);
+        let verdicts = gcra(&mut tats, &b, 1_000_000, true);
         assert_eq!(
             verdicts,
             vec![Verdict::Refuse {
@@ -293,7 +324,7 @@ mod tests {
             1_000_000 + 2_000_000 + 1_000_000,
             "kept as the latest TAT"
         );
-        assert_eq!(gcra(&mut tats, &b, 2_000_000), vec![Verdict::Admit]);
+        assert_eq!(gcra(&mut tats, &b, 2_000_000, true), vec![Verdict::Admit]);
     }
 
     #[test]

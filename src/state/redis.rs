@@ -92,6 +92,7 @@ impl RedisStore {
         });
         tokio::spawn(probe(Arc::downgrade(&store)));
         tokio::spawn(warn_if_evicting(Arc::downgrade(&store)));
+        tokio::spawn(watch_memory(Arc::downgrade(&store)));
         Ok(store)
     }
 
@@ -110,6 +111,11 @@ impl RedisStore {
 
     /// Check `buckets` in one round trip, all or nothing.
     pub async fn check(&self, buckets: &[Bucket]) -> Result<Vec<Verdict>, StoreError> {
+        self.run(buckets, true).await
+    }
+
+    /// Check `buckets` in one round trip; `commit: false` consumes nothing (a peek).
+    pub async fn run(&self, buckets: &[Bucket], commit: bool) -> Result<Vec<Verdict>, StoreError> {
         if self.open.load(Ordering::Acquire) {
             self.metrics.count("unavailable");
             return Err(StoreError::Unavailable(self.why()));
@@ -120,6 +126,9 @@ impl RedisStore {
                 .key(format!("{}{}", self.prefix, bucket.key))
                 .arg(bucket.emission_us.max(1))
                 .arg(bucket.tolerance_us);
+        }
+        if !commit {
+            invocation.arg("peek");
         }
         let mut connection = self.connection.clone();
         let started = Instant::now();
@@ -233,12 +242,12 @@ async fn warn_if_evicting(store: std::sync::Weak<RedisStore>) {
         match answer {
             Ok(Ok(pair)) => {
                 match pair.get(1).map(String::as_str) {
-                    Some("noeviction") | None => {}
-                    Some(policy) => tracing::warn!(
+                    Some(policy) if evicts(policy) => tracing::warn!(
                         store = %store.where_,
                         policy,
-                        "the Redis server may evict keys (maxmemory-policy {policy}): an evicted limit starts afresh and an exhausted budget admits again; set maxmemory-policy noeviction (deploy/README.md)"
+                        "{}", eviction_warning(policy)
                     ),
+                    _ => {}
                 }
                 return;
             }
@@ -249,6 +258,85 @@ async fn warn_if_evicting(store: std::sync::Weak<RedisStore>) {
         drop(store);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Whether `maxmemory-policy` `policy` may evict limit state (anything but `noeviction`: buckets
+/// carry an expiry, so `volatile-*` evicts them too).
+pub fn evicts(policy: &str) -> bool {
+    policy != "noeviction"
+}
+
+/// What startup and `check` say of an evicting server.
+pub fn eviction_warning(policy: &str) -> String {
+    format!("the Redis server may evict keys (maxmemory-policy {policy}): an evicted limit starts afresh and an exhausted budget admits again; set maxmemory-policy noeviction (deploy/README.md)")
+}
+
+/// The server's `maxmemory-policy`, asked once within `wait` (for `check`). `None`: the server
+/// answered but does not say (CONFIG disabled, as on some managed services).
+pub async fn eviction_policy(url: &str, wait: Duration) -> Result<Option<String>, String> {
+    let ask = async {
+        let client = Client::open(url).map_err(|e| e.to_string())?;
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        match redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async::<Vec<String>>(&mut connection)
+            .await
+        {
+            Ok(pair) => Ok(pair.get(1).cloned()),
+            Err(error) if !is_transport(&error) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    };
+    tokio::time::timeout(wait, ask)
+        .await
+        .map_err(|_| format!("no answer within {} ms", wait.as_millis()))?
+}
+
+/// How often the server's memory use is read.
+const MEMORY_EVERY: Duration = Duration::from_secs(10);
+
+/// Keep `tl_gateway_state_memory_used_bytes` and `…_max_bytes` current (the alert
+/// `TlGatewayStateMemoryHigh` fires near `maxmemory`, before writes fail). Ends with the store.
+async fn watch_memory(store: std::sync::Weak<RedisStore>) {
+    loop {
+        let Some(strong) = store.upgrade() else {
+            return;
+        };
+        let mut connection = strong.connection.clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("INFO")
+                .arg("memory")
+                .query_async::<String>(&mut connection),
+        )
+        .await;
+        if let Ok(Ok(info)) = answer {
+            let (used, max) = memory_of(&info);
+            if let Some(used) = used {
+                strong.metrics.memory_used.set(used);
+            }
+            if let Some(max) = max {
+                strong.metrics.memory_max.set(max);
+            }
+        }
+        drop(strong);
+        tokio::time::sleep(MEMORY_EVERY).await;
+    }
+}
+
+/// `used_memory` and `maxmemory` from an `INFO memory` answer.
+fn memory_of(info: &str) -> (Option<i64>, Option<i64>) {
+    let field = |name: &str| {
+        info.lines()
+            .filter_map(|line| line.trim_end().split_once(':'))
+            .find(|(key, _)| *key == name)
+            .and_then(|(_, value)| value.parse().ok())
+    };
+    (field("used_memory"), field("maxmemory"))
 }
 
 /// Errors that say the connection, not the command, failed.
@@ -282,5 +370,15 @@ async fn probe(store: std::sync::Weak<RedisStore>) {
             }
             Err(why) => store.trip(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_is_read_from_info() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:2097152\r\nmaxmemory_policy:noeviction\r\n";
+        assert_eq!(super::memory_of(info), (Some(1_048_576), Some(2_097_152)));
+        assert_eq!(super::memory_of("# Memory\r\n"), (None, None));
     }
 }

@@ -598,8 +598,17 @@ mod script {
         buckets: &[Bucket],
     ) -> Vec<Verdict> {
         let now = now_us(redis);
+        // A peek answers what the check will, and consumes nothing (or the check would differ).
+        let peeked = store.run(buckets, false).await.unwrap();
+        let peeked_in_memory = gcra(memory, buckets, now, false);
         let on_redis = store.check(buckets).await.unwrap();
-        let in_memory = gcra(memory, buckets, now);
+        let in_memory = gcra(memory, buckets, now, true);
+        assert_eq!(shape(&peeked), shape(&on_redis), "peek vs check on redis");
+        assert_eq!(
+            shape(&peeked_in_memory),
+            shape(&in_memory),
+            "peek vs check in memory"
+        );
         assert_eq!(
             shape(&on_redis),
             shape(&in_memory),
@@ -738,7 +747,7 @@ mod script {
             // The in-memory GCRA says the same for the same state.
             let mut memory =
                 HashMap::from([(key.to_owned(), stored.parse::<f64>().unwrap() as u64)]);
-            let in_memory = gcra(&mut memory, &[b(key)], now_us(&redis));
+            let in_memory = gcra(&mut memory, &[b(key)], now_us(&redis), true);
             assert!(
                 matches!(in_memory[0], Verdict::Refuse { wait } if wait <= Duration::from_secs(1)),
                 "{key}: memory {in_memory:?}"
@@ -809,5 +818,60 @@ async fn a_full_redis_that_never_evicts_keeps_an_exhausted_budget_exhausted() {
         3,
         "only the three budgeted deletes went out"
     );
+    // And the fill shows before it bites: the gateway exports the server's memory and its
+    // maxmemory (read every 10 s), which TlGatewayStateMemoryHigh compares.
+    let value = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let text = metrics_of(&gateway).await;
+        let used = value(&text, "tl_gateway_state_memory_used_bytes ").unwrap_or(0.0);
+        let max = value(&text, "tl_gateway_state_memory_max_bytes ").unwrap_or(0.0);
+        if max == 2.0 * 1024.0 * 1024.0 && used / max > 0.9 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memory not exported: used {used}, max {max}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     gateway.shutdown().await;
+}
+
+#[test]
+fn check_warns_when_the_redis_server_may_evict_limit_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("upstream-key");
+    std::fs::write(&key_file, "tlk_test\n").unwrap();
+    let check = |redis: &RedisServer| {
+        let file = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &file,
+            config_yaml("http://127.0.0.1:9", &key_file, &state_yaml(redis, "")),
+        )
+        .unwrap();
+        let output = std::process::Command::new(binary())
+            .args(["check", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let lru = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let said = check(&lru);
+    assert!(
+        said.lines().any(|l| l.starts_with("warning:")
+            && l.contains("maxmemory-policy allkeys-lru")
+            && l.contains("noeviction")),
+        "{said}"
+    );
+    let safe = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let said = check(&safe);
+    assert!(
+        said.contains("maxmemory-policy noeviction") && !said.contains("warning: state.redis"),
+        "{said}"
+    );
 }
