@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Version};
 
+use super::ask::Asked;
 use super::*;
+use crate::auth::Principal;
+use crate::classify::Operation;
 use crate::classify::{Classifier, ClassifySettings};
 use crate::ids::Role;
+use crate::ids::RuleId;
 use crate::policy::{ApprovalRequired, ApprovalSettings};
 
 fn principal(id: &str, role: &str) -> Principal {
