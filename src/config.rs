@@ -124,6 +124,10 @@ pub struct ApprovalsConfig {
     pub max_body_bytes: usize,
     /// New approvals one requester may ask for per minute (more: 429).
     pub max_asks_per_client: u32,
+    /// How long finished approvals are kept.
+    pub keep_decided: std::time::Duration,
+    /// Finished approvals kept per requester (older ones forgotten).
+    pub max_decided_per_client: usize,
 }
 
 impl Default for ApprovalsConfig {
@@ -134,6 +138,8 @@ impl Default for ApprovalsConfig {
             max_pending_per_client: crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT,
             max_body_bytes: crate::approvals::body::DEFAULT_MAX_BODY_BYTES,
             max_asks_per_client: crate::approvals::DEFAULT_MAX_ASKS_PER_CLIENT,
+            keep_decided: crate::approvals::DEFAULT_KEEP_DECIDED,
+            max_decided_per_client: crate::approvals::DEFAULT_MAX_DECIDED_PER_CLIENT,
         }
     }
 }
@@ -279,6 +285,8 @@ struct RawApprovals {
     max_pending_per_client: Option<usize>,
     max_body_bytes: Option<ByteSize>,
     max_asks_per_client: Option<u32>,
+    keep_decided: Option<ConfigDuration>,
+    max_decided_per_client: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -840,6 +848,13 @@ impl Validator<'_> {
             max_asks_per_client: raw
                 .max_asks_per_client
                 .unwrap_or(crate::approvals::DEFAULT_MAX_ASKS_PER_CLIENT)
+                .max(1),
+            keep_decided: raw
+                .keep_decided
+                .map_or(crate::approvals::DEFAULT_KEEP_DECIDED, |d| d.0),
+            max_decided_per_client: raw
+                .max_decided_per_client
+                .unwrap_or(crate::approvals::DEFAULT_MAX_DECIDED_PER_CLIENT)
                 .max(1),
         })
     }

@@ -139,7 +139,11 @@ impl Shared {
             notify,
             config.approvals.max_pending_per_client,
         )
-        .with_ask_budget(store.clone(), config.approvals.max_asks_per_client);
+        .with_ask_budget(store.clone(), config.approvals.max_asks_per_client)
+        .with_retention(
+            config.approvals.keep_decided,
+            config.approvals.max_decided_per_client,
+        );
         let keyring = Keyring::new(
             &config.clients,
             records.clone(),
@@ -261,6 +265,17 @@ impl StackParts {
         );
         shared.keyring.set_config_clients(&config.clients);
         let clients = shared.keyring.snapshot();
+        let rate_limits = {
+            let limits = RateLimits::new(
+                config.rate_limits.clone(),
+                shared.store.clone(),
+                config.state.on_unavailable(),
+            );
+            shared
+                .limits_fail_closed
+                .store(limits.fails_closed(), Ordering::Relaxed);
+            Arc::new(limits)
+        };
         StackParts {
             require_approval: RequireApprovalLayer::new(
                 shared.approvals.clone(),
@@ -270,6 +285,7 @@ impl StackParts {
                 shared.metrics.clone(),
                 gateway_url(config),
                 config.approvals.max_body_bytes,
+                rate_limits.clone(),
             ),
             api: GatewayApi::new(ApiSettings {
                 approvals: shared.approvals.clone(),
@@ -295,17 +311,7 @@ impl StackParts {
                     .unwrap_or_default(),
             ),
             guard: Some(guard),
-            rate_limits: {
-                let limits = RateLimits::new(
-                    config.rate_limits.clone(),
-                    shared.store.clone(),
-                    config.state.on_unavailable(),
-                );
-                shared
-                    .limits_fail_closed
-                    .store(limits.fails_closed(), Ordering::Relaxed);
-                Arc::new(limits)
-            },
+            rate_limits: rate_limits.clone(),
             in_flight: shared.in_flight.clone(),
             client_in_flight: ClientInFlightLayer::new(
                 shared.client_slots.clone(),

@@ -9,6 +9,7 @@ use crate::error::GatewayError;
 use crate::guards::References;
 use crate::ids::RuleId;
 use crate::policy::ApprovalRequired;
+use crate::ratelimit::RateLimits;
 use crate::store::StoreError;
 use crate::units::rfc3339;
 
@@ -130,6 +131,7 @@ impl Approvals {
         principal: &Principal,
         op: &Operation,
         body: Option<&body::BoundBody>,
+        limits: Option<&RateLimits>,
         lookup: F,
     ) -> Result<Asked, GatewayError>
     where
@@ -206,6 +208,15 @@ impl Approvals {
                 ));
             }
             if !spent {
+                // Asking is bookkeeping: not below audit.reserve.
+                self.ensure_room_for_bookkeeping()?;
+                // It meets the limits its request will meet (a spent DELETE budget refuses the
+                // ask), without spending them: the approved re-send is counted.
+                if let Some(limits) = limits {
+                    limits.peek(op, principal).await.map_err(|refusal| {
+                        crate::ratelimit::refused(refusal, &self.metrics, principal.client.as_str())
+                    })?;
+                }
                 // Asking costs: a bounded budget per requester, before any upstream lookup.
                 self.spend_ask(principal.client.as_str()).await?;
                 spent = true;
@@ -239,7 +250,7 @@ impl Approvals {
             })?;
             let doc = doc_key(&id);
             self.store
-                .insert(&doc, &text, retention_of(&approval))
+                .insert(&doc, &text, self.retention_of(&approval))
                 .await
                 .map_err(ApprovalError::from)?;
             let claimed = match &found {
@@ -296,6 +307,41 @@ impl Approvals {
             .await
             .map_err(ApprovalError::Audit)?;
         self.announce(approval, None, None);
+        self.forget_beyond_cap(&approval.requester).await;
         Ok(())
+    }
+
+    /// Keep at most `max_decided_per_client` of `requester`'s approvals: the oldest finished ones
+    /// beyond it are forgotten (a few per new ask, so it keeps up; pending and approved ones are
+    /// never forgotten early). Best effort: what fails now is tried at the next ask.
+    async fn forget_beyond_cap(&self, requester: &str) {
+        let index = requester_index(requester);
+        let beyond = match self
+            .store
+            .index_beyond(&index, self.max_decided_per_client, 16)
+            .await
+        {
+            Ok(beyond) if !beyond.is_empty() => beyond,
+            _ => return,
+        };
+        let keys: Vec<String> = beyond.iter().map(|id| doc_key(id)).collect();
+        let Ok(docs) = self.store.get_many(&keys).await else {
+            return;
+        };
+        let mut forgotten = Vec::new();
+        for ((id, key), doc) in beyond.iter().zip(&keys).zip(docs) {
+            match doc {
+                None => forgotten.push(id.clone()),
+                Some(raw) => {
+                    let done =
+                        serde_json::from_str::<Approval>(&raw).map_or(true, |a| a.state.is_final());
+                    if done && matches!(self.store.remove(key, &raw).await, Ok(true)) {
+                        forgotten.push(id.clone());
+                    }
+                }
+            }
+        }
+        let _ = self.store.index_remove(&index, &forgotten).await;
+        let _ = self.store.index_remove(INDEX, &forgotten).await;
     }
 }

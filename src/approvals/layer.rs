@@ -32,6 +32,8 @@ struct LayerShared {
     metrics: Arc<Metrics>,
     gateway_url: String,
     max_body_bytes: usize,
+    /// The limits below this layer: an ask must pass them (peeked, not spent).
+    limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 impl RequireApprovalLayer {
@@ -45,6 +47,7 @@ impl RequireApprovalLayer {
         metrics: Arc<Metrics>,
         gateway_url: String,
         max_body_bytes: usize,
+        limits: Arc<crate::ratelimit::RateLimits>,
     ) -> Self {
         RequireApprovalLayer {
             shared: Arc::new(LayerShared {
@@ -54,6 +57,7 @@ impl RequireApprovalLayer {
                 metrics,
                 gateway_url,
                 max_body_bytes,
+                limits,
             }),
         }
     }
@@ -128,9 +132,14 @@ where
             let (mut req, bound) = body::bind(req, shared.max_body_bytes).await?;
             match shared
                 .approvals
-                .ask_or_use(&required, &principal, &op, bound.as_ref(), || {
-                    references_for(&shared, &op)
-                })
+                .ask_or_use(
+                    &required,
+                    &principal,
+                    &op,
+                    bound.as_ref(),
+                    Some(&shared.limits),
+                    || references_for(&shared, &op),
+                )
                 .await?
             {
                 Asked::Pending(approval, why) => {

@@ -14,6 +14,27 @@ use super::*;
 /// Approvals looked at by a sweep, at most (newest first).
 pub(super) const SCAN_LIMIT: usize = 5000;
 
+/// What a change makes of an approval, and who made it.
+pub(super) struct Change {
+    /// The approval after the change.
+    pub(super) next: Approval,
+    /// Who did it (default: the requester).
+    pub(super) actor: Option<String>,
+    /// Their comment.
+    pub(super) comment: Option<String>,
+}
+
+/// One person's decision, now.
+fn decided(caller: &Principal, decision: Verdict, comment: Option<String>) -> Decided {
+    Decided {
+        client: caller.client.as_str().to_owned(),
+        roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        decision,
+        comment,
+        at: rfc3339(SystemTime::now()),
+    }
+}
+
 impl Approvals {
     /// An approval as stored (the raw text is what a compare-and-swap must match), expired first
     /// if its time is up.
@@ -63,14 +84,18 @@ impl Approvals {
         let text = serde_json::to_string(new)
             .map_err(|e| StoreError::Failed(format!("an approval could not be serialised: {e}")))?;
         let key = doc_key(&new.id);
-        if !self.store.swap(&key, raw, &text, retention_of(new)).await? {
+        if !self
+            .store
+            .swap(&key, raw, &text, self.retention_of(new))
+            .await?
+        {
             return Ok(None);
         }
         if let Err(why) = self.audit_durably(new, actor, comment).await {
             // Not recorded, so not done: put it back.
             let old_ttl = serde_json::from_str::<Approval>(raw)
-                .map(|a| retention_of(&a))
-                .unwrap_or(RETENTION);
+                .map(|a| self.retention_of(&a))
+                .unwrap_or(self.keep_decided);
             let _ = self.store.swap(&key, &text, raw, old_ttl).await;
             return Err(ApprovalError::Audit(why));
         }
@@ -137,6 +162,35 @@ impl Approvals {
             .inc();
     }
 
+    /// Apply `change` to approval `id` with one compare-and-swap, retrying on a concurrent change
+    /// (each attempt reads the approval again and asks `change` anew). `change` says what the
+    /// approval becomes and who did it (with their comment), or refuses.
+    pub(super) async fn change<F>(&self, id: &str, mut change: F) -> Result<Approval, ApprovalError>
+    where
+        F: FnMut(&Approval) -> Result<Change, ApprovalError>,
+    {
+        for _ in 0..8 {
+            let Some((raw, approval)) = self.load(id).await? else {
+                return Err(ApprovalError::NotFound(id.to_owned()));
+            };
+            let Change {
+                next,
+                actor,
+                comment,
+            } = change(&approval)?;
+            if self
+                .transition(&raw, &next, actor.as_deref(), comment.as_deref())
+                .await?
+                .is_some()
+            {
+                return Ok(next);
+            }
+        }
+        Err(ApprovalError::Store(StoreError::Failed(
+            "the approval changed too often; retry".into(),
+        )))
+    }
+
     /// Approve or deny (`approve: false`) as `caller`.
     pub async fn decide(
         &self,
@@ -145,10 +199,7 @@ impl Approvals {
         approve: bool,
         comment: Option<String>,
     ) -> Result<Approval, ApprovalError> {
-        for _ in 0..8 {
-            let Some((raw, approval)) = self.load(id).await? else {
-                return Err(ApprovalError::NotFound(id.to_owned()));
-            };
+        self.change(id, |approval| {
             if approval.requester == caller.client.as_str() {
                 return Err(ApprovalError::Forbidden(
                     "you cannot decide your own request: another approver must".into(),
@@ -175,14 +226,14 @@ impl Approvals {
                     "you already approved {id}; it needs another approver"
                 )));
             }
+            let verdict = if approve {
+                Verdict::Approve
+            } else {
+                Verdict::Deny
+            };
             let mut next = approval.clone();
-            next.decisions.push(Decided {
-                client: caller.client.as_str().to_owned(),
-                roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-                decision: if approve { "approve" } else { "deny" }.into(),
-                comment: comment.clone(),
-                at: rfc3339(SystemTime::now()),
-            });
+            next.decisions
+                .push(decided(caller, verdict, comment.clone()));
             if !approve {
                 next.state = State::Denied;
             } else if next.satisfied() {
@@ -190,30 +241,20 @@ impl Approvals {
                 next.deadline_ms = now_ms() + next.use_within_ms;
                 next.expires_at = time_of(next.deadline_ms);
             }
-            if self
-                .transition(
-                    &raw,
-                    &next,
-                    Some(caller.client.as_str()),
-                    comment.as_deref(),
-                )
-                .await?
-                .is_some()
-            {
-                return Ok(next);
-            }
-        }
-        Err(ApprovalError::Store(StoreError::Failed(
-            "the approval changed too often; retry".into(),
-        )))
+            Ok(Change {
+                next,
+                actor: Some(caller.client.as_str().to_owned()),
+                comment: comment.clone(),
+            })
+        })
+        .await
     }
 
-    /// Withdraw (requester only).
+    /// Withdraw (requester only). Like asking, withdrawing is bookkeeping: refused while the
+    /// audit volume is below `audit.reserve` (the approval expires on its own).
     pub async fn cancel(&self, id: &str, caller: &Principal) -> Result<Approval, ApprovalError> {
-        for _ in 0..8 {
-            let Some((raw, approval)) = self.load(id).await? else {
-                return Err(ApprovalError::NotFound(id.to_owned()));
-            };
+        self.ensure_room_for_bookkeeping()?;
+        self.change(id, |approval| {
             if approval.requester != caller.client.as_str() {
                 return Err(ApprovalError::Forbidden(
                     "only the requester can cancel an approval".into(),
@@ -227,55 +268,72 @@ impl Approvals {
             }
             let mut next = approval.clone();
             next.state = State::Cancelled;
-            next.decisions.push(Decided {
-                client: caller.client.as_str().to_owned(),
-                roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-                decision: "cancel".into(),
+            next.decisions.push(decided(caller, Verdict::Cancel, None));
+            Ok(Change {
+                next,
+                actor: None,
                 comment: None,
-                at: rfc3339(SystemTime::now()),
-            });
-            if self.transition(&raw, &next, None, None).await?.is_some() {
-                return Ok(next);
-            }
+            })
+        })
+        .await
+    }
+
+    /// Refuse bookkeeping (asks, withdrawals) while the audit volume is below `audit.reserve`:
+    /// like refusals, they must not take the space an intent or an outcome needs.
+    pub(super) fn ensure_room_for_bookkeeping(&self) -> Result<(), ApprovalError> {
+        match &self.audit {
+            Some(log) if !log.has_room_for_bookkeeping() => Err(ApprovalError::Audit(
+                "the audit volume is below audit.reserve: approvals are not asked for or withdrawn until space is freed".into(),
+            )),
+            _ => Ok(()),
         }
-        Err(ApprovalError::Store(StoreError::Failed(
-            "the approval changed too often; retry".into(),
-        )))
     }
 
     /// Give an approval back (used → approved) after the request that used it was refused before
     /// it reached the upstream: the requester may re-send once the refusal is fixed, within the
-    /// original `use_within`.
+    /// original `use_within`. Recorded durably like every transition (if it cannot be, the
+    /// approval stays used). If an identical request asked anew meanwhile (the pointer moved to a
+    /// newer pending approval), this one could never be found again: it is cancelled, with a
+    /// record naming the newer one, instead of lying approved and orphaned.
     pub(super) async fn give_back(&self, raw: &str, used: &Approval, refusal: &GatewayError) {
         let mut approved = used.clone();
         approved.state = State::Approved;
         approved.used_at = None;
-        let Ok(text) = serde_json::to_string(&approved) else {
-            return;
-        };
-        match self
-            .store
-            .swap(&doc_key(&used.id), raw, &text, retention_of(&approved))
+        let comment = format!(
+            "given back: the request was refused before it reached the upstream ({})",
+            refusal.code()
+        );
+        let given = match self
+            .transition(raw, &approved, Some(GATEWAY_ACTOR), Some(&comment))
             .await
         {
-            Ok(true) => {
-                tracing::info!(approval_id = %used.id, refusal = refusal.code(), "approval given back");
-                // Recorded durably, as every transition is; the approval stays given back (the
-                // request was refused either way), and a failure to record it is logged loudly.
-                let comment = format!(
-                    "given back: the request was refused before it reached the upstream ({})",
-                    refusal.code()
+            Ok(Some(text)) => text,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(approval_id = %used.id, %error, "an approval could not be given back; the requester needs a new one");
+                return;
+            }
+        };
+        tracing::info!(approval_id = %used.id, refusal = refusal.code(), "approval given back");
+        let pointer = request_key(&used.requester, &used.request_sha256);
+        match self.store.get(&pointer).await {
+            Ok(Some(id)) if id == used.id => {}
+            Ok(moved) => {
+                let newer = moved.unwrap_or_else(|| "none".into());
+                let mut cancelled = approved.clone();
+                cancelled.state = State::Cancelled;
+                let why = format!(
+                    "cancelled: given back after the same request asked anew (now {newer}), so it could not be used"
                 );
-                if let Err(why) = self
-                    .audit_durably(&approved, Some(GATEWAY_ACTOR), Some(&comment))
+                if let Err(error) = self
+                    .transition(&given, &cancelled, Some(GATEWAY_ACTOR), Some(&why))
                     .await
                 {
-                    tracing::error!(approval_id = %used.id, %why, "the give-back of an approval could not be recorded durably");
+                    tracing::error!(approval_id = %used.id, %error, "a superseded approval could not be cancelled");
                 }
             }
-            Ok(false) => {}
             Err(error) => {
-                tracing::warn!(approval_id = %used.id, %error, "an approval could not be given back; the requester needs a new one");
+                tracing::warn!(approval_id = %used.id, %error, "whether a given-back approval is still found could not be read");
             }
         }
     }
@@ -367,8 +425,9 @@ impl Approvals {
     pub async fn sweep(&self) -> Result<(), ApprovalError> {
         // Nothing outlives its deadline by more than the retention; no deadline is a month past
         // its creation in any sane configuration.
-        let horizon = now_ms()
-            .saturating_sub((RETENTION + Duration::from_secs(31 * 86_400)).as_millis() as u64);
+        let horizon = now_ms().saturating_sub(
+            (self.keep_decided + Duration::from_secs(31 * 86_400)).as_millis() as u64,
+        );
         self.store.index_trim(INDEX, horizon).await?;
         let mut pending = 0;
         let mut oldest: Option<u64> = None;

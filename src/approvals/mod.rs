@@ -25,8 +25,8 @@
 //! new requests and decisions are posted to an optional webhook ([`notify`]). Approvals live in the
 //! record store ([`crate::store`]: memory, SQLite or PostgreSQL shared by the replicas).
 //!
-//! The module, by job: [`model`] (the approval as stored and shown), [`ask`] (asking or using),
-//! [`ledger`] (transitions, decisions, listings), [`layer`] (the request path), [`body`] (the body
+//! The module, by job: `model` (the approval as stored and shown), `ask` (asking or using),
+//! `ledger` (transitions, decisions, listings), `layer` (the request path), [`body`] (the body
 //! an approval binds), [`notify`] (the webhook).
 
 mod ask;
@@ -39,7 +39,7 @@ pub mod notify;
 pub use self::layer::{RequireApproval, RequireApprovalLayer};
 pub use self::model::request_sha256;
 use self::model::*;
-pub use self::model::{view, Approval, Cursor, Decided, Requirement, State, LIST_BOUND};
+pub use self::model::{view, Approval, Cursor, Decided, Requirement, State, Verdict, LIST_BOUND};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +50,13 @@ pub use crate::ext::ApprovalUsed;
 use crate::metrics::Metrics;
 use crate::store::{RecordStore, StoreError};
 
-/// How long finished approvals are kept (for the page's decided tab and `approvals list`).
-pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// Default `approvals.keep_decided`: how long finished approvals are kept (for the page's decided
+/// tab and `approvals list`).
+pub const DEFAULT_KEEP_DECIDED: Duration = Duration::from_secs(7 * 86_400);
+
+/// Default `approvals.max_decided_per_client`: finished approvals kept per requester (older ones
+/// are forgotten as new ones are asked for).
+pub const DEFAULT_MAX_DECIDED_PER_CLIENT: usize = 1000;
 
 /// Default `approvals.max_asks_per_client` (new approvals per requester per minute).
 pub const DEFAULT_MAX_ASKS_PER_CLIENT: u32 = 30;
@@ -119,6 +124,10 @@ pub struct Approvals {
     metrics: Arc<Metrics>,
     notify: Option<notify::Notifier>,
     max_pending_per_client: usize,
+    /// How long a finished approval is kept.
+    keep_decided: Duration,
+    /// Finished approvals kept per requester.
+    max_decided_per_client: usize,
 }
 
 impl Approvals {
@@ -137,7 +146,24 @@ impl Approvals {
             metrics,
             notify,
             max_pending_per_client: max_pending_per_client.max(1),
+            keep_decided: DEFAULT_KEEP_DECIDED,
+            max_decided_per_client: DEFAULT_MAX_DECIDED_PER_CLIENT,
         }
+    }
+
+    /// Keep finished approvals for `keep` (`approvals.keep_decided`), and at most `per_client` of
+    /// each requester's (`approvals.max_decided_per_client`): asking cannot grow the store without
+    /// bound.
+    pub fn with_retention(mut self, keep: Duration, per_client: usize) -> Self {
+        self.keep_decided = keep;
+        self.max_decided_per_client = per_client.max(1);
+        self
+    }
+
+    /// How long to keep `approval`: until its deadline, then `keep_decided` for the record.
+    fn retention_of(&self, approval: &Approval) -> Duration {
+        let until = approval.deadline_ms.saturating_sub(model::now_ms());
+        Duration::from_millis(until) + self.keep_decided
     }
 
     /// Bound how often one requester may ask: at most `per_minute` new approvals a minute, counted

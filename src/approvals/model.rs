@@ -12,8 +12,6 @@ use crate::guards::References;
 use crate::policy::ApprovalRequired;
 use crate::units::{hex, rfc3339};
 
-use super::*;
-
 /// Where an approval is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +64,18 @@ impl State {
     }
 }
 
+/// What one person decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// An approver approved.
+    Approve,
+    /// An approver denied.
+    Deny,
+    /// The requester withdrew it.
+    Cancel,
+}
+
 /// One decision on an approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decided {
@@ -74,8 +84,8 @@ pub struct Decided {
     /// Their roles when they decided (which requirements their approval counts for).
     #[serde(default)]
     pub roles: Vec<String>,
-    /// `approve`, `deny` or `cancel`.
-    pub decision: String,
+    /// `approve`, `deny` or `cancel` (as stored and shown).
+    pub decision: Verdict,
     /// Their comment.
     pub comment: Option<String>,
     /// When (RFC 3339).
@@ -145,7 +155,7 @@ impl Approval {
     pub fn approvers(&self) -> Vec<String> {
         self.decisions
             .iter()
-            .filter(|d| d.decision == "approve")
+            .filter(|d| d.decision == Verdict::Approve)
             .map(|d| d.client.clone())
             .collect()
     }
@@ -183,7 +193,7 @@ impl Approval {
             let count = self
                 .decisions
                 .iter()
-                .filter(|d| d.decision == "approve")
+                .filter(|d| d.decision == Verdict::Approve)
                 .filter(|d| d.roles.iter().any(|r| req.approver_roles.contains(r)))
                 .count();
             count >= req.approvals as usize
@@ -347,12 +357,6 @@ pub(super) fn event_of(approval: &Approval, actor: &str) -> Event {
             .flatten(),
         ..Event::default()
     }
-}
-
-/// How long to keep an approval: until its deadline, then [`RETENTION`] for the record.
-pub(super) fn retention_of(approval: &Approval) -> Duration {
-    let until = approval.deadline_ms.saturating_sub(now_ms());
-    Duration::from_millis(until) + RETENTION
 }
 
 /// The approval an approver would decide, as the API shows it to `caller`.

@@ -58,7 +58,7 @@ fn approvals() -> Approvals {
 
 async fn ask(approvals: &Approvals, who: &Principal, op: &Operation, ttl: Duration) -> Asked {
     approvals
-        .ask_or_use(&required(ttl), who, op, None, || async { Ok(None) })
+        .ask_or_use(&required(ttl), who, op, None, None, || async { Ok(None) })
         .await
         .unwrap()
 }
@@ -188,6 +188,61 @@ async fn undecided_approvals_expire_and_requesters_cancel_their_own() {
     ));
     // Neither counts against the pending cap any more.
     assert_eq!(approvals.pending_of("bob", 10).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_given_back_approval_whose_request_asked_anew_is_cancelled_not_orphaned() {
+    let approvals = approvals();
+    let (bob, alice) = (principal("bob", "member"), principal("alice", "admin"));
+    let op = forced_delete("a1");
+    let id = pending_id(ask(&approvals, &bob, &op, HOUR).await);
+    approvals.decide(&id, &alice, true, None).await.unwrap();
+    let (used, raw) = match ask(&approvals, &bob, &op, HOUR).await {
+        Asked::Use(used, raw) => (used, raw),
+        Asked::Pending(..) => panic!("not used"),
+    };
+    // While the used one is on its way, an identical copy finds it final and asks anew.
+    let newer = pending_id(ask(&approvals, &bob, &op, HOUR).await);
+    assert_ne!(newer, id);
+    // Then the first is refused below and given back: nobody could ever find it again.
+    approvals
+        .give_back(&raw, &used, &GatewayError::UpstreamBusy)
+        .await;
+    let (_, back) = approvals.load(&id).await.unwrap().unwrap();
+    assert_eq!(
+        back.state,
+        State::Cancelled,
+        "not left approved and unreachable"
+    );
+    // The request is still covered by the newer one, pending.
+    assert_eq!(pending_id(ask(&approvals, &bob, &op, HOUR).await), newer);
+}
+
+#[tokio::test]
+async fn finished_approvals_are_kept_up_to_the_per_requester_cap() {
+    let approvals = approvals().with_retention(HOUR, 3);
+    let bob = principal("bob", "member");
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let id = pending_id(ask(&approvals, &bob, &forced_delete(&format!("a{i}")), HOUR).await);
+        approvals.cancel(&id, &bob).await.unwrap();
+        ids.push(id);
+        // Distinct creation times: the index orders by them.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // One still pending is never forgotten early, however old.
+    let pending = pending_id(ask(&approvals, &bob, &forced_delete("p"), HOUR).await);
+    let kept = approvals
+        .store
+        .index_newest(&requester_index("bob"), 100)
+        .await
+        .unwrap();
+    assert!(kept.len() <= 4, "{kept:?}");
+    assert!(kept.contains(&pending));
+    for old in &ids[..4] {
+        assert!(approvals.load(old).await.unwrap().is_none(), "{old} kept");
+    }
+    assert!(approvals.load(&ids[7]).await.unwrap().is_some());
 }
 
 #[test]

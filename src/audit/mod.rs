@@ -205,6 +205,13 @@ impl AuditLog {
         ))
     }
 
+    /// Whether the audit volume has `reserve` bytes free: below it, bookkeeping that can be asked
+    /// for at will (approvals asked or withdrawn) is refused, like refusals are not recorded, so it
+    /// cannot take the space an intent or an outcome needs. Unknown free space counts as room.
+    pub fn has_room_for_bookkeeping(&self) -> bool {
+        free_bytes(&self.settings.path).is_none_or(|free| free >= self.settings.reserve)
+    }
+
     /// Append `event` and wait until it is durable; returns its sequence number. Waits at most
     /// `enqueue_timeout` in all.
     pub async fn write_durable(&self, event: Event) -> Result<u64, AuditError> {

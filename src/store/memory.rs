@@ -143,6 +143,13 @@ impl MemoryRecords {
             .collect()
     }
 
+    /// Members of `index` after its newest `keep`, newest first, at most `limit`.
+    pub fn index_beyond(&self, index: &str, keep: usize, limit: usize) -> Vec<String> {
+        let mut all = self.index_page(index, None, usize::MAX);
+        all.drain(..keep.min(all.len()));
+        all.into_iter().take(limit).map(|(m, _)| m).collect()
+    }
+
     /// Remove the members of `index` scored below `score`, and expired documents.
     pub fn index_trim(&self, index: &str, score: u64) {
         let now = self.now();

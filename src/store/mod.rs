@@ -57,6 +57,20 @@ pub enum RecordStore {
     Sql(Arc<sql::SqlStore>),
 }
 
+/// What a timed-out write did, given what `key` holds now (see `RecordStore::read_back`).
+fn settled_after_timeout(
+    now: Option<&str>,
+    old: Option<&str>,
+    new: &str,
+    waited: Duration,
+) -> Result<bool, StoreError> {
+    match now {
+        Some(now) if now == new => Ok(true),
+        Some(now) if Some(now) != old => Ok(false),
+        _ => Err(StoreError::Timeout(waited)),
+    }
+}
+
 impl RecordStore {
     /// The in-process store.
     pub fn memory() -> RecordStore {
@@ -113,10 +127,11 @@ impl RecordStore {
 
     /// Store `value` at `key` for `ttl` unless a live document is there; whether it was stored.
     pub async fn insert(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
-        match self {
+        let result = match self {
             RecordStore::Memory(memory) => Ok(memory.insert(key, value, ttl)),
             RecordStore::Sql(sql) => sql.insert(key, value, ttl).await,
-        }
+        };
+        self.read_back(key, None, value, result).await
     }
 
     /// Replace `old` at `key` with `new` (for `ttl`) if `key` still holds exactly `old`; whether it
@@ -128,9 +143,31 @@ impl RecordStore {
         new: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        match self {
+        let result = match self {
             RecordStore::Memory(memory) => Ok(memory.swap(key, old, new, ttl)),
             RecordStore::Sql(sql) => sql.swap(key, old, new, ttl).await,
+        };
+        self.read_back(key, Some(old), new, result).await
+    }
+
+    /// A write that timed out may still have been applied (the statement reached the server; its
+    /// answer did not come back in time): read the key back, so a caller never reports a failure
+    /// for a change that was made (and, say, leaves it unrecorded). Holding `new`: it was made;
+    /// holding something else than `old`: it was not, someone else's change is there; holding
+    /// `old` (or nothing, for an insert) or unreadable: the timeout stands.
+    async fn read_back(
+        &self,
+        key: &str,
+        old: Option<&str>,
+        new: &str,
+        result: Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let Err(StoreError::Timeout(waited)) = result else {
+            return result;
+        };
+        match self.get(key).await {
+            Ok(now) => settled_after_timeout(now.as_deref(), old, new, waited),
+            Err(_) => Err(StoreError::Timeout(waited)),
         }
     }
 
@@ -174,6 +211,20 @@ impl RecordStore {
         match self {
             RecordStore::Memory(memory) => Ok(memory.index_page(index, before, limit)),
             RecordStore::Sql(sql) => sql.index_page(index, before, limit).await,
+        }
+    }
+
+    /// The members of `index` after its newest `keep` (by score, then member), newest first, at
+    /// most `limit`: what a bounded index forgets.
+    pub async fn index_beyond(
+        &self,
+        index: &str,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            RecordStore::Memory(memory) => Ok(memory.index_beyond(index, keep, limit)),
+            RecordStore::Sql(sql) => sql.index_beyond(index, keep, limit).await,
         }
     }
 
@@ -237,3 +288,41 @@ fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod read_back_tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_out_write_is_judged_by_what_the_key_holds_now() {
+        let t = Duration::from_secs(1);
+        // The swap was applied: success, so the caller goes on to record it.
+        assert!(matches!(
+            settled_after_timeout(Some("new"), Some("old"), "new", t),
+            Ok(true)
+        ));
+        // Someone else's change is there: not ours.
+        assert!(matches!(
+            settled_after_timeout(Some("other"), Some("old"), "new", t),
+            Ok(false)
+        ));
+        // Still the old value: unknown (it may yet land), the timeout stands.
+        assert!(matches!(
+            settled_after_timeout(Some("old"), Some("old"), "new", t),
+            Err(StoreError::Timeout(_))
+        ));
+        // An insert that left nothing: the timeout stands; one that left ours: made.
+        assert!(matches!(
+            settled_after_timeout(None, None, "id", t),
+            Err(StoreError::Timeout(_))
+        ));
+        assert!(matches!(
+            settled_after_timeout(Some("id"), None, "id", t),
+            Ok(true)
+        ));
+        assert!(matches!(
+            settled_after_timeout(Some("theirs"), None, "id", t),
+            Ok(false)
+        ));
+    }
+}

@@ -337,6 +337,27 @@ impl SqlStore {
         }).await)
     }
 
+    /// Members of `index` after its newest `keep`, newest first, at most `limit`.
+    pub async fn index_beyond(
+        &self,
+        index: &str,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        on_pool!(self, pool => self.run(async {
+            let rows = sqlx::query(
+                "SELECT member FROM record_index WHERE index_name = $1 \
+                 ORDER BY score DESC, member DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(index)
+            .bind(limit as i64)
+            .bind(keep as i64)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        }).await)
+    }
+
     /// Remove members of `index` scored below `score`, and every expired document.
     pub async fn index_trim(&self, index: &str, score: u64) -> Result<(), StoreError> {
         let now = now_ms() as i64;

@@ -53,6 +53,13 @@ pub async fn contract(store: &RecordStore) {
         store.index_newest("idx", 10).await.unwrap(),
         vec!["m4", "m3", "m2", "m1", "m5"]
     );
+    // What a bounded index forgets: after the newest `keep`, newest first.
+    assert_eq!(
+        store.index_beyond("idx", 3, 10).await.unwrap(),
+        vec!["m1", "m5"]
+    );
+    assert_eq!(store.index_beyond("idx", 1, 1).await.unwrap(), vec!["m3"]);
+    assert!(store.index_beyond("idx", 9, 10).await.unwrap().is_empty());
     store
         .index_remove("idx", &["m3".into(), "m1".into()])
         .await

@@ -1529,3 +1529,106 @@ async fn webhook_bodies_are_signed_and_a_hanging_endpoint_delays_no_other_notifi
     assert_eq!(event["event"], "approval.requested");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_meets_the_limits_of_its_request_without_spending_them() {
+    let (emulator, upstream) = start_emulator().await;
+    // Bob may make one forced delete a day.
+    let config = format!(
+        "{TWO_PERSON}rate_limits:\n  - id: member-delete-budget\n    match: {{ method: DELETE }}\n    roles: [member]\n    per: client\n    rate: 1/day\n    burst: 1\n"
+    );
+    let gateway = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    let first = emulator.create_asset("first.mp4");
+    // Asking spends nothing: the budget is still whole for the approved re-send.
+    let id = ask(&gateway, BOB_KEY, &first).await;
+    assert_eq!(ask(&gateway, BOB_KEY, &first).await, id);
+    assert_eq!(approve(&gateway, &id, ALICE_KEY).await.0, StatusCode::OK);
+    assert_eq!(
+        forced_delete(&gateway, BOB_KEY, &first).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(deletes_seen(&emulator, &first), 1);
+    // The budget is spent: asking for another is refused by it, before any lookup upstream,
+    // and no approval is made that could never be used.
+    let second = emulator.create_asset("second.mp4");
+    let seen_before = emulator.requests().len();
+    let response = forced_delete(&gateway, BOB_KEY, &second).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(!response.headers().contains_key("x-tl-gateway-approval-id"));
+    let body = body_json(response).await;
+    assert_eq!(body["code"], "too_many_requests", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("member-delete-budget"),
+        "{body}"
+    );
+    assert_eq!(emulator.requests().len(), seen_before, "no upstream call");
+    let (_, pending) = api(
+        &gateway,
+        Method::GET,
+        "approvals?state=pending",
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(pending["approvals"], serde_json::json!([]), "{pending}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_audit_reserve_asking_stops_and_approved_deletes_still_go() {
+    let (emulator, upstream) = start_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let store = format!(
+        "store:\n  backend: sqlite\n  sqlite:\n    path: {}\n",
+        dir.path().join("store.db").display()
+    );
+    let asset = emulator.create_asset("keep.mp4");
+    // With room: one approval asked for and approved, one left pending.
+    let gateway = TestGateway::start_with(&upstream, &two_person(&audit, &store), |_| {}).await;
+    let id = ask(&gateway, BOB_KEY, &asset).await;
+    assert_eq!(approve(&gateway, &id, ALICE_KEY).await.0, StatusCode::OK);
+    let other = ask(&gateway, BOB_KEY, &emulator.create_asset("other.mp4")).await;
+    gateway.shutdown().await;
+    // Now the audit volume is below audit.reserve (a reserve larger than any volume).
+    let config = format!(
+        "{TWO_PERSON}audit:\n  path: {}\n  reserve: 1000000GiB\n{store}",
+        audit.display()
+    );
+    let gateway = TestGateway::start_with(&upstream, &config, |_| {}).await;
+    let before = records(&audit).len();
+    // Asking and withdrawing (bookkeeping anyone can cause at will) stop...
+    let response = forced_delete(&gateway, BOB_KEY, &emulator.create_asset("new.mp4")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body_json(response).await["code"], "audit_unavailable");
+    let (status, body) = api(
+        &gateway,
+        Method::POST,
+        &format!("approvals/{other}/cancel"),
+        BOB_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // ... while the approved delete still goes, with its intent and outcome recorded.
+    assert_eq!(
+        forced_delete(&gateway, BOB_KEY, &asset).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(deletes_seen(&emulator, &asset), 1);
+    gateway.shutdown().await;
+    let phases: Vec<String> = records(&audit)[before..]
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(phases.contains(&"intent".to_owned()), "{phases:?}");
+    assert!(phases.contains(&"outcome".to_owned()), "{phases:?}");
+    assert_eq!(
+        phases.iter().filter(|p| *p == "approval").count(),
+        1,
+        "only the use of the approval is recorded, no new ask or withdrawal: {phases:?}"
+    );
+}

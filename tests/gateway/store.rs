@@ -225,6 +225,10 @@ async fn postgres_keeps_the_store_contract() {
         vec![("m2".to_owned(), 20), ("m1".to_owned(), 10)]
     );
     assert_eq!(
+        store.index_beyond("idx", 2, 10).await.unwrap(),
+        vec!["m2".to_owned(), "m1".to_owned()]
+    );
+    assert_eq!(
         store.get_many(&["a".into(), "zz".into()]).await.unwrap(),
         vec![Some("three".to_owned()), None]
     );
