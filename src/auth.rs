@@ -455,10 +455,7 @@ impl ClientKeys {
     }
 }
 
-fn unix_seconds(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::units::unix_secs as unix_seconds;
 
 /// A fresh random client key: `tlgw_` and 40 alphanumerics (≈ 238 bits).
 pub fn new_client_key() -> String {

@@ -348,8 +348,9 @@ impl GatewayError {
     }
 
     /// Whether the request certainly never reached the upstream: refused by a check below the
-    /// approvals layer, or the connection to the upstream could not even be opened. (An approval
-    /// used by such a request is given back.)
+    /// approvals layer, or the connection to the upstream could not even be opened. The one "was
+    /// it forwarded" predicate: an approval used by such a request is given back, and its audit
+    /// outcome says `forwarded: false`.
     pub fn is_before_forwarding(&self) -> bool {
         matches!(
             self,

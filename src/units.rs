@@ -40,6 +40,28 @@ impl TryFrom<String> for ConfigDuration {
     }
 }
 
+/// Milliseconds from the Unix epoch to `at` (0 before it): the one clock helper every store,
+/// approval and key record uses.
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// Whole seconds from the Unix epoch to `at` (0 before it).
+pub fn unix_secs(at: SystemTime) -> i64 {
+    (unix_ms(at) / 1000) as i64
+}
+
+/// Whole seconds since the Unix epoch, now.
+pub fn now_secs() -> i64 {
+    unix_secs(SystemTime::now())
+}
+
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-30T16:05:34.123Z`.
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()

@@ -218,12 +218,7 @@ pub(super) fn requirements_of(required: &ApprovalRequired) -> Vec<Requirement> {
         .collect()
 }
 
-/// Milliseconds since the epoch.
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(super) use crate::units::now_ms;
 
 pub(super) fn time_of(ms: u64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(ms))

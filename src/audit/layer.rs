@@ -437,7 +437,7 @@ where
                 Ok(response) => Ok(response),
                 Err(error) => {
                     if intent {
-                        if never_sent(&error) {
+                        if error.is_before_forwarding() {
                             ticket.forwarded.store(false, Ordering::SeqCst);
                         }
                         ticket.finish(Ending::Failed(&error));
@@ -449,16 +449,6 @@ where
             }
         })))
     }
-}
-
-/// Errors that prove the request never left the gateway (so the upstream cannot have acted on it).
-fn never_sent(error: &GatewayError) -> bool {
-    matches!(
-        error,
-        GatewayError::UpstreamUnavailable(crate::error::UpstreamFailure::Connect)
-            | GatewayError::UpstreamBusy
-            | GatewayError::UpstreamKeyMissing
-    )
 }
 
 /// Streams the response and writes the outcome when it ends, fails or is dropped.

@@ -2,7 +2,7 @@
 //! keys inside), an index `clients` by creation time, and the coarse last-use times of its keys in
 //! `key-used:{id}`. Every change is one compare-and-swap of the client's document.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,12 +79,7 @@ pub fn used_key(id: &str) -> String {
     format!("key-used:{id}")
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::units::now_ms;
 
 /// Every store client (one index page after another, then their documents): the full resync.
 pub async fn load_all(store: &RecordStore) -> Result<Vec<StoredClient>, StoreError> {

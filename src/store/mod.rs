@@ -279,12 +279,8 @@ impl RecordStore {
     }
 }
 
-/// Milliseconds since the Unix epoch (the store's clock: expiry of SQL rows).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// The store's clock (expiry of SQL rows): milliseconds since the Unix epoch.
+use crate::units::now_ms;
 
 #[cfg(test)]
 mod tests;

@@ -200,11 +200,7 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     ))
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::units::now_secs as unix_now;
 
 /// The files' identities: what a reload compares.
 type Stamps = Vec<Option<(SystemTime, u64)>>;
