@@ -472,8 +472,7 @@ pub use crate::auth::new_client_key;
 async fn probe(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let client: hyper_util::client::legacy::Client<_, crate::body::GatewayBody> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+        crate::outbound::client(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let request = http::Request::get(uri)
         .body(crate::body::empty())
         .map_err(|e| e.to_string())?;

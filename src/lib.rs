@@ -17,6 +17,7 @@ pub mod units;
 pub mod body;
 pub mod headers;
 pub mod matcher;
+pub mod outbound;
 pub mod routes;
 
 // The layers of the request path, each owning its settings.

@@ -13,7 +13,6 @@ use http::{header, Request};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use super::{Approval, State};
@@ -84,16 +83,7 @@ impl Notifier {
         base_url: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Notifier, rustls::Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.timeout));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client: WebhookClient = Client::builder(TokioExecutor::new()).build(https);
+        let client: WebhookClient = crate::outbound::client(settings.timeout)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(send_all(client, settings, rx, metrics.clone()));
         Ok(Notifier {

@@ -4,7 +4,6 @@
 //! the error message, and the few helpers that print its answers.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +11,6 @@ use clap::Args;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 /// Which gateway, and with which key.
@@ -94,14 +92,8 @@ pub async fn call(
 ) -> Result<Value, String> {
     let key = to.key()?;
     let uri = to.url(&format!("/tl-gateway/v1/{path}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .map_err(|e| e.to_string())?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let client: Client<_, Full<Bytes>> =
+        crate::outbound::client(Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let mut request = Request::builder()
         .method(method)
         .uri(uri)

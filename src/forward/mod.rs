@@ -114,17 +114,7 @@ impl Forwarder {
         let origin = &settings.origin;
         let https = origin.scheme == Scheme::HTTPS;
         let tls = if https {
-            // One crypto provider, passed explicitly: no process-wide default is needed or assumed.
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Some(Arc::new(config))
+            Some(crate::outbound::tls_config(&[b"http/1.1"])?)
         } else {
             None
         };
