@@ -31,6 +31,8 @@ use crate::keys::{KeySettings, RawKeys};
 use crate::matcher::{MatchSettings, QueryValue};
 use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings};
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
+use crate::settings::display_path;
+pub use crate::settings::Seg;
 use crate::state::{OnUnavailable, RedisSettings, StateSettings};
 use crate::store::{RawStore, StoreBackend, StoreSettings};
 use crate::telemetry::LogFormat;
@@ -1466,31 +1468,6 @@ impl Default for ServerConfig {
 /// `server.max_in_flight_per_client` by default: a quarter of `max_in_flight`.
 fn default_per_client(max_in_flight: usize) -> usize {
     (max_in_flight / 4).max(1)
-}
-
-/// One step of a key path.
-#[derive(Debug, Clone, Copy)]
-pub enum Seg {
-    /// A mapping key.
-    Key(&'static str),
-    /// A sequence index.
-    Index(usize),
-}
-
-fn display_path(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
 }
 
 fn strip_location(message: &str) -> String {

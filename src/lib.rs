@@ -11,6 +11,7 @@
 // Leaf modules: what everything shares; they import nothing of the crate.
 pub mod ext;
 pub mod ids;
+pub mod settings;
 pub mod units;
 
 // The route table, the shared matcher, bodies and header lists.
