@@ -9,7 +9,7 @@
 //! | `gateway.clients.update` | `PATCH /tl-gateway/v1/clients/{id}` `{"roles"?,"disabled"?}` | 200 the client; 409 `client_read_only` for a YAML client |
 //! | `gateway.keys.issue` | `POST /tl-gateway/v1/clients/{id}/keys` `{"label"?,"expires"?}` | 201 `{"key","label","expires"}`, the key shown this once |
 //! | `gateway.keys.revoke` | `DELETE /tl-gateway/v1/clients/{id}/keys/{label}` | 200 the client |
-//! | `gateway.keys.rotate` | `POST /tl-gateway/v1/me/keys` `{"label"?,"expires"?,"retire_presented_after"?}` | 201 a new key; the presented one expires after the overlap (default 24h) |
+//! | `gateway.keys.rotate` | `POST /tl-gateway/v1/me/keys` `{"label"?,"expires"?,"retire_presented_after"?,"replaces"?}` | 201 a new key; the presented one (signed in on the page: the one `replaces` names) expires after the overlap (default 24h) |
 //!
 //! Managing others needs a role in `keys.admin_roles` (else 403 `policy_denied`); a client may
 //! read itself and revoke its own keys.
@@ -51,6 +51,9 @@ pub struct KeyBody {
     label: Option<String>,
     expires: Option<String>,
     retire_presented_after: Option<String>,
+    /// `POST /me/keys` from a signed-in session (no key presented): the label of the key to
+    /// replace.
+    replaces: Option<String>,
 }
 
 fn is_admin(settings: &ApiSettings, caller: &Principal) -> bool {
@@ -339,9 +342,9 @@ pub async fn issue(
     body: KeyBody,
 ) -> Result<serde_json::Value, GatewayError> {
     require_admin(settings, caller)?;
-    if body.retire_presented_after.is_some() {
+    if body.retire_presented_after.is_some() || body.replaces.is_some() {
         return Err(GatewayError::ParameterInvalid(
-            "retire_presented_after is for POST /tl-gateway/v1/me/keys".into(),
+            "retire_presented_after and replaces are for POST /tl-gateway/v1/me/keys".into(),
         ));
     }
     let expires = expiry(settings, body.expires.as_deref())?;
@@ -412,11 +415,19 @@ pub async fn rotate(
     caller: &Principal,
     body: KeyBody,
 ) -> Result<serde_json::Value, GatewayError> {
-    let presented = match &caller.credential {
-        Some(Credential::Key { label }) => label.to_string(),
+    let presented = match (&caller.credential, body.replaces.as_deref()) {
+        (Some(Credential::Key { label }), None) => label.to_string(),
+        (Some(Credential::Key { label }), Some(named)) if **label == *named => label.to_string(),
+        (Some(Credential::Key { .. }), Some(_)) => {
+            return Err(GatewayError::ParameterInvalid(
+                "a call with a key rotates that key: leave out replaces".into(),
+            ))
+        }
+        // A person signed in on the page names which of their keys to replace.
+        (Some(Credential::Oidc { .. }), Some(named)) => named.to_owned(),
         _ => {
             return Err(GatewayError::ParameterInvalid(
-                "rotation replaces the key that makes the call: send it in x-api-key".into(),
+                "rotation replaces the key that makes the call: send it in x-api-key (signed in on the page: name it in replaces)".into(),
             ))
         }
     };

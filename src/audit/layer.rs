@@ -166,11 +166,16 @@ impl Ticket {
         scope: Option<&RequestScope>,
     ) -> Self {
         let id = scope.and_then(RequestScope::request_id);
-        let (key_label, certificate) = match &principal.credential {
-            Some(Credential::Key { label }) => (Some(label.to_string()), None),
-            Some(Credential::Certificate { sha256 }) => (None, Some(sha256.to_string())),
-            None => (None, None),
+        let (key_label, certificate, oidc) = match &principal.credential {
+            Some(Credential::Key { label }) => (Some(label.to_string()), None, None),
+            Some(Credential::Certificate { sha256 }) => (None, Some(sha256.to_string()), None),
+            Some(Credential::Oidc { issuer, subject }) => {
+                (None, None, Some((issuer.to_string(), subject.to_string())))
+            }
+            None => (None, None, None),
         };
+        let auth = principal.credential.as_ref().map(|c| c.method().to_owned());
+        let (issuer, subject) = oidc.unzip();
         let force = op
             .is(ASSETS_DELETE)
             .then(|| op.query.bool("force").unwrap_or(false));
@@ -194,6 +199,9 @@ impl Ticket {
                     .map(|addr| addr.ip().to_string()),
                 key_label,
                 certificate,
+                auth,
+                issuer,
+                subject,
                 method: op.method.as_str().to_owned(),
                 path: op.path.to_string(),
                 operation: op.route_id().to_owned(),
