@@ -54,7 +54,11 @@ impl OidcHttp {
             .enable_http1()
             .wrap_connector(http);
         Ok(OidcHttp {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            // No idle connections kept: sign-ins are rare, and a kept connection's task lives on
+            // the serving worker that opened it (docs/architecture.md, "workers").
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(https),
         })
     }
 
@@ -69,7 +73,7 @@ impl OidcHttp {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| HttpError::Transport(e.to_string()))?;
+                .map_err(|e| HttpError::Transport(chain(&e)))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_BODY)
                 .collect()
@@ -82,6 +86,18 @@ impl OidcHttp {
         .map_err(|_| HttpError::Timeout)??;
         Ok(response)
     }
+}
+
+/// An error with its sources (hyper's own message says little: "client error (Connect)").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for OidcHttp {
