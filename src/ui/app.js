@@ -382,11 +382,10 @@
     ui.whoami.textContent = '';
     ui.who.hidden = true;
     ui.app.hidden = true;
-    ui.signin.hidden = false;
     ui.keyInput.value = '';
     clearAlert();
     notify('');
-    ui.keyInput.focus();
+    showSignIn();
   }
 
   // A 401 while signed in: the key was revoked or changed.
