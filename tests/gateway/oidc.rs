@@ -531,7 +531,8 @@ async fn an_expired_or_ended_session_is_refused() {
     let alice = sign_in(&gateway, &provider, "alice").await;
     let logout = gateway.url("/tl-gateway/ui/logout");
     let cookie = ("cookie", format!("tlgw_session={}", alice.cookie));
-    let (status, _, text) = exchange(Method::POST, &logout, &[cookie.clone()], None).await;
+    let (status, _, text) =
+        exchange(Method::POST, &logout, std::slice::from_ref(&cookie), None).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
