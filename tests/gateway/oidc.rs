@@ -513,6 +513,19 @@ async fn an_id_token_for_another_audience_or_signed_with_an_unknown_key_is_refus
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_provider_rotated_to_is_fetched_again_on_its_unknown_kid() {
+    let upstream = Upstream::recording().await;
+    let (gateway, provider) = start(&format!("http://{}", upstream.addr), "", "").await;
+    // The gateway discovered the provider (and its keys) at the first /login; the provider then
+    // signs with a key it publishes only from now on: the gateway fetches the keys again.
+    let callback = authorize(&gateway, &provider, "alice").await;
+    provider.tamper("rotated-key").await;
+    let (status, _, text) = finish(&callback).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{text}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_or_ended_session_is_refused() {
     let upstream = Upstream::recording().await;
     let (gateway, provider) = start(

@@ -11,8 +11,10 @@
 //
 // A test hook, so refusal tests can hand the gateway a token the provider itself would never
 // issue: `POST /__test/tamper` with body `audience` (the next ID token says another audience,
-// signed with the provider's real key) or `unknown-key` (the next ID token is signed with a key
-// the provider never published). The token endpoint's next answer carries it; then it is reset.
+// signed with the provider's real key), `unknown-key` (the next ID token is signed with a key the
+// provider never published) or `rotated-key` (the provider rotates to a new key: the next ID token
+// is signed with it, and from then on /jwks publishes it too, as a real rotation does). The token
+// endpoint's next answer carries it; then the mode is reset.
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -30,6 +32,9 @@ const accounts = {
 const signing = await jose.generateKeyPair('RS256', { extractable: true });
 const signingJwk = { ...(await jose.exportJWK(signing.privateKey)), kid: 'test-signing-key', alg: 'RS256', use: 'sig' };
 const rogue = await jose.generateKeyPair('RS256');
+const rotated = await jose.generateKeyPair('RS256', { extractable: true });
+const rotatedJwk = { ...(await jose.exportJWK(rotated.publicKey)), kid: 'rotated-signing-key', alg: 'RS256', use: 'sig' };
+let rotatedPublished = false;
 let tamper = null;
 
 const server = http.createServer();
@@ -83,6 +88,9 @@ provider.use(async (ctx, next) => {
     return;
   }
   await next();
+  if (ctx.path === '/jwks' && rotatedPublished && ctx.body && Array.isArray(ctx.body.keys)) {
+    ctx.body = { keys: [...ctx.body.keys, rotatedJwk] };
+  }
   if (ctx.path === '/token' && tamper && ctx.body && ctx.body.id_token) {
     const mode = tamper;
     tamper = null;
@@ -92,6 +100,11 @@ provider.use(async (ctx, next) => {
       ctx.body.id_token = await new jose.SignJWT(claims)
         .setProtectedHeader({ alg: 'RS256', kid: signingJwk.kid })
         .sign(signing.privateKey);
+    } else if (mode === 'rotated-key') {
+      rotatedPublished = true;
+      ctx.body.id_token = await new jose.SignJWT(claims)
+        .setProtectedHeader({ alg: 'RS256', kid: rotatedJwk.kid })
+        .sign(rotated.privateKey);
     } else if (mode === 'unknown-key') {
       ctx.body.id_token = await new jose.SignJWT(claims)
         .setProtectedHeader({ alg: 'RS256', kid: 'a-key-nobody-published' })

@@ -54,10 +54,11 @@ type Client = CoreClient<
     EndpointMaybeSet,
 >;
 
-/// The provider as last discovered.
+/// The provider as last discovered, and when its keys were last fetched again.
+#[derive(Default)]
 struct Discovered {
-    client: Arc<Client>,
-    at: Instant,
+    client: Option<Arc<Client>>,
+    refreshed: Option<Instant>,
 }
 
 /// The issuer's keys are fetched again on an unknown key id at most this often (a stream of
@@ -69,7 +70,7 @@ pub struct SignIn {
     settings: Arc<OidcSettings>,
     http: OidcHttp,
     sessions: Sessions,
-    provider: Mutex<Option<Discovered>>,
+    provider: Mutex<Discovered>,
 }
 
 impl std::fmt::Debug for SignIn {
@@ -98,7 +99,7 @@ impl SignIn {
             sessions: Sessions::new(records, settings.session_ttl),
             settings: Arc::new(settings),
             http: OidcHttp::new()?,
-            provider: Mutex::new(None),
+            provider: Mutex::new(Discovered::default()),
         })
     }
 
@@ -113,12 +114,15 @@ impl SignIn {
     }
 
     /// The client, discovering the provider on first use; `refresh` discovers it again (new
-    /// keys), unless that happened within [`REFRESH_AT_MOST_EVERY`].
+    /// keys), unless a refresh happened within [`REFRESH_AT_MOST_EVERY`].
     async fn client(&self, refresh: bool) -> Result<Arc<Client>, GatewayError> {
         let mut provider = self.provider.lock().await;
-        if let Some(found) = provider.as_ref() {
-            if !refresh || found.at.elapsed() < REFRESH_AT_MOST_EVERY {
-                return Ok(found.client.clone());
+        if let Some(client) = &provider.client {
+            let recently = provider
+                .refreshed
+                .is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY);
+            if !refresh || recently {
+                return Ok(client.clone());
             }
         }
         let issuer =
@@ -137,10 +141,10 @@ impl SignIn {
         )
         .set_redirect_uri(redirect);
         let client = Arc::new(client);
-        *provider = Some(Discovered {
-            client: client.clone(),
-            at: Instant::now(),
-        });
+        provider.client = Some(client.clone());
+        if refresh {
+            provider.refreshed = Some(Instant::now());
+        }
         Ok(client)
     }
 
