@@ -233,10 +233,7 @@ pub async fn create(
     })?;
     let id: ClientId = id.parse().map_err(GatewayError::ParameterInvalid)?;
     let roles = grantable(settings, &body.roles)?;
-    let client = settings
-        .keyring
-        .create_client(&id, &roles, caller.client.as_str())
-        .await?;
+    let client = settings.keyring.create_client(&id, &roles, caller).await?;
     Ok(store_view(&client, &Default::default()))
 }
 
@@ -258,7 +255,7 @@ pub async fn update(
         .keyring
         .update_client(
             id,
-            caller.client.as_str(),
+            caller,
             |_| match disabled {
                 Some(true) => ("client_disabled", None),
                 Some(false) if roles.is_none() => ("client_enabled", None),
@@ -352,7 +349,7 @@ pub async fn issue(
         .keyring
         .update_client(
             id,
-            caller.client.as_str(),
+            caller,
             |client| {
                 (
                     "key_issued",
@@ -386,7 +383,7 @@ pub async fn revoke(
         .keyring
         .update_client(
             id,
-            caller.client.as_str(),
+            caller,
             |_| ("key_revoked", Some(label.to_owned())),
             |client| {
                 let key = client
@@ -443,7 +440,7 @@ pub async fn rotate(
         .keyring
         .update_client(
             id,
-            id,
+            caller,
             |client| {
                 (
                     "key_rotated",

@@ -423,6 +423,14 @@ async fn people_sign_in_with_the_provider_and_the_api_answers_their_session_as_i
     assert_eq!(create["issuer"], provider.issuer.as_str());
     assert_eq!(create["subject"], "alice");
     assert!(create.get("key_label").is_none());
+    // The keys API's own record of the change names the actor's sign-in the same way.
+    let created = records
+        .iter()
+        .find(|r| r["phase"] == "admin" && r["event"] == "client_created")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(created["actor"], "alice@example.com");
+    assert_eq!(created["auth"], "oidc");
+    assert_eq!(created["subject"], "alice");
     let rotate = records
         .iter()
         .find(|r| r["operation"] == "gateway.keys.rotate" && r["phase"] == "intent")
