@@ -647,6 +647,12 @@ impl Validator<'_> {
                 (self.fail)(&path, message)
             })?,
         };
+        if store.backend == StoreBackend::Memory && ui.oidc.is_some() {
+            warnings.push(
+                "ui.oidc with store.backend memory: sign-in sessions live in this process, end on restart and are known to this replica only; use sqlite or postgres"
+                    .into(),
+            );
+        }
         if store.backend == StoreBackend::Memory {
             warnings.push(
                 "store.backend is memory: approvals, and clients and keys issued through the API, live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"
