@@ -193,6 +193,40 @@ pub enum Credential {
         /// Lowercase hex SHA-256 of its DER.
         sha256: Arc<str>,
     },
+    /// A person signed in on the page with the team's identity provider (`ui.oidc`): the
+    /// session's issuer and subject (the provider's stable id of the person).
+    Oidc {
+        /// The issuer URL.
+        issuer: Arc<str>,
+        /// The ID token's `sub`.
+        subject: Arc<str>,
+    },
+}
+
+impl Credential {
+    /// How it is named in audit records: `key`, `certificate` or `oidc`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Credential::Key { .. } => "key",
+            Credential::Certificate { .. } => "certificate",
+            Credential::Oidc { .. } => "oidc",
+        }
+    }
+}
+
+/// A request carrying a live sign-in session of the page (inserted by `ui::oidc`'s session layer,
+/// which checked the cookie against the record store and, for a state-changing call, the CSRF
+/// token): the authentication layer makes it the request's [`Principal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    /// The client id the provider's claim names.
+    pub client: ClientId,
+    /// The roles `role_map` gives the person's groups (possibly none).
+    pub roles: Arc<[Role]>,
+    /// The issuer URL.
+    pub issuer: Arc<str>,
+    /// The ID token's `sub`.
+    pub subject: Arc<str>,
 }
 
 /// The classified operation and the authenticated principal of a request, for the layers below
@@ -398,6 +432,14 @@ impl ClientKeys {
         Ok(found)
     }
 
+    /// Whether a client of this id is known and disabled.
+    pub fn is_disabled(&self, client: &ClientId) -> bool {
+        self.principals
+            .iter()
+            .position(|p| p.client == *client)
+            .is_some_and(|i| self.disabled[i])
+    }
+
     /// Who sent this request: by its key (`x-api-key` or Bearer) and/or its verified client
     /// certificate. Both present → they must name the same client.
     pub fn identify(
@@ -545,6 +587,25 @@ impl Authenticate {
 
 impl<B> Admit<B> for Authenticate {
     fn admit(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        if let Some(session) = req.extensions_mut().remove::<SignedIn>() {
+            // A store client of the same id that an admin disabled is refused here too.
+            if self.keys.load().is_disabled(&session.client) {
+                return Err(GatewayError::ClientDisabled {
+                    client: session.client,
+                    label: "sign-in session".to_owned(),
+                });
+            }
+            tracing::Span::current().record("client", session.client.as_str());
+            req.extensions_mut().insert(Principal {
+                client: session.client,
+                roles: session.roles,
+                credential: Some(Credential::Oidc {
+                    issuer: session.issuer,
+                    subject: session.subject,
+                }),
+            });
+            return Ok(());
+        }
         let principal = self
             .keys
             .load()

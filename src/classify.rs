@@ -646,9 +646,17 @@ fn split_path(path: &str) -> Result<Segments<'_>, GatewayError> {
     if rest.is_empty() {
         return Err(GatewayError::RouteUnknown);
     }
+    // `@` and `+` only in the gateway's own API (client ids that are e-mail addresses): its
+    // paths are read by this parser alone and never forwarded; a TwelveLabs path keeps the
+    // narrower set, since servers disagree on what `+` in a path means.
+    let own_api = rest
+        .split('/')
+        .next()
+        .is_some_and(|first| first == crate::routes::gateway::FIRST_SEGMENT);
     for byte in rest.bytes() {
         match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'/' => {}
+            b'@' | b'+' if own_api => {}
             b'%' => return Err(ambiguous("percent-escapes in the path")),
             b';' => return Err(ambiguous("';' in the path")),
             b'\\' => return Err(ambiguous("backslash in the path")),

@@ -102,12 +102,18 @@ pub struct Config {
 pub struct UiConfig {
     /// Roles that may read `GET /tl-gateway/v1/audit/recent` (default `[admin]`).
     pub audit_roles: Vec<Role>,
+    /// Sign-in with the team's identity provider (`ui.oidc`).
+    pub oidc: Option<crate::ui::oidc::OidcSettings>,
+    /// With `ui.oidc`: whether the page still offers key sign-in (default false).
+    pub allow_key_sign_in: bool,
 }
 
 impl Default for UiConfig {
     fn default() -> Self {
         UiConfig {
             audit_roles: vec!["admin".parse().expect("a valid role")],
+            oidc: None,
+            allow_key_sign_in: false,
         }
     }
 }
@@ -277,6 +283,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawUi {
     audit_roles: Option<Vec<Role>>,
+    oidc: Option<crate::ui::oidc::RawOidc>,
+    allow_key_sign_in: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -620,6 +628,26 @@ impl Validator<'_> {
         let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
         let rate_limits = self.rate_limits(raw.rate_limits, &known_clients, &mut warnings)?;
         let state = self.state(raw.state)?;
+        let ui = match raw.ui {
+            None => UiConfig::default(),
+            Some(ui) => UiConfig {
+                audit_roles: ui
+                    .audit_roles
+                    .unwrap_or_else(|| UiConfig::default().audit_roles),
+                oidc: ui
+                    .oidc
+                    .map(|oidc| oidc.compile(tls.is_some()))
+                    .transpose()
+                    .map_err(|(at, message)| {
+                        let path: Vec<Seg> = [Seg::Key("ui"), Seg::Key("oidc")]
+                            .into_iter()
+                            .chain(at.iter().map(|k| Seg::Key(k)))
+                            .collect();
+                        (self.fail)(&path, message)
+                    })?,
+                allow_key_sign_in: ui.allow_key_sign_in.unwrap_or(false),
+            },
+        };
         let store = match raw.store {
             None => StoreSettings::default(),
             Some(raw) => raw.compile().map_err(|(at, message)| {
@@ -629,6 +657,12 @@ impl Validator<'_> {
                 (self.fail)(&path, message)
             })?,
         };
+        if store.backend == StoreBackend::Memory && ui.oidc.is_some() {
+            warnings.push(
+                "ui.oidc with store.backend memory: sign-in sessions live in this process, end on restart and are known to this replica only; use sqlite or postgres"
+                    .into(),
+            );
+        }
         if store.backend == StoreBackend::Memory {
             warnings.push(
                 "store.backend is memory: approvals, and clients and keys issued through the API, live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"
@@ -725,11 +759,7 @@ impl Validator<'_> {
             approvals,
             protected,
             tls,
-            ui: raw.ui.map_or_else(UiConfig::default, |ui| UiConfig {
-                audit_roles: ui
-                    .audit_roles
-                    .unwrap_or_else(|| UiConfig::default().audit_roles),
-            }),
+            ui,
         })
     }
 

@@ -219,6 +219,25 @@ pub enum GatewayError {
     /// The record store could not take a change (the detail is for the log only).
     #[error("the change could not be stored: the record store did not answer; nothing was changed. The gateway's log has the details under this request id")]
     StoreUnavailable(String),
+    /// A state-changing call carried the session cookie without the session's CSRF token in
+    /// `x-tl-gateway-csrf` (a cross-site request, or a page that lost it).
+    #[error("this call changes something: send the session's CSRF token (csrf_token of GET /tl-gateway/v1/me) in the x-tl-gateway-csrf header")]
+    CsrfFailed,
+    /// The page's session ended (signed out, expired, or unknown to the store).
+    #[error("{0}: sign in again")]
+    SessionEnded(&'static str),
+    /// Signing in with the identity provider failed: a forged or stale `state`, a code used before,
+    /// an ID token that does not verify. The message says which; the detail is for the log.
+    #[error("sign-in failed: {message}; start again at /tl-gateway/ui/login")]
+    SignInFailed {
+        /// What was wrong, for the person.
+        message: &'static str,
+        /// What the provider or the verifier said, for the log only.
+        detail: String,
+    },
+    /// The identity provider could not be reached (discovery, keys or token endpoint).
+    #[error("the identity provider did not answer; try again shortly. The gateway's log has the details under this request id")]
+    SignInUnavailable(String),
 }
 
 /// What went wrong talking to the upstream (bounded set: used as a metric label later).
@@ -297,6 +316,11 @@ impl GatewayError {
             GatewayError::ClientExists(_) | GatewayError::ClientReadOnly(_) => StatusCode::CONFLICT,
             GatewayError::ClientNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::CsrfFailed => StatusCode::FORBIDDEN,
+            GatewayError::SessionEnded(_) | GatewayError::SignInFailed { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::SignInUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -344,6 +368,10 @@ impl GatewayError {
             GatewayError::ClientNotFound(_) => "client_not_found",
             GatewayError::ClientReadOnly(_) => "client_read_only",
             GatewayError::StoreUnavailable(_) => "store_unavailable",
+            GatewayError::CsrfFailed => "csrf_failed",
+            GatewayError::SessionEnded(_) => "session_expired",
+            GatewayError::SignInFailed { .. } => "sign_in_failed",
+            GatewayError::SignInUnavailable(_) => "sign_in_unavailable",
         }
     }
 
@@ -373,7 +401,9 @@ impl GatewayError {
             GatewayError::LimitsUnavailable { reason, .. } => Some(reason),
             GatewayError::AuditUnavailable(why)
             | GatewayError::ApprovalsUnavailable(why)
-            | GatewayError::StoreUnavailable(why) => Some(why),
+            | GatewayError::StoreUnavailable(why)
+            | GatewayError::SignInUnavailable(why) => Some(why),
+            GatewayError::SignInFailed { detail, .. } => Some(detail),
             _ => None,
         }
     }

@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        id_newtype!($(#[$doc])* $name, $what, is_plain_id, "1-64 characters of A-Z a-z 0-9 . _ -");
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $check:ident, $rule:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
         #[serde(try_from = "String")]
@@ -28,11 +31,11 @@ macro_rules! id_newtype {
         impl TryFrom<String> for $name {
             type Error = String;
             fn try_from(value: String) -> Result<Self, String> {
-                if is_plain_id(&value) {
+                if $check(&value) {
                     Ok($name(value.into()))
                 } else {
                     Err(format!(
-                        concat!("invalid ", $what, " {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -"),
+                        concat!("invalid ", $what, " {:?}: use ", $rule),
                         value
                     ))
                 }
@@ -55,9 +58,12 @@ macro_rules! id_newtype {
 }
 
 id_newtype!(
-    /// A configured client id.
+    /// A client id: configured, issued through the keys API, or taken from an identity provider's
+    /// claim (an e-mail address, so `@` and `+` are allowed too).
     ClientId,
-    "client id"
+    "client id",
+    is_client_id,
+    "1-128 characters of A-Z a-z 0-9 . _ - @ +"
 );
 id_newtype!(
     /// A role name.
@@ -91,6 +97,16 @@ pub fn is_plain_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether `value` is a valid client id: 1–128 characters of `A-Z a-z 0-9 . _ - @ +` (plain ids,
+/// and the e-mail addresses an identity provider names people by). Still safe in logs, metric
+/// labels, store keys and, under `/tl-gateway/`, in a path segment.
+pub fn is_client_id(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,9 +115,21 @@ mod tests {
     fn ids_are_plain_tokens() {
         assert!("alice".parse::<ClientId>().is_ok());
         assert!("force-delete.v2_x".parse::<RuleId>().is_ok());
-        for bad in ["", "has space", "a/b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "has space",
+            "a/b",
+            "é",
+            "a%40b",
+            "a:b",
+            &"x".repeat(129),
+        ] {
             assert!(bad.parse::<ClientId>().is_err(), "{bad:?}");
         }
+        // Ids from an identity provider's e-mail claim.
+        assert!("bob+tl@example.com".parse::<ClientId>().is_ok());
+        assert!("bob@example.com".parse::<Role>().is_err());
+        assert!("x".repeat(65).parse::<Role>().is_err());
         assert_eq!(RuleId::default_rule().as_str(), "policy.default");
     }
 }

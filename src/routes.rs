@@ -261,7 +261,12 @@ impl RouteTable {
             if let Some(&child) = node.literals.get(seg) {
                 at = child;
             } else if let Some((name, child)) = node.param {
-                if !valid_param(seg) {
+                let valid = if name == "client_id" {
+                    crate::ids::is_client_id(seg)
+                } else {
+                    valid_param(seg)
+                };
+                if !valid {
                     return Lookup::BadParam { name };
                 }
                 params.push((name, seg));

@@ -41,7 +41,9 @@ use crate::request_id::RequestIdLayer;
 use crate::state::StateStore;
 use crate::store::RecordStore;
 use crate::telemetry::TraceRequestsLayer;
-use crate::ui::ServePageLayer;
+use crate::ui::oidc::session::ResolveSession;
+use crate::ui::oidc::SignIn;
+use crate::ui::{PageSettings, ServePageLayer};
 
 /// The response future of [`GatewayService`]: the one allocation the type erasure costs.
 pub type ResponseFuture =
@@ -227,6 +229,8 @@ pub struct StackParts {
     pub require_approval: RequireApprovalLayer,
     /// The gateway's own API (answers `gateway.*` operations at the bottom of the stack).
     pub api: GatewayApi,
+    /// The page and how people sign in on it.
+    pub page: PageSettings,
 }
 
 impl StackParts {
@@ -295,6 +299,15 @@ impl StackParts {
                 keyring: shared.keyring.clone(),
                 keys: config.keys.clone(),
             }),
+            page: PageSettings {
+                sign_in: config.ui.oidc.as_ref().and_then(|oidc| {
+                    SignIn::new(oidc.clone(), shared.records.clone())
+                        .map(Arc::new)
+                        .inspect_err(|e| tracing::error!(error = %e, "ui.oidc: no TLS client"))
+                        .ok()
+                }),
+                key_sign_in: config.ui.oidc.is_none() || config.ui.allow_key_sign_in,
+            },
             protection,
             clients,
             upstream_key: shared.upstream_key.clone(),
@@ -354,8 +367,15 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
         .layer(in_flight_limit(parts.in_flight))
-        .layer(ServePageLayer)
+        .layer(ServePageLayer::new(parts.page.clone()))
         .layer(Classify::layer(parts.classifier))
+        .option_layer(
+            parts
+                .page
+                .sign_in
+                .as_ref()
+                .map(|sign_in| ResolveSession::layer(sign_in.sessions().clone())),
+        )
         .layer(Authenticate::layer(parts.clients))
         .layer(AuditLayer::new(
             parts.audit,

@@ -9,7 +9,7 @@
 //! | `gateway.clients.update` | `PATCH /tl-gateway/v1/clients/{id}` `{"roles"?,"disabled"?}` | 200 the client; 409 `client_read_only` for a YAML client |
 //! | `gateway.keys.issue` | `POST /tl-gateway/v1/clients/{id}/keys` `{"label"?,"expires"?}` | 201 `{"key","label","expires"}`, the key shown this once |
 //! | `gateway.keys.revoke` | `DELETE /tl-gateway/v1/clients/{id}/keys/{label}` | 200 the client |
-//! | `gateway.keys.rotate` | `POST /tl-gateway/v1/me/keys` `{"label"?,"expires"?,"retire_presented_after"?}` | 201 a new key; the presented one expires after the overlap (default 24h) |
+//! | `gateway.keys.rotate` | `POST /tl-gateway/v1/me/keys` `{"label"?,"expires"?,"retire_presented_after"?,"replaces"?}` | 201 a new key; the presented one (signed in on the page: the one `replaces` names) expires after the overlap (default 24h) |
 //!
 //! Managing others needs a role in `keys.admin_roles` (else 403 `policy_denied`); a client may
 //! read itself and revoke its own keys.
@@ -51,6 +51,9 @@ pub struct KeyBody {
     label: Option<String>,
     expires: Option<String>,
     retire_presented_after: Option<String>,
+    /// `POST /me/keys` from a signed-in session (no key presented): the label of the key to
+    /// replace.
+    replaces: Option<String>,
 }
 
 fn is_admin(settings: &ApiSettings, caller: &Principal) -> bool {
@@ -230,10 +233,7 @@ pub async fn create(
     })?;
     let id: ClientId = id.parse().map_err(GatewayError::ParameterInvalid)?;
     let roles = grantable(settings, &body.roles)?;
-    let client = settings
-        .keyring
-        .create_client(&id, &roles, caller.client.as_str())
-        .await?;
+    let client = settings.keyring.create_client(&id, &roles, caller).await?;
     Ok(store_view(&client, &Default::default()))
 }
 
@@ -255,7 +255,7 @@ pub async fn update(
         .keyring
         .update_client(
             id,
-            caller.client.as_str(),
+            caller,
             |_| match disabled {
                 Some(true) => ("client_disabled", None),
                 Some(false) if roles.is_none() => ("client_enabled", None),
@@ -339,9 +339,9 @@ pub async fn issue(
     body: KeyBody,
 ) -> Result<serde_json::Value, GatewayError> {
     require_admin(settings, caller)?;
-    if body.retire_presented_after.is_some() {
+    if body.retire_presented_after.is_some() || body.replaces.is_some() {
         return Err(GatewayError::ParameterInvalid(
-            "retire_presented_after is for POST /tl-gateway/v1/me/keys".into(),
+            "retire_presented_after and replaces are for POST /tl-gateway/v1/me/keys".into(),
         ));
     }
     let expires = expiry(settings, body.expires.as_deref())?;
@@ -349,7 +349,7 @@ pub async fn issue(
         .keyring
         .update_client(
             id,
-            caller.client.as_str(),
+            caller,
             |client| {
                 (
                     "key_issued",
@@ -383,7 +383,7 @@ pub async fn revoke(
         .keyring
         .update_client(
             id,
-            caller.client.as_str(),
+            caller,
             |_| ("key_revoked", Some(label.to_owned())),
             |client| {
                 let key = client
@@ -412,11 +412,19 @@ pub async fn rotate(
     caller: &Principal,
     body: KeyBody,
 ) -> Result<serde_json::Value, GatewayError> {
-    let presented = match &caller.credential {
-        Some(Credential::Key { label }) => label.to_string(),
+    let presented = match (&caller.credential, body.replaces.as_deref()) {
+        (Some(Credential::Key { label }), None) => label.to_string(),
+        (Some(Credential::Key { label }), Some(named)) if **label == *named => label.to_string(),
+        (Some(Credential::Key { .. }), Some(_)) => {
+            return Err(GatewayError::ParameterInvalid(
+                "a call with a key rotates that key: leave out replaces".into(),
+            ))
+        }
+        // A person signed in on the page names which of their keys to replace.
+        (Some(Credential::Oidc { .. }), Some(named)) => named.to_owned(),
         _ => {
             return Err(GatewayError::ParameterInvalid(
-                "rotation replaces the key that makes the call: send it in x-api-key".into(),
+                "rotation replaces the key that makes the call: send it in x-api-key (signed in on the page: name it in replaces)".into(),
             ))
         }
     };
@@ -432,7 +440,7 @@ pub async fn rotate(
         .keyring
         .update_client(
             id,
-            id,
+            caller,
             |client| {
                 (
                     "key_rotated",

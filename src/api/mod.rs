@@ -9,7 +9,7 @@
 //!
 //! | route id | method and path | answer |
 //! |---|---|---|
-//! | `gateway.me` | `GET /tl-gateway/v1/me` | `{client, roles, can_read_audit}` |
+//! | `gateway.me` | `GET /tl-gateway/v1/me` | `{client, roles, can_read_audit, can_manage_keys, keys, auth, csrf_token}` (`csrf_token` only for a signed-in session) |
 //! | `gateway.approvals.list` | `GET /tl-gateway/v1/approvals?state=&limit=&cursor=` | `{"approvals": [...], "next_cursor"}`, newest first: approvers see all, others their own; one page, never the whole store |
 //! | `gateway.approvals.retrieve` | `GET /tl-gateway/v1/approvals/{id}` | the approval |
 //! | `gateway.approvals.approve` · `.deny` | `POST /tl-gateway/v1/approvals/{id}/approve` · `/deny` | optional `{"comment": "..."}`; the approval after the decision |
@@ -163,6 +163,10 @@ async fn handle(
     let route = op.route.map(|r| r.id).ok_or(GatewayError::RouteUnknown)?;
     let approvals = &settings.approvals;
     let approval_id = || op.param("approval_id").unwrap_or_default().to_owned();
+    let csrf = req
+        .extensions()
+        .get::<crate::ui::oidc::session::SessionCsrf>()
+        .map(|c| c.0.clone());
     match route {
         ids::ME => {
             let keys = match clients::view_of(&settings, caller.client.as_str()).await {
@@ -178,6 +182,10 @@ async fn handle(
                     "can_read_audit": can_read_audit(&settings, &caller),
                     "can_manage_keys": caller.roles.iter().any(|r| settings.keys.admin_roles.contains(r)),
                     "keys": keys,
+                    // How this call authenticated, and for a signed-in person the token every
+                    // state-changing call of the page sends in x-tl-gateway-csrf.
+                    "auth": caller.credential.as_ref().map(|c| c.method()),
+                    "csrf_token": csrf.as_deref(),
                 }),
             ))
         }

@@ -157,6 +157,44 @@ pub struct Ticket {
     is_gateway: bool,
 }
 
+/// How a caller authenticated, as audit record fields (`key_label`, `certificate`, `auth`,
+/// `issuer`, `subject`): request records and the keys API's `admin` records alike.
+#[derive(Debug, Default)]
+pub struct CredentialFields {
+    /// The key's label.
+    pub key_label: Option<String>,
+    /// The client certificate's SHA-256.
+    pub certificate: Option<String>,
+    /// `key`, `certificate` or `oidc`.
+    pub auth: Option<String>,
+    /// For `oidc`: the issuer.
+    pub issuer: Option<String>,
+    /// For `oidc`: the subject.
+    pub subject: Option<String>,
+}
+
+impl CredentialFields {
+    /// The fields for `credential`.
+    pub fn of(credential: Option<&Credential>) -> Self {
+        let mut fields = CredentialFields {
+            auth: credential.map(|c| c.method().to_owned()),
+            ..CredentialFields::default()
+        };
+        match credential {
+            Some(Credential::Key { label }) => fields.key_label = Some(label.to_string()),
+            Some(Credential::Certificate { sha256 }) => {
+                fields.certificate = Some(sha256.to_string())
+            }
+            Some(Credential::Oidc { issuer, subject }) => {
+                fields.issuer = Some(issuer.to_string());
+                fields.subject = Some(subject.to_string());
+            }
+            None => {}
+        }
+        fields
+    }
+}
+
 impl Ticket {
     fn new(
         log: AuditLog,
@@ -166,11 +204,13 @@ impl Ticket {
         scope: Option<&RequestScope>,
     ) -> Self {
         let id = scope.and_then(RequestScope::request_id);
-        let (key_label, certificate) = match &principal.credential {
-            Some(Credential::Key { label }) => (Some(label.to_string()), None),
-            Some(Credential::Certificate { sha256 }) => (None, Some(sha256.to_string())),
-            None => (None, None),
-        };
+        let CredentialFields {
+            key_label,
+            certificate,
+            auth,
+            issuer,
+            subject,
+        } = CredentialFields::of(principal.credential.as_ref());
         let force = op
             .is(ASSETS_DELETE)
             .then(|| op.query.bool("force").unwrap_or(false));
@@ -194,6 +234,9 @@ impl Ticket {
                     .map(|addr| addr.ip().to_string()),
                 key_label,
                 certificate,
+                auth,
+                issuer,
+                subject,
                 method: op.method.as_str().to_owned(),
                 path: op.path.to_string(),
                 operation: op.route_id().to_owned(),

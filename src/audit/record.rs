@@ -69,6 +69,16 @@ pub struct Event {
     /// Lowercase hex SHA-256 of the client certificate that identified the client.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub certificate: Option<String>,
+    /// How the caller authenticated: `key` (with `key_label`), `certificate` (with
+    /// `certificate`) or `oidc` (a person signed in on the page; with `issuer` and `subject`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth: Option<String>,
+    /// For `auth: oidc`: the identity provider's issuer URL.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub issuer: Option<String>,
+    /// For `auth: oidc`: the ID token's subject (the provider's id of the person).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subject: Option<String>,
     /// HTTP method.
     pub method: String,
     /// Canonical path.

@@ -333,3 +333,40 @@ fn connections_have_an_age_limit_of_an_hour_unless_told_otherwise() {
     assert_eq!(age("server:\n  max_connection_age: 0s\n"), None);
     assert!(parse(&format!("{MINIMAL}server:\n  max_connection_age: soon\n")).is_err());
 }
+
+#[test]
+fn ui_oidc_is_validated_at_load_and_names_the_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("oidc-secret");
+    std::fs::write(&secret, "s3cret-value\n").unwrap();
+    let section = |issuer: &str, extra: &str| {
+        format!(
+            "{MINIMAL}ui:\n  oidc:\n    issuer: {issuer}\n    client_id: tl-gateway\n    client_secret_file: {}\n    redirect_url: https://gw.example.com/tl-gateway/ui/callback\n    roles_claim: groups\n    role_map: {{ \"tl-admins\": [admin] }}\n{extra}",
+            secret.display()
+        )
+    };
+    let config = parse(&section("https://idp.example.com/realms/team", "")).unwrap();
+    let oidc = config.ui.oidc.as_ref().unwrap();
+    assert_eq!(oidc.client_secret.0, "s3cret-value");
+    assert_eq!(oidc.session_ttl, std::time::Duration::from_secs(8 * 3600));
+    assert!(oidc.secure_cookies);
+    assert!(!config.ui.allow_key_sign_in);
+    // The secret never shows in the configuration's debug form.
+    assert!(!format!("{config:?}").contains("s3cret-value"));
+    let config = parse(&section(
+        "https://idp.example.com",
+        "  allow_key_sign_in: true\n",
+    ))
+    .unwrap();
+    assert!(config.ui.allow_key_sign_in);
+
+    let error = parse(&section("http://idp.example.com", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("ui.oidc.issuer"), "{error}");
+    let error = parse(&section("https://idp.example.com", "    colour: blue\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("colour"), "{error}");
+    assert!(parse(MINIMAL).unwrap().ui.oidc.is_none());
+}

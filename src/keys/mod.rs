@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::record::{Event, Phase};
 use crate::audit::AuditLog;
-use crate::auth::{ClientKey, ClientKeys, ClientSettings, KeySnapshot};
+use crate::auth::{ClientKey, ClientKeys, ClientSettings, KeySnapshot, Principal};
 use crate::error::GatewayError;
 use crate::ids::{ClientId, Role};
 use crate::metrics::Metrics;
@@ -266,12 +266,21 @@ impl Keyring {
         &self,
         undo: Option<(&str, &str, &str)>,
         event: &str,
-        actor: &str,
+        by: &Principal,
         client: &str,
         label: Option<&str>,
     ) -> Result<(), GatewayError> {
+        let actor = by.client.as_str();
         if let Some(log) = &self.audit {
+            // How the actor authenticated, as on request records (an admin signed in on the page:
+            // auth oidc, issuer, subject).
+            let how = crate::audit::layer::CredentialFields::of(by.credential.as_ref());
             let record = Event {
+                key_label: how.key_label,
+                certificate: how.certificate,
+                auth: how.auth,
+                issuer: how.issuer,
+                subject: how.subject,
                 time: rfc3339(SystemTime::now()),
                 request_id: format!("adm_{:016x}", rand::random::<u64>()),
                 phase: Some(Phase::Admin),
@@ -318,8 +327,9 @@ impl Keyring {
         &self,
         id: &ClientId,
         roles: &[Role],
-        actor: &str,
+        by: &Principal,
     ) -> Result<StoredClient, GatewayError> {
+        let actor = by.client.as_str();
         if self
             .config_clients
             .load()
@@ -353,7 +363,7 @@ impl Keyring {
             .await
             .map_err(unavailable)?;
         if let Err(error) = self
-            .changed(None, "client_created", actor, id.as_str(), None)
+            .changed(None, "client_created", by, id.as_str(), None)
             .await
         {
             let _ = self.store.remove(&key, &text).await;
@@ -367,7 +377,7 @@ impl Keyring {
     pub async fn update_client<T>(
         &self,
         id: &str,
-        actor: &str,
+        by: &Principal,
         event: impl Fn(&StoredClient) -> (&'static str, Option<String>),
         mut change: impl FnMut(&mut StoredClient) -> Result<T, GatewayError>,
     ) -> Result<(StoredClient, T), GatewayError> {
@@ -395,7 +405,7 @@ impl Keyring {
                 .map_err(unavailable)?
             {
                 let (name, label) = event(&client);
-                self.changed(Some((&key, &text, &raw)), name, actor, id, label.as_deref())
+                self.changed(Some((&key, &text, &raw)), name, by, id, label.as_deref())
                     .await?;
                 return Ok((client, out));
             }

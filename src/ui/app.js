@@ -1,8 +1,13 @@
-// tl-gateway approvals page. Plain DOM, no framework, no build step.
+// tl-gateway console: approvals, recent destructive calls, keys. Plain DOM, no framework, no
+// build step.
 //
 // Served under a strict Content-Security-Policy (no inline script or style, no eval), so every
 // element is built with createElement and every value from the API is set as textContent.
-// The personal key lives in sessionStorage only (key 'tlgw.key') and is sent as x-api-key.
+// Two ways to sign in (sign-in.json says which are on): with the team's identity provider (a
+// server-side session behind an HttpOnly cookie; state-changing calls carry the session's CSRF
+// token from GET /tl-gateway/v1/me in x-tl-gateway-csrf), or with a personal key, which lives in
+// sessionStorage only (key 'tlgw.key') and is sent as x-api-key. Nothing goes to localStorage,
+// and no secret into a URL.
 'use strict';
 
 (function () {
@@ -14,6 +19,24 @@
   const $ = (id) => document.getElementById(id);
 
   const ui = {
+    sso: $('sso'),
+    keyHint: $('key-hint'),
+    noRights: $('no-rights'),
+    newKey: $('new-key'),
+    newKeyClient: $('new-key-client'),
+    newKeyLabel: $('new-key-label'),
+    newKeyValue: $('new-key-value'),
+    newKeyCopy: $('new-key-copy'),
+    newKeySdk: $('new-key-sdk'),
+    newKeyDone: $('new-key-done'),
+    keysAdmin: $('keys-admin'),
+    keysMine: $('keys-mine'),
+    createClientForm: $('create-client-form'),
+    newClientId: $('new-client-id'),
+    newClientRoles: $('new-client-roles'),
+    clientsBody: $('clients-body'),
+    myKeysBody: $('my-keys-body'),
+    myKeysEmpty: $('my-keys-empty'),
     who: $('who'),
     whoami: $('whoami'),
     signOut: $('sign-out'),
@@ -28,11 +51,13 @@
       pending: $('tab-pending'),
       decided: $('tab-decided'),
       audit: $('tab-audit'),
+      keys: $('tab-keys'),
     },
     panels: {
       pending: $('panel-pending'),
       decided: $('panel-decided'),
       audit: $('panel-audit'),
+      keys: $('panel-keys'),
     },
     pendingCount: $('pending-count'),
     decidedCount: $('decided-count'),
@@ -55,6 +80,9 @@
 
   const state = {
     me: null,
+    session: false, // signed in with the identity provider (cookie), not a key
+    csrf: null, // the session's CSRF token (memory only)
+    signInOptions: { oidc: false, key_sign_in: true },
     timer: null,
     gen: 0, // bumped on sign-in/out so late responses of an old session are dropped
     tab: 'pending',
@@ -191,13 +219,21 @@
   async function api(path, opts) {
     const o = opts || {};
     const key = o.key !== undefined ? o.key : sessionStorage.getItem(STORAGE_KEY);
+    const method = o.method || 'GET';
     const init = {
-      method: o.method || 'GET',
-      headers: { 'x-api-key': key || '', accept: 'application/json' },
+      method,
+      headers: { accept: 'application/json' },
       cache: 'no-store',
       credentials: 'omit',
       referrerPolicy: 'no-referrer',
     };
+    if (key) {
+      init.headers['x-api-key'] = key;
+    } else {
+      // The session cookie (HttpOnly) goes along; a change carries the CSRF token.
+      init.credentials = 'same-origin';
+      if (method !== 'GET' && state.csrf) init.headers['x-tl-gateway-csrf'] = state.csrf;
+    }
     if (o.body !== undefined) {
       init.headers['content-type'] = 'application/json';
       init.body = JSON.stringify(o.body);
@@ -284,6 +320,9 @@
   function enterApp(me) {
     state.gen += 1;
     state.me = me || {};
+    state.session = state.me.auth === 'oidc';
+    state.csrf = typeof state.me.csrf_token === 'string' ? state.me.csrf_token : null;
+    ui.noRights.hidden = !(Array.isArray(state.me.roles) && state.me.roles.length === 0);
     const roles = Array.isArray(state.me.roles) && state.me.roles.length
       ? ` (${state.me.roles.map(txt).join(', ')})`
       : '';
@@ -292,6 +331,7 @@
     ui.signin.hidden = true;
     ui.app.hidden = false;
     ui.tabs.audit.hidden = state.me.can_read_audit !== true;
+    hideNewKey();
     selectTab('pending', false);
     refresh();
     if (state.timer) clearInterval(state.timer);
@@ -326,16 +366,26 @@
     if (state.timer) clearInterval(state.timer);
     state.timer = null;
     sessionStorage.removeItem(STORAGE_KEY);
+    if (state.session) {
+      // Ends the server-side session; the cookie is cleared by the answer.
+      const headers = state.csrf ? { 'x-tl-gateway-csrf': state.csrf } : {};
+      fetch(new URL('logout', location.href), {
+        method: 'POST', headers, credentials: 'same-origin', cache: 'no-store',
+      }).catch(() => {});
+    }
+    state.session = false;
+    state.csrf = null;
     state.me = null;
+    hideNewKey();
+    ui.noRights.hidden = true;
     resetView();
     ui.whoami.textContent = '';
     ui.who.hidden = true;
     ui.app.hidden = true;
-    ui.signin.hidden = false;
     ui.keyInput.value = '';
     clearAlert();
     notify('');
-    ui.keyInput.focus();
+    showSignIn();
   }
 
   // A 401 while signed in: the key was revoked or changed.
@@ -347,7 +397,7 @@
   // ---------- tabs ----------
 
   function visibleTabs() {
-    return ['pending', 'decided', 'audit'].filter((t) => !ui.tabs[t].hidden);
+    return ['pending', 'decided', 'audit', 'keys'].filter((t) => !ui.tabs[t].hidden);
   }
 
   function selectTab(name, focus) {
@@ -360,6 +410,7 @@
     }
     if (focus) ui.tabs[name].focus();
     if (name === 'audit') loadAudit(state.gen);
+    if (name === 'keys') loadKeys(state.gen);
   }
 
   function onTabKey(ev) {
@@ -406,6 +457,7 @@
       state.inflight = false;
     }
     if (gen === state.gen && state.tab === 'audit') await loadAudit(gen);
+    if (gen === state.gen && state.tab === 'keys' && !state.busy) await loadKeys(gen);
     if (state.queued && gen === state.gen) {
       state.queued = false;
       refresh();
@@ -797,7 +849,183 @@
     }));
   }
 
+  // ---------- keys ----------
+
+  // A client id as a path segment: ids are plain (A-Z a-z 0-9 . _ - @ +), sent as they are
+  // (the gateway refuses percent-escapes in paths).
+  function clientPath(id) {
+    if (!/^[A-Za-z0-9._@+-]{1,128}$/.test(id)) throw new ApiError(0, null, `Not a client id: ${id}`, null);
+    return id;
+  }
+
+  function labelPath(label) {
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(label)) throw new ApiError(0, null, `Not a key label: ${label}`, null);
+    return label;
+  }
+
+  function keyCells(k) {
+    return [
+      h('td', { text: txt(k.label) }),
+      h('td', { text: txt(k.created_by) }),
+      h('td', { text: k.expires ? absTime(k.expires) : 'never' }),
+      h('td', { text: k.last_used ? absTime(k.last_used) : 'never' }),
+      h('td', {}, h('span', { class: `badge ${txt(k.state)}`, 'data-testid': 'key-state', text: txt(k.state) })),
+    ];
+  }
+
+  function smallButton(text, testid, onClick) {
+    const b = h('button', { type: 'button', class: 'small', 'data-testid': testid, text });
+    b.addEventListener('click', onClick);
+    return b;
+  }
+
+  async function loadKeys(gen) {
+    if (!state.me) return;
+    try {
+      if (state.me.can_manage_keys === true) {
+        const body = await api('clients');
+        if (gen !== state.gen) return;
+        renderClients(body && Array.isArray(body.clients) ? body.clients : []);
+      } else {
+        const me = await api('me');
+        if (gen !== state.gen) return;
+        if (typeof me.csrf_token === 'string') state.csrf = me.csrf_token;
+        renderMyKeys(Array.isArray(me.keys) ? me.keys : []);
+      }
+      clearAlert('keys');
+    } catch (e) {
+      if (gen !== state.gen) return;
+      if (e.status === 401) {
+        sessionRefused(e);
+        return;
+      }
+      if (state.alertSource !== 'action') showAlert(e, 'keys');
+    }
+  }
+
+  function renderClients(clients) {
+    ui.keysAdmin.hidden = false;
+    ui.keysMine.hidden = true;
+    const rows = [];
+    for (const c of clients) {
+      const id = txt(c.id);
+      const fromStore = c.source !== 'config';
+      const clientActions = h('div', { class: 'buttons' });
+      if (fromStore) {
+        clientActions.append(smallButton('Issue key', 'issue-key', () => issueKey(c.id)));
+        if (c.disabled !== true) {
+          clientActions.append(smallButton('Disable client', 'disable-client', () => disableClient(c.id)));
+        }
+      }
+      rows.push(h('tr', { 'data-client': id, class: 'client-row' }, [
+        h('th', { scope: 'row', colspan: '6' }, [
+          h('span', { text: id }),
+          h('span', { class: 'muted', text: ` — ${(c.roles || []).map(txt).join(', ') || 'no roles'}; ${fromStore ? 'store' : 'configuration file'}${c.disabled === true ? '; disabled' : ''}` }),
+        ]),
+        h('td', {}, clientActions),
+      ]));
+      for (const k of Array.isArray(c.keys) ? c.keys : []) {
+        const actions = h('div', { class: 'buttons' });
+        if (fromStore && k.state === 'active') {
+          actions.append(smallButton('Revoke', 'revoke-key', () => revokeKey(c.id, k.label)));
+        }
+        rows.push(h('tr', { 'data-client': id, 'data-label': txt(k.label), class: 'key-row' }, [
+          h('td', { text: '' }), ...keyCells(k), h('td', {}, actions),
+        ]));
+      }
+    }
+    ui.clientsBody.replaceChildren(...rows);
+  }
+
+  function renderMyKeys(keys) {
+    ui.keysAdmin.hidden = true;
+    ui.keysMine.hidden = false;
+    ui.myKeysEmpty.hidden = keys.length > 0;
+    ui.myKeysBody.replaceChildren(...keys.map((k) => {
+      const actions = h('div', { class: 'buttons' });
+      if (k.state === 'active') {
+        actions.append(smallButton('Rotate', 'rotate-key', () => rotateKey(k.label)));
+      }
+      return h('tr', { 'data-label': txt(k.label) }, [...keyCells(k), h('td', {}, actions)]);
+    }));
+  }
+
+  function showNewKey(client, answer) {
+    const base = new URL('../../', location.href).href.replace(/\/$/, '');
+    ui.newKeyClient.textContent = txt(client);
+    ui.newKeyLabel.textContent = txt(answer.label);
+    ui.newKeyValue.textContent = txt(answer.key);
+    ui.newKeySdk.textContent = `from twelvelabs import TwelveLabs\nclient = TwelveLabs(api_key="${txt(answer.key)}", base_url="${base}/v1.3")`;
+    ui.newKey.hidden = false;
+    ui.newKeyCopy.focus();
+  }
+
+  function hideNewKey() {
+    ui.newKeyValue.textContent = '';
+    ui.newKeySdk.textContent = '';
+    ui.newKey.hidden = true;
+  }
+
+  async function keyAction(work, done) {
+    if (state.busy) return;
+    setBusy(true);
+    clearAlert();
+    try {
+      const answer = await work();
+      if (done) done(answer);
+    } catch (e) {
+      showAlert(e, 'action');
+    } finally {
+      setBusy(false);
+    }
+    await loadKeys(state.gen);
+  }
+
+  function createClient() {
+    const id = ui.newClientId.value.trim();
+    const roles = ui.newClientRoles.value.split(',').map((r) => r.trim()).filter(Boolean);
+    keyAction(() => api('clients', { method: 'POST', body: { id, roles } }), () => {
+      ui.newClientId.value = '';
+      notify(`Client ${id} created.`);
+    });
+  }
+
+  function issueKey(client) {
+    keyAction(() => api(`clients/${clientPath(client)}/keys`, { method: 'POST', body: {} }),
+      (answer) => showNewKey(client, answer));
+  }
+
+  function revokeKey(client, label) {
+    if (!window.confirm(`Revoke key "${label}" of ${client}? Every program using it is refused at once.`)) return;
+    keyAction(() => api(`clients/${clientPath(client)}/keys/${labelPath(label)}`, { method: 'DELETE' }),
+      () => notify(`Key ${label} of ${client} revoked.`));
+  }
+
+  function disableClient(client) {
+    if (!window.confirm(`Disable client ${client}? All of its keys are refused until it is enabled again.`)) return;
+    keyAction(() => api(`clients/${clientPath(client)}`, { method: 'PATCH', body: { disabled: true } }),
+      () => notify(`Client ${client} disabled.`));
+  }
+
+  function rotateKey(label) {
+    if (!window.confirm(`Rotate key "${label}"? A new key is issued; the old one stops working after a day.`)) return;
+    keyAction(() => api('me/keys', { method: 'POST', body: { replaces: label } }),
+      (answer) => showNewKey(state.me.client, answer));
+  }
+
   // ---------- wiring ----------
+
+  ui.createClientForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    createClient();
+  });
+  ui.newKeyDone.addEventListener('click', hideNewKey);
+  ui.newKeyCopy.addEventListener('click', () => {
+    const value = ui.newKeyValue.textContent;
+    if (navigator.clipboard && value) {
+      navigator.clipboard.writeText(value).then(() => notify('Key copied.'), () => notify('Copy failed: select the key and copy it.'));
+    }
+  });
 
   ui.signinForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
@@ -820,17 +1048,39 @@
   ui.deny.addEventListener('click', () => act('deny'));
   ui.cancel.addEventListener('click', () => act('cancel'));
 
-  // A key already in this tab's sessionStorage (e.g. after a reload): check it again.
-  const saved = sessionStorage.getItem(STORAGE_KEY);
-  if (saved) {
-    ui.signin.hidden = true;
-    api('me', { key: saved }).then(enterApp, (e) => {
-      if (e.status === 401) sessionStorage.removeItem(STORAGE_KEY);
-      ui.signin.hidden = false;
-      showAlert(e, 'action');
-      ui.keyInput.focus();
-    });
-  } else {
-    ui.keyInput.focus();
+  // Which ways to sign in are on; then a session (cookie) or a saved key, if any.
+  function showSignIn() {
+    ui.signin.hidden = false;
+    ui.sso.hidden = !state.signInOptions.oidc;
+    ui.signinForm.hidden = !state.signInOptions.key_sign_in;
+    ui.keyHint.hidden = !state.signInOptions.key_sign_in;
+    if (state.signInOptions.key_sign_in) ui.keyInput.focus();
   }
+
+  async function start() {
+    ui.signin.hidden = true;
+    try {
+      const resp = await fetch(new URL('sign-in.json', location.href), { cache: 'no-store', credentials: 'omit' });
+      if (resp.ok) state.signInOptions = await resp.json();
+    } catch (_) { /* the defaults: key sign-in */ }
+    const saved = state.signInOptions.key_sign_in ? sessionStorage.getItem(STORAGE_KEY) : null;
+    if (!saved) sessionStorage.removeItem(STORAGE_KEY);
+    if (saved) {
+      api('me', { key: saved }).then(enterApp, (e) => {
+        if (e.status === 401) sessionStorage.removeItem(STORAGE_KEY);
+        showSignIn();
+        showAlert(e, 'action');
+      });
+    } else if (state.signInOptions.oidc) {
+      api('me', { key: '' }).then(enterApp, (e) => {
+        showSignIn();
+        // Not signed in yet is no error worth showing; anything else is.
+        if (e.status !== 401) showAlert(e, 'action');
+      });
+    } else {
+      showSignIn();
+    }
+  }
+
+  start();
 })();

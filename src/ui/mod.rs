@@ -1,16 +1,24 @@
-//! The approvals page: static HTML, CSS and JavaScript embedded in the binary and served under
-//! `/tl-gateway/ui/` on the client listener, without a key (the page asks for one and sends it to
-//! the JSON API under `/tl-gateway/v1/` in `x-api-key`; it keeps it in `sessionStorage` only).
+//! The page: static HTML, CSS and JavaScript embedded in the binary and served under
+//! `/tl-gateway/ui/` on the client listener, without a key — and, with `ui.oidc`, the sign-in with
+//! the team's identity provider ([`oidc`]: `/tl-gateway/ui/login`, `/callback`, `/logout`).
 //!
 //! Every answer carries a strict Content-Security-Policy (no inline script or style, no other
-//! origin, no framing), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`. The
-//! page sets no cookie, so there is no CSRF surface: the API reads the key from a header a
-//! cross-site form cannot set.
+//! origin, no framing), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
+//! Without `ui.oidc` the page asks for a key, keeps it in `sessionStorage` only and sends it in
+//! `x-api-key`; it sets no cookie. With it, people sign in and the page's calls carry the session
+//! cookie (`HttpOnly`, `SameSite=Strict`) and the session's CSRF token in `x-tl-gateway-csrf`;
+//! key sign-in on the page is off unless `ui.allow_key_sign_in`. `GET /tl-gateway/ui/sign-in.json`
+//! tells the page which ways to sign in are on.
+
+pub mod oidc;
+
+use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use crate::body::{self, GatewayBody};
 use crate::error::GatewayError;
+use oidc::SignIn;
 
 /// Where the page lives.
 pub const PREFIX: &str = "/tl-gateway/ui/";
@@ -93,16 +101,40 @@ pub fn serve(method: &Method, path: &str) -> Result<Response<GatewayBody>, Gatew
     Ok(response)
 }
 
-/// Layer serving the page itself (no key needed: it asks for one) and passing every other request
-/// on. It sits above classification: the page is static and its few paths are matched exactly, so
-/// nothing of a request's target is echoed or logged in full here.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ServePageLayer;
+/// How people sign in on the page: the layer's settings.
+#[derive(Clone, Debug, Default)]
+pub struct PageSettings {
+    /// Sign-in with the identity provider (`ui.oidc`).
+    pub sign_in: Option<Arc<SignIn>>,
+    /// Whether the page offers key sign-in (always without `ui.oidc`; with it only when
+    /// `ui.allow_key_sign_in`).
+    pub key_sign_in: bool,
+}
+
+/// Layer serving the page itself (no key needed: it asks for one, or signs people in) and passing
+/// every other request on. It sits above classification: the page's few paths are matched
+/// exactly, so nothing of a request's target is echoed or logged in full here.
+#[derive(Clone, Debug, Default)]
+pub struct ServePageLayer {
+    settings: Arc<PageSettings>,
+}
+
+impl ServePageLayer {
+    /// The page, signing people in as `settings` says.
+    pub fn new(settings: PageSettings) -> Self {
+        ServePageLayer {
+            settings: Arc::new(settings),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for ServePageLayer {
     type Service = ServePage<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ServePage { inner }
+        ServePage {
+            inner,
+            settings: self.settings.clone(),
+        }
     }
 }
 
@@ -110,18 +142,21 @@ impl<S> tower::Layer<S> for ServePageLayer {
 #[derive(Clone, Debug)]
 pub struct ServePage<S> {
     inner: S,
+    settings: Arc<PageSettings>,
 }
+
+/// The answer of a page request.
+type PageFuture =
+    futures_util::future::BoxFuture<'static, Result<Response<GatewayBody>, GatewayError>>;
 
 impl<S, B> tower::Service<http::Request<B>> for ServePage<S>
 where
     S: tower::Service<http::Request<B>, Response = Response<GatewayBody>, Error = GatewayError>,
+    B: Send + 'static,
 {
     type Response = Response<GatewayBody>;
     type Error = GatewayError;
-    type Future = futures_util::future::Either<
-        S::Future,
-        std::future::Ready<Result<Response<GatewayBody>, GatewayError>>,
-    >;
+    type Future = futures_util::future::Either<S::Future, PageFuture>;
 
     fn poll_ready(
         &mut self,
@@ -138,8 +173,50 @@ where
         if let Some(scope) = req.extensions().get::<crate::ext::RequestScope>() {
             scope.set_route(ROUTE_ID);
         }
-        Either::Right(std::future::ready(serve(req.method(), req.uri().path())))
+        let settings = self.settings.clone();
+        Either::Right(Box::pin(async move {
+            let (parts, _body) = req.into_parts();
+            let name = parts.uri.path().strip_prefix(PREFIX).unwrap_or_default();
+            let sign_in = settings.sign_in.as_deref();
+            let response = match (name, sign_in) {
+                ("sign-in.json", _) if parts.method == Method::GET => Ok(sign_in_json(&settings)),
+                ("login", Some(oidc)) if parts.method == Method::GET => oidc.login().await,
+                ("callback", Some(oidc)) if parts.method == Method::GET => {
+                    oidc.callback(&parts.headers, parts.uri.query()).await
+                }
+                ("logout", Some(oidc)) if parts.method == Method::POST => {
+                    oidc.logout(&parts.headers).await
+                }
+                ("login" | "callback", Some(_)) => Err(GatewayError::MethodNotAllowed {
+                    method: parts.method.clone(),
+                    allowed: vec![Method::GET],
+                }),
+                ("logout", Some(_)) => Err(GatewayError::MethodNotAllowed {
+                    method: parts.method.clone(),
+                    allowed: vec![Method::POST],
+                }),
+                _ => serve(&parts.method, parts.uri.path()),
+            };
+            response.map(secured)
+        }))
     }
+}
+
+/// `GET /tl-gateway/ui/sign-in.json`: which ways to sign in the page offers.
+fn sign_in_json(settings: &PageSettings) -> Response<GatewayBody> {
+    let text = serde_json::json!({
+        "oidc": settings.sign_in.is_some(),
+        "key_sign_in": settings.key_sign_in,
+    })
+    .to_string();
+    let mut response = Response::new(body::full(text));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The route id the page's requests are measured under.
@@ -162,7 +239,10 @@ fn secured(mut response: Response<GatewayBody>) -> Response<GatewayBody> {
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // The page changes with the binary: always revalidate, never keep it past an upgrade.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // (Sign-in answers say no-store themselves.)
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-cache"));
     response
 }
 

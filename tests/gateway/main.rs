@@ -14,6 +14,7 @@ mod hardening;
 mod keys;
 mod keys_api;
 mod keys_cli;
+mod oidc;
 mod process;
 mod properties;
 mod protection;
