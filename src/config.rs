@@ -10,34 +10,34 @@
 //! [`locate`]. Only the composition root (`stack`), the server, the reloader and the CLI import this
 //! module (`scripts/check-structure` checks it).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
 use serde::Deserialize;
 
-use crate::approvals::notify::NotifySettings;
-use crate::audit::{AuditScope, AuditSettings, ScopeMatch};
-use crate::auth::{CertSubject, ClientKey, ClientSettings};
+pub use crate::approvals::settings::ApprovalsSettings as ApprovalsConfig;
+pub use crate::audit::settings::AuditSection as AuditConfig;
+pub use crate::auth::settings::KeyDigest;
+use crate::auth::ClientSettings;
 use crate::classify::{ClassifySettings, UnknownRoutes};
-use crate::credentials::KeySource;
-use crate::forward::UpstreamOrigin;
+pub use crate::forward::settings::{
+    UpstreamSection as UpstreamConfig, DEFAULT_MAX_IDLE_CONNECTIONS,
+};
 use crate::guards::{ForceDeleteSettings, OnError, ProtectedSettings};
-use crate::ids::{ClientId, Role, RuleId};
+use crate::ids::{ClientId, Role};
 use crate::keys::{KeySettings, RawKeys};
-use crate::matcher::{MatchSettings, QueryValue};
-use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings};
-use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
-use crate::settings::display_path;
+use crate::policy::{Policy, PolicySettings};
+use crate::ratelimit::LimitDefinition;
 pub use crate::settings::Seg;
-use crate::state::{OnUnavailable, RedisSettings, StateSettings};
+use crate::settings::{display_path, Invalid};
+use crate::state::StateSettings;
 use crate::store::{RawStore, StoreBackend, StoreSettings};
 use crate::telemetry::LogFormat;
-use crate::tls::{TlsSettings, TlsVersion};
-use crate::units::{parse_hex, BodyRate, ByteSize, ConfigDuration, Rate};
+use crate::tls::TlsSettings;
+use crate::units::{BodyRate, ByteSize, ConfigDuration};
 
 /// A configuration error naming the file, the line (when known) and the key.
 #[derive(Debug, thiserror::Error)]
@@ -118,75 +118,6 @@ impl Default for UiConfig {
     }
 }
 
-/// The `approvals:` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApprovalsConfig {
-    /// The gateway's URL as clients reach it (`approval_required` messages, webhook links);
-    /// default: taken from the request's `Host`.
-    pub public_url: Option<String>,
-    /// Where new requests and decisions are posted.
-    pub notify: Option<NotifySettings>,
-    /// Pending approvals one requester may have at once (more: 429).
-    pub max_pending_per_client: usize,
-    /// The largest request body an approval can cover (larger: 413).
-    pub max_body_bytes: usize,
-    /// New approvals one requester may ask for per minute (more: 429).
-    pub max_asks_per_client: u32,
-    /// How long finished approvals are kept.
-    pub keep_decided: std::time::Duration,
-    /// Finished approvals kept per requester (older ones forgotten).
-    pub max_decided_per_client: usize,
-}
-
-impl Default for ApprovalsConfig {
-    fn default() -> Self {
-        ApprovalsConfig {
-            public_url: None,
-            notify: None,
-            max_pending_per_client: crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT,
-            max_body_bytes: crate::approvals::body::DEFAULT_MAX_BODY_BYTES,
-            max_asks_per_client: crate::approvals::DEFAULT_MAX_ASKS_PER_CLIENT,
-            keep_decided: crate::approvals::DEFAULT_KEEP_DECIDED,
-            max_decided_per_client: crate::approvals::DEFAULT_MAX_DECIDED_PER_CLIENT,
-        }
-    }
-}
-
-/// The fixed upstream origin and how to authenticate to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamConfig {
-    /// Scheme, host and port: the only place a connection can go.
-    pub origin: UpstreamOrigin,
-    /// Where the real TwelveLabs key comes from.
-    pub key_source: KeySource,
-    /// Limit for TCP connect plus TLS handshake.
-    pub connect_timeout: Duration,
-    /// Limit from sending the request to receiving response headers.
-    pub request_timeout: Duration,
-    /// API versions forwarded (first path segment), default `[v1.3]`.
-    pub api_versions: Vec<String>,
-    /// Requests to the upstream at once, at most (none: unlimited).
-    pub max_concurrency: Option<usize>,
-    /// How long a request waits for an upstream slot before 503 `overloaded`.
-    pub queue_timeout: Duration,
-    /// Idle upstream connections kept open per serving worker (nginx's `keepalive`).
-    pub max_idle_connections: usize,
-}
-
-/// Default for `upstream.max_idle_connections` (per serving worker).
-pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 128;
-
-/// Audit log settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditConfig {
-    /// Writer settings.
-    pub settings: AuditSettings,
-    /// Routes audited in addition to the destructive ones.
-    pub scope: AuditScope,
-    /// At start-up, ask the upstream about asset deletes left without outcome.
-    pub reconcile: bool,
-}
-
 /// Listener limits and timeouts (compared by value: a change needs a restart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -229,32 +160,18 @@ pub struct LoggingConfig {
     pub format: LogFormat,
 }
 
-/// A lowercase hex SHA-256 digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct KeyDigest(pub [u8; 32]);
-
-impl TryFrom<String> for KeyDigest {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        parse_hex::<32>(&value).map(KeyDigest).ok_or_else(|| {
-            format!("invalid key_sha256 {value:?}: expected 64 lowercase hex digits (tl-gateway keygen prints one)")
-        })
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: SocketAddr,
     admin_listen: Option<SocketAddr>,
-    upstream: RawUpstream,
+    upstream: crate::forward::settings::RawUpstream,
     #[serde(default)]
-    clients: Vec<RawClient>,
+    clients: Vec<crate::auth::settings::RawClient>,
     #[serde(default)]
-    policy: Option<RawPolicy>,
+    policy: Option<crate::policy::settings::RawPolicy>,
     #[serde(default)]
-    audit: Option<RawAudit>,
+    audit: Option<crate::audit::settings::RawAudit>,
     #[serde(default)]
     server: Option<RawServer>,
     #[serde(default)]
@@ -264,17 +181,17 @@ struct RawConfig {
     #[serde(default)]
     guards: Option<RawGuards>,
     #[serde(default)]
-    rate_limits: Vec<RawLimit>,
+    rate_limits: Vec<crate::ratelimit::RawLimit>,
     #[serde(default)]
-    state: Option<RawState>,
+    state: Option<crate::state::settings::RawState>,
     #[serde(default)]
     store: Option<RawStore>,
     #[serde(default)]
     keys: Option<RawKeys>,
     #[serde(default)]
-    approvals: Option<RawApprovals>,
+    approvals: Option<crate::approvals::settings::RawApprovals>,
     #[serde(default)]
-    tls: Option<RawTls>,
+    tls: Option<crate::tls::settings::RawTls>,
     #[serde(default)]
     ui: Option<RawUi>,
 }
@@ -285,37 +202,6 @@ struct RawUi {
     audit_roles: Option<Vec<Role>>,
     oidc: Option<crate::ui::oidc::RawOidc>,
     allow_key_sign_in: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApprovals {
-    public_url: Option<String>,
-    notify: Option<RawNotify>,
-    max_pending_per_client: Option<usize>,
-    max_body_bytes: Option<ByteSize>,
-    max_asks_per_client: Option<u32>,
-    keep_decided: Option<ConfigDuration>,
-    max_decided_per_client: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNotify {
-    webhook_url: Option<String>,
-    webhook_url_file: Option<PathBuf>,
-    timeout: Option<ConfigDuration>,
-    max_attempts: Option<u32>,
-    secret_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApproval {
-    approver_roles: Vec<Role>,
-    approvals: Option<u32>,
-    ttl: Option<ConfigDuration>,
-    use_within: Option<ConfigDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -334,157 +220,9 @@ struct RawProtected {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawState {
-    #[serde(default)]
-    backend: RawBackend,
-    redis: Option<RawRedis>,
-}
-
-#[derive(Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum RawBackend {
-    #[default]
-    Memory,
-    Redis,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRedis {
-    url: Option<String>,
-    url_file: Option<PathBuf>,
-    key_prefix: Option<String>,
-    timeout: Option<ConfigDuration>,
-    #[serde(default)]
-    on_unavailable: OnUnavailable,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimit {
-    id: RuleId,
-    #[serde(rename = "match", default)]
-    matcher: RawMatch,
-    #[serde(default)]
-    roles: Vec<Role>,
-    #[serde(default)]
-    clients: Vec<ClientId>,
-    per: Per,
-    rate: String,
-    burst: Option<u32>,
-    on_unavailable: Option<OnUnavailable>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoutes {
     #[serde(default)]
     unknown: UnknownRoutes,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    url: String,
-    api_key_file: Option<PathBuf>,
-    api_key_env: Option<String>,
-    connect_timeout: Option<ConfigDuration>,
-    request_timeout: Option<ConfigDuration>,
-    api_versions: Option<Vec<String>>,
-    max_concurrency: Option<usize>,
-    queue_timeout: Option<ConfigDuration>,
-    max_idle_connections: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClient {
-    id: ClientId,
-    #[serde(default)]
-    roles: Vec<Role>,
-    key_sha256: Option<KeyDigest>,
-    keys: Option<Vec<RawKey>>,
-    cert_sha256: Option<KeyDigest>,
-    cert_subject: Option<String>,
-    max_in_flight: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    sha256: KeyDigest,
-    label: Option<String>,
-    expires: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    client_ca_file: Option<PathBuf>,
-    client_crl_file: Option<PathBuf>,
-    #[serde(default)]
-    min_version: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    default: Option<Effect>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    id: RuleId,
-    #[serde(rename = "match")]
-    matcher: RawMatch,
-    allow_roles: Option<Vec<Role>>,
-    allow_clients: Option<Vec<ClientId>>,
-    message: Option<String>,
-    #[serde(default)]
-    mode: RuleMode,
-    approval: Option<RawApproval>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMatch {
-    method: Option<String>,
-    path: Option<String>,
-    operation: Option<String>,
-    #[serde(default)]
-    query: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default)]
-    clients: Vec<ClientId>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    path: PathBuf,
-    fsync: Option<bool>,
-    max_file_size: Option<ByteSize>,
-    queue_capacity: Option<usize>,
-    enqueue_timeout: Option<ConfigDuration>,
-    #[serde(rename = "match", default)]
-    matchers: Vec<RawAuditMatch>,
-    reconcile: Option<bool>,
-    max_denied_per_client: Option<u32>,
-    reserve: Option<ByteSize>,
-    file_mode: Option<String>,
-    max_rotated_files: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuditMatch {
-    method: Option<String>,
-    path: Option<String>,
-    operation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +304,11 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A section's problem, with its line.
+    fn invalid(&self, invalid: Invalid) -> ConfigError {
+        (self.fail)(&invalid.at, invalid.message)
+    }
+
     fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let admin_listen = match raw.admin_listen {
             Some(addr) => addr,
@@ -579,11 +322,18 @@ impl Validator<'_> {
                 "must differ from listen: admin endpoints live on their own listener".into(),
             ));
         }
-        let upstream = self.upstream(raw.upstream)?;
-        let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
-        let clients = self.clients(raw.clients, tls.as_ref())?;
+        let upstream =
+            crate::forward::settings::compile(raw.upstream).map_err(|e| self.invalid(e))?;
+        let tls = raw
+            .tls
+            .map(crate::tls::settings::compile)
+            .transpose()
+            .map_err(|e| self.invalid(e))?;
+        let clients = crate::auth::settings::compile_clients(raw.clients, tls.as_ref())
+            .map_err(|e| self.invalid(e))?;
         let known_clients: HashSet<ClientId> = clients.iter().map(|c| c.id.clone()).collect();
-        let policy = self.policy(raw.policy, &known_clients)?;
+        let policy = crate::policy::settings::compile(raw.policy, &known_clients)
+            .map_err(|e| self.invalid(e))?;
         let (compiled_policy, findings) = Policy::compile(&policy).map_err(|problems| {
             let first = &problems[0];
             (self.fail)(
@@ -625,9 +375,15 @@ impl Validator<'_> {
             rule_keys: compiled_policy.rule_keys().clone(),
             rule_bool_keys: compiled_policy.rule_bool_keys().clone(),
         };
-        let audit = raw.audit.map(|a| self.audit(a)).transpose()?;
-        let rate_limits = self.rate_limits(raw.rate_limits, &known_clients, &mut warnings)?;
-        let state = self.state(raw.state)?;
+        let audit = raw
+            .audit
+            .map(crate::audit::settings::compile)
+            .transpose()
+            .map_err(|e| self.invalid(e))?;
+        let rate_limits =
+            crate::ratelimit::compile_limits(raw.rate_limits, &known_clients, &mut warnings)
+                .map_err(|e| self.invalid(e))?;
+        let state = crate::state::settings::compile(raw.state).map_err(|e| self.invalid(e))?;
         let ui = match raw.ui {
             None => UiConfig::default(),
             Some(ui) => UiConfig {
@@ -687,7 +443,8 @@ impl Validator<'_> {
                 }
             }
         }
-        let approvals = self.approvals(raw.approvals)?;
+        let approvals =
+            crate::approvals::settings::compile(raw.approvals).map_err(|e| self.invalid(e))?;
         // Every role the configuration names: what an admin may grant by default.
         let mut named_roles: Vec<Role> = Vec::new();
         for role in clients
@@ -763,193 +520,6 @@ impl Validator<'_> {
         })
     }
 
-    fn tls(&self, raw: RawTls) -> Result<TlsSettings, ConfigError> {
-        let min_version = match raw.min_version.as_deref() {
-            None | Some("1.2") => TlsVersion::Tls12,
-            Some("1.3") => TlsVersion::Tls13,
-            Some(other) => {
-                return Err((self.fail)(
-                    &[Seg::Key("tls"), Seg::Key("min_version")],
-                    format!(
-                        "{other:?} is not a TLS version the gateway offers: \"1.2\" or \"1.3\""
-                    ),
-                ))
-            }
-        };
-        if raw.client_crl_file.is_some() && raw.client_ca_file.is_none() {
-            return Err((self.fail)(
-                &[Seg::Key("tls"), Seg::Key("client_crl_file")],
-                "revocation lists apply to client certificates: set tls.client_ca_file too".into(),
-            ));
-        }
-        Ok(TlsSettings {
-            cert_file: raw.cert_file,
-            key_file: raw.key_file,
-            client_ca_file: raw.client_ca_file,
-            client_crl_file: raw.client_crl_file,
-            min_version,
-        })
-    }
-
-    fn approvals(&self, raw: Option<RawApprovals>) -> Result<ApprovalsConfig, ConfigError> {
-        let Some(raw) = raw else {
-            return Ok(ApprovalsConfig::default());
-        };
-        let at = |keys: &[&'static str]| {
-            std::iter::once(Seg::Key("approvals"))
-                .chain(keys.iter().map(|k| Seg::Key(k)))
-                .collect::<Vec<_>>()
-        };
-        let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-        if let Some(url) = &raw.public_url {
-            if !http_url(url) {
-                return Err((self.fail)(
-                    &at(&["public_url"]),
-                    format!("{url:?} is not an http:// or https:// URL"),
-                ));
-            }
-        }
-        let notify = match raw.notify {
-            None => None,
-            Some(n) => {
-                let url = match (n.webhook_url, n.webhook_url_file) {
-                    (Some(url), None) => url,
-                    (None, Some(file)) => std::fs::read_to_string(&file)
-                        .map(|t| t.trim().to_owned())
-                        .map_err(|e| {
-                            (self.fail)(
-                                &at(&["notify", "webhook_url_file"]),
-                                format!("cannot read {}: {e}", file.display()),
-                            )
-                        })?,
-                    _ => {
-                        return Err((self.fail)(
-                            &at(&["notify"]),
-                            "set exactly one of webhook_url and webhook_url_file".into(),
-                        ))
-                    }
-                };
-                if !http_url(&url) || url.parse::<http::Uri>().is_err() {
-                    return Err((self.fail)(
-                        &at(&["notify", "webhook_url"]),
-                        "not an http:// or https:// URL".into(),
-                    ));
-                }
-                let defaults = NotifySettings::default();
-                let secret_at = [
-                    Seg::Key("approvals"),
-                    Seg::Key("notify"),
-                    Seg::Key("secret_file"),
-                ];
-                let secret = match &n.secret_file {
-                    None => None,
-                    Some(file) => {
-                        let text = std::fs::read_to_string(file).map_err(|e| {
-                            (self.fail)(&secret_at, format!("cannot read {}: {e}", file.display()))
-                        })?;
-                        let secret = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
-                        if secret.len() < 16 {
-                            return Err((self.fail)(
-                                &secret_at,
-                                "the signing secret must be at least 16 bytes".into(),
-                            ));
-                        }
-                        Some(secret)
-                    }
-                };
-                Some(NotifySettings {
-                    url,
-                    timeout: n.timeout.map_or(defaults.timeout, |d| d.0),
-                    max_attempts: n.max_attempts.unwrap_or(defaults.max_attempts).max(1),
-                    secret,
-                })
-            }
-        };
-        Ok(ApprovalsConfig {
-            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
-            notify,
-            max_pending_per_client: raw
-                .max_pending_per_client
-                .unwrap_or(crate::approvals::DEFAULT_MAX_PENDING_PER_CLIENT)
-                .max(1),
-            max_body_bytes: raw
-                .max_body_bytes
-                .map_or(crate::approvals::body::DEFAULT_MAX_BODY_BYTES, |b| {
-                    b.0.min(16 * 1024 * 1024) as usize
-                }),
-            max_asks_per_client: raw
-                .max_asks_per_client
-                .unwrap_or(crate::approvals::DEFAULT_MAX_ASKS_PER_CLIENT)
-                .max(1),
-            keep_decided: raw
-                .keep_decided
-                .map_or(crate::approvals::DEFAULT_KEEP_DECIDED, |d| d.0),
-            max_decided_per_client: raw
-                .max_decided_per_client
-                .unwrap_or(crate::approvals::DEFAULT_MAX_DECIDED_PER_CLIENT)
-                .max(1),
-        })
-    }
-
-    fn state(&self, raw: Option<RawState>) -> Result<StateSettings, ConfigError> {
-        let at = |keys: &[&'static str]| {
-            std::iter::once(Seg::Key("state"))
-                .chain(keys.iter().map(|k| Seg::Key(k)))
-                .collect::<Vec<_>>()
-        };
-        let Some(raw) = raw else {
-            return Ok(StateSettings::Memory);
-        };
-        match (raw.backend, raw.redis) {
-            (RawBackend::Memory, _) => Ok(StateSettings::Memory),
-            (RawBackend::Redis, None) => Err((self.fail)(
-                &at(&["redis"]),
-                "state.backend is redis: give state.redis.url or state.redis.url_file".into(),
-            )),
-            (RawBackend::Redis, Some(redis)) => {
-                let url = match (redis.url, redis.url_file) {
-                    (Some(url), None) => url,
-                    (None, Some(file)) => std::fs::read_to_string(&file)
-                        .map(|text| text.trim().to_owned())
-                        .map_err(|e| {
-                            (self.fail)(
-                                &at(&["redis", "url_file"]),
-                                format!("cannot read {}: {e}", file.display()),
-                            )
-                        })?,
-                    _ => {
-                        return Err((self.fail)(
-                            &at(&["redis"]),
-                            "set exactly one of url and url_file".into(),
-                        ))
-                    }
-                };
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err((self.fail)(
-                        &at(&["redis", "url"]),
-                        format!(
-                            "{:?} is not a Redis URL (redis://host:port/db, or rediss:// for TLS)",
-                            crate::state::redacted(&url)
-                        ),
-                    ));
-                }
-                let timeout = redis.timeout.map_or(Duration::from_millis(50), |d| d.0);
-                if timeout.is_zero() {
-                    return Err((self.fail)(
-                        &at(&["redis", "timeout"]),
-                        "must be greater than zero".into(),
-                    ));
-                }
-                Ok(StateSettings::Redis(RedisSettings {
-                    url,
-                    key_prefix: redis.key_prefix.unwrap_or_else(|| "tlgw:".into()),
-                    timeout,
-                    on_unavailable: redis.on_unavailable,
-                }))
-            }
-        }
-    }
-
     fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {
         let defaults = ServerConfig::default();
         let max_in_flight = s.max_in_flight.unwrap_or(defaults.max_in_flight).max(1);
@@ -1010,463 +580,6 @@ impl Validator<'_> {
                 .map_or(defaults.max_connection_age, |d| {
                     (!d.0.is_zero()).then_some(d.0)
                 }),
-        })
-    }
-
-    fn upstream(&self, raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let origin = raw
-            .url
-            .parse()
-            .map_err(|e| (self.fail)(&[Seg::Key("upstream"), Seg::Key("url")], e))?;
-        let key_source = match (raw.api_key_file, raw.api_key_env) {
-            (Some(file), None) => KeySource::File(file),
-            (None, Some(var)) if !var.is_empty() => KeySource::Env(var),
-            (None, Some(_)) => {
-                return Err((self.fail)(
-                    &[Seg::Key("upstream"), Seg::Key("api_key_env")],
-                    "must name an environment variable".into(),
-                ))
-            }
-            _ => {
-                return Err((self.fail)(
-                    &[Seg::Key("upstream")],
-                    "set exactly one of api_key_file and api_key_env".into(),
-                ))
-            }
-        };
-        let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
-        let request_timeout = raw
-            .request_timeout
-            .map_or(Duration::from_secs(300), |d| d.0);
-        for (key, value) in [
-            ("connect_timeout", connect_timeout),
-            ("request_timeout", request_timeout),
-        ] {
-            if value.is_zero() {
-                return Err((self.fail)(
-                    &[Seg::Key("upstream"), Seg::Key(key)],
-                    "must be greater than zero".into(),
-                ));
-            }
-        }
-        let api_versions = raw.api_versions.unwrap_or_else(|| vec!["v1.3".to_owned()]);
-        for (i, version) in api_versions.iter().enumerate() {
-            let plain = version.strip_prefix('v').is_some_and(|rest| {
-                !rest.is_empty()
-                    && rest
-                        .split('.')
-                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            });
-            if !plain {
-                return Err((self.fail)(
-                    &[
-                        Seg::Key("upstream"),
-                        Seg::Key("api_versions"),
-                        Seg::Index(i),
-                    ],
-                    format!("{version:?} is not an API version like v1.3"),
-                ));
-            }
-        }
-        if api_versions.is_empty() {
-            return Err((self.fail)(
-                &[Seg::Key("upstream"), Seg::Key("api_versions")],
-                "list at least one API version (v1.3)".into(),
-            ));
-        }
-        Ok(UpstreamConfig {
-            origin,
-            key_source,
-            connect_timeout,
-            request_timeout,
-            api_versions,
-            max_concurrency: raw.max_concurrency.map(|n| n.max(1)),
-            queue_timeout: raw.queue_timeout.map_or(Duration::from_secs(5), |d| d.0),
-            max_idle_connections: raw
-                .max_idle_connections
-                .unwrap_or(DEFAULT_MAX_IDLE_CONNECTIONS),
-        })
-    }
-
-    fn audit(&self, raw: RawAudit) -> Result<AuditConfig, ConfigError> {
-        let mut settings = AuditSettings::new(raw.path);
-        settings.fsync = raw.fsync.unwrap_or(true);
-        if let Some(size) = raw.max_file_size {
-            if size.0 < 4096 {
-                return Err((self.fail)(
-                    &[Seg::Key("audit"), Seg::Key("max_file_size")],
-                    "must be at least 4KiB".into(),
-                ));
-            }
-            settings.max_file_size = size.0;
-        }
-        if let Some(capacity) = raw.queue_capacity {
-            settings.queue_capacity = capacity.max(1);
-        }
-        if let Some(timeout) = raw.enqueue_timeout {
-            settings.enqueue_timeout = timeout.0;
-        }
-        if let Some(max) = raw.max_denied_per_client {
-            settings.max_denied_per_client = max;
-        }
-        if let Some(reserve) = raw.reserve {
-            settings.reserve = reserve.0;
-        }
-        settings.max_rotated_files = raw.max_rotated_files;
-        if let Some(mode) = raw.file_mode {
-            settings.file_mode = match mode.as_str() {
-                "0600" | "600" => 0o600,
-                "0640" | "640" => 0o640,
-                _ => {
-                    return Err((self.fail)(
-                        &[Seg::Key("audit"), Seg::Key("file_mode")],
-                        format!("{mode:?}: use \"0600\" (owner only) or \"0640\" (and the file's group, for a log shipper)"),
-                    ))
-                }
-            };
-        }
-        let mut matchers = Vec::with_capacity(raw.matchers.len());
-        for (i, m) in raw.matchers.into_iter().enumerate() {
-            let at = [Seg::Key("audit"), Seg::Key("match"), Seg::Index(i)];
-            let method = match m.method.as_deref().map(|name| self.method(name, &at)) {
-                Some(Err(error)) => return Err(error),
-                Some(Ok(method)) => Some(method),
-                None => None,
-            };
-            matchers.push((
-                i,
-                ScopeMatch {
-                    method,
-                    path: m.path,
-                    operation: m.operation,
-                },
-            ));
-        }
-        let scope = AuditScope::compile(matchers.iter().map(|(_, m)| m)).map_err(|(i, e)| {
-            (self.fail)(
-                &[
-                    Seg::Key("audit"),
-                    Seg::Key("match"),
-                    Seg::Index(matchers[i].0),
-                ],
-                e,
-            )
-        })?;
-        Ok(AuditConfig {
-            settings,
-            scope,
-            reconcile: raw.reconcile.unwrap_or(false),
-        })
-    }
-
-    fn rate_limits(
-        &self,
-        raw: Vec<RawLimit>,
-        known_clients: &HashSet<ClientId>,
-        warnings: &mut Vec<String>,
-    ) -> Result<Vec<LimitDefinition>, ConfigError> {
-        let mut ids = HashSet::new();
-        let mut limits = Vec::with_capacity(raw.len());
-        for (i, limit) in raw.into_iter().enumerate() {
-            let at = |key: &'static str| [Seg::Key("rate_limits"), Seg::Index(i), Seg::Key(key)];
-            if !ids.insert(limit.id.clone()) {
-                return Err((self.fail)(
-                    &at("id"),
-                    format!("duplicate limit id {:?}", limit.id.as_str()),
-                ));
-            }
-            let rate: Rate = limit
-                .rate
-                .parse()
-                .map_err(|e| (self.fail)(&at("rate"), e))?;
-            for client in limit.clients.iter().chain(&limit.matcher.clients) {
-                if !known_clients.contains(client) {
-                    return Err((self.fail)(
-                        &at("clients"),
-                        format!("unknown client {:?}", client.as_str()),
-                    ));
-                }
-            }
-            let settings = LimitSettings {
-                id: limit.id,
-                matcher: self.matcher(limit.matcher, &at("match")[..2])?,
-                roles: limit.roles,
-                clients: limit.clients,
-                per: limit.per,
-                rate,
-                burst: limit.burst.unwrap_or(1).max(1),
-                on_unavailable: limit.on_unavailable,
-            };
-            let (definition, found) = LimitDefinition::compile(&settings).map_err(|e| {
-                (self.fail)(
-                    &at("match"),
-                    format!("limit {:?}: {e}", settings.id.as_str()),
-                )
-            })?;
-            warnings.extend(
-                found
-                    .into_iter()
-                    .map(|w| format!("rate_limits[{i}] ({}): {w}", settings.id)),
-            );
-            limits.push(definition);
-        }
-        Ok(limits)
-    }
-
-    fn clients(
-        &self,
-        raw: Vec<RawClient>,
-        tls: Option<&TlsSettings>,
-    ) -> Result<Vec<ClientSettings>, ConfigError> {
-        let mut ids = HashSet::new();
-        let mut digests = HashSet::new();
-        let mut certificates = HashSet::new();
-        let mut subjects = HashSet::new();
-        let mut clients = Vec::with_capacity(raw.len());
-        for (i, client) in raw.into_iter().enumerate() {
-            let at = |key: &'static str| [Seg::Key("clients"), Seg::Index(i), Seg::Key(key)];
-            if !ids.insert(client.id.clone()) {
-                return Err((self.fail)(
-                    &at("id"),
-                    format!("duplicate client id {:?}", client.id.as_str()),
-                ));
-            }
-            let short = client.key_sha256.is_some();
-            let keys = match (client.key_sha256, client.keys) {
-                (Some(_), Some(_)) => {
-                    return Err((self.fail)(
-                        &at("keys"),
-                        "give key_sha256 (one key) or keys (several, with labels), not both".into(),
-                    ))
-                }
-                (Some(digest), None) => vec![ClientKey::new(digest.0)],
-                (None, Some(raw_keys)) => {
-                    let mut labels = HashSet::new();
-                    let mut keys = Vec::with_capacity(raw_keys.len());
-                    for (k, key) in raw_keys.into_iter().enumerate() {
-                        let key_at = [
-                            Seg::Key("clients"),
-                            Seg::Index(i),
-                            Seg::Key("keys"),
-                            Seg::Index(k),
-                        ];
-                        let label = key.label.unwrap_or_else(|| format!("key-{}", k + 1));
-                        if label.is_empty()
-                            || label.len() > 64
-                            || !label
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                        {
-                            return Err((self.fail)(
-                                &key_at,
-                                format!("label {label:?}: 1-64 of A-Z a-z 0-9 . _ -"),
-                            ));
-                        }
-                        if !labels.insert(label.clone()) {
-                            return Err((self.fail)(
-                                &key_at,
-                                format!("label {label:?} is used twice for this client"),
-                            ));
-                        }
-                        let expires = match key.expires {
-                            None => None,
-                            Some(text) => Some(humantime::parse_rfc3339_weak(&text).map_err(|e| {
-                                (self.fail)(
-                                    &key_at,
-                                    format!("expires {text:?} is not an RFC 3339 time such as 2027-03-01T00:00:00Z: {e}"),
-                                )
-                            })?),
-                        };
-                        keys.push(ClientKey {
-                            sha256: key.sha256.0,
-                            label,
-                            expires,
-                            revoked: false,
-                        });
-                    }
-                    keys
-                }
-                (None, None) => Vec::new(),
-            };
-            for key in &keys {
-                if !digests.insert(key.sha256) {
-                    return Err((self.fail)(
-                        &at(if short { "key_sha256" } else { "keys" }),
-                        "the same key digest is configured twice".into(),
-                    ));
-                }
-            }
-            let has_certificate = client.cert_sha256.is_some() || client.cert_subject.is_some();
-            if has_certificate && tls.is_none_or(|t| t.client_ca_file.is_none()) {
-                return Err((self.fail)(
-                    &at(if client.cert_sha256.is_some() { "cert_sha256" } else { "cert_subject" }),
-                    "a client certificate can identify a client only with tls.client_ca_file (the CA that verifies it)".into(),
-                ));
-            }
-            if keys.is_empty() && !has_certificate {
-                return Err((self.fail)(
-                    &at("id"),
-                    format!(
-                        "client {:?} has no credential: give key_sha256, keys, cert_sha256 or cert_subject",
-                        client.id.as_str()
-                    ),
-                ));
-            }
-            if let Some(digest) = client.cert_sha256 {
-                if !certificates.insert(digest.0) {
-                    return Err((self.fail)(
-                        &at("cert_sha256"),
-                        "the same certificate is configured for two clients".into(),
-                    ));
-                }
-            }
-            let cert_subject = match &client.cert_subject {
-                None => None,
-                Some(text) => {
-                    let subject: CertSubject = text
-                        .parse()
-                        .map_err(|e| (self.fail)(&at("cert_subject"), e))?;
-                    if !subjects.insert(subject.clone()) {
-                        return Err((self.fail)(
-                            &at("cert_subject"),
-                            format!("cert_subject {text:?} names two clients"),
-                        ));
-                    }
-                    Some(subject)
-                }
-            };
-            clients.push(ClientSettings {
-                id: client.id,
-                roles: client.roles,
-                keys,
-                cert_sha256: client.cert_sha256.map(|d| d.0),
-                cert_subject,
-                max_in_flight: client.max_in_flight.map(|n| n.max(1)),
-                disabled: false,
-            });
-        }
-        Ok(clients)
-    }
-
-    fn policy(
-        &self,
-        raw: Option<RawPolicy>,
-        known_clients: &HashSet<ClientId>,
-    ) -> Result<PolicySettings, ConfigError> {
-        let Some(raw) = raw else {
-            return Ok(PolicySettings::default());
-        };
-        let mut ids = HashSet::new();
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        for (i, rule) in raw.rules.into_iter().enumerate() {
-            let at = |key: &'static str| {
-                [
-                    Seg::Key("policy"),
-                    Seg::Key("rules"),
-                    Seg::Index(i),
-                    Seg::Key(key),
-                ]
-            };
-            if !ids.insert(rule.id.clone()) {
-                return Err((self.fail)(
-                    &at("id"),
-                    format!("duplicate rule id {:?}", rule.id.as_str()),
-                ));
-            }
-            if rule.allow_roles.is_none() && rule.allow_clients.is_none() {
-                return Err((self.fail)(
-                    &at("allow_roles"),
-                    format!(
-                        "rule {:?} admits nobody by omission: set allow_roles and/or allow_clients (allow_roles: [] denies everyone)",
-                        rule.id.as_str()
-                    ),
-                ));
-            }
-            let allow_clients = rule.allow_clients.unwrap_or_default();
-            for client in allow_clients.iter().chain(&rule.matcher.clients) {
-                if !known_clients.contains(client) {
-                    return Err((self.fail)(
-                        &at("match"),
-                        format!(
-                            "rule {:?} names unknown client {:?}",
-                            rule.id.as_str(),
-                            client.as_str()
-                        ),
-                    ));
-                }
-            }
-            let matcher = self.matcher(rule.matcher, &at("match"))?;
-            let approval = rule.approval.map(|a| ApprovalSettings {
-                approver_roles: a.approver_roles,
-                approvals: a.approvals.unwrap_or(1),
-                ttl: a.ttl.map_or(ApprovalSettings::DEFAULT_TTL, |d| d.0),
-                use_within: a
-                    .use_within
-                    .map_or(ApprovalSettings::DEFAULT_USE_WITHIN, |d| d.0),
-            });
-            rules.push(RuleSettings {
-                id: rule.id,
-                matcher,
-                allow_roles: rule.allow_roles.unwrap_or_default(),
-                allow_clients,
-                message: rule.message,
-                mode: rule.mode,
-                approval,
-            });
-        }
-        Ok(PolicySettings {
-            default: raw.default.unwrap_or(Effect::Allow),
-            rules,
-        })
-    }
-
-    /// A method name as configured (any case): one the gateway accepts.
-    fn method(&self, name: &str, at: &[Seg]) -> Result<Method, ConfigError> {
-        Method::from_bytes(name.to_ascii_uppercase().as_bytes())
-            .ok()
-            .filter(crate::routes::is_accepted)
-            .ok_or_else(|| (self.fail)(at, format!("unknown method {name:?}")))
-    }
-
-    fn matcher(&self, raw: RawMatch, at: &[Seg]) -> Result<MatchSettings, ConfigError> {
-        let key = |k: &'static str| {
-            let mut path = at.to_vec();
-            path.push(Seg::Key(k));
-            path
-        };
-        let method = match raw.method {
-            None => None,
-            Some(m) => Some(self.method(&m, &key("method"))?),
-        };
-        if let Some(path) = &raw.path {
-            if !path.starts_with('/') {
-                return Err((self.fail)(
-                    &key("path"),
-                    format!("route template {path:?} must start with /"),
-                ));
-            }
-        }
-        let mut query = BTreeMap::new();
-        for (name, value) in raw.query {
-            let value = match value {
-                serde_yaml::Value::Bool(b) => QueryValue::Bool(b),
-                serde_yaml::Value::String(s) => QueryValue::Text(s),
-                serde_yaml::Value::Number(n) => QueryValue::Text(n.to_string()),
-                _ => {
-                    return Err((self.fail)(
-                        &key("query"),
-                        format!("query predicate {name:?} must be a boolean, string or number"),
-                    ))
-                }
-            };
-            query.insert(name, value);
-        }
-        Ok(MatchSettings {
-            method,
-            path: raw.path,
-            operation: raw.operation,
-            query,
-            clients: raw.clients,
         })
     }
 }

@@ -211,3 +211,76 @@ pub fn compile(
         warnings,
     ))
 }
+// ---- The `match:` block as read from the configuration (`config` assembles; policy rules, rate
+// limits and audit matchers share it).
+
+/// A `match:` block as written.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    method: Option<String>,
+    path: Option<String>,
+    operation: Option<String>,
+    #[serde(default)]
+    query: BTreeMap<String, serde_yaml::Value>,
+    /// The clients it names (checked against the configured ones by the section that holds it).
+    #[serde(default)]
+    pub clients: Vec<ClientId>,
+}
+
+/// A method name as configured (any case): one the gateway accepts.
+pub fn read_method(
+    name: &str,
+    at: &[crate::settings::Seg],
+) -> Result<Method, crate::settings::Invalid> {
+    Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+        .ok()
+        .filter(crate::routes::is_accepted)
+        .ok_or_else(|| crate::settings::Invalid::new(at, format!("unknown method {name:?}")))
+}
+
+/// Compile a `match:` block found at `at`.
+pub fn compile_match(
+    raw: RawMatch,
+    at: &[crate::settings::Seg],
+) -> Result<MatchSettings, crate::settings::Invalid> {
+    let key = |k: &'static str| {
+        let mut path = at.to_vec();
+        path.push(crate::settings::Seg::Key(k));
+        path
+    };
+    let method = match raw.method {
+        None => None,
+        Some(m) => Some(read_method(&m, &key("method"))?),
+    };
+    if let Some(path) = &raw.path {
+        if !path.starts_with('/') {
+            return Err(crate::settings::Invalid::new(
+                &key("path"),
+                format!("route template {path:?} must start with /"),
+            ));
+        }
+    }
+    let mut query = BTreeMap::new();
+    for (name, value) in raw.query {
+        let value = match value {
+            serde_yaml::Value::Bool(b) => QueryValue::Bool(b),
+            serde_yaml::Value::String(s) => QueryValue::Text(s),
+            serde_yaml::Value::Number(n) => QueryValue::Text(n.to_string()),
+            _ => {
+                return Err(crate::settings::Invalid::new(
+                    &key("query"),
+                    format!("query predicate {name:?} must be a boolean, string or number"),
+                ))
+            }
+        };
+        query.insert(name, value);
+    }
+    Ok(MatchSettings {
+        method,
+        path: raw.path,
+        operation: raw.operation,
+        query,
+        clients: raw.clients,
+    })
+}

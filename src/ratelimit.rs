@@ -406,6 +406,84 @@ pub fn refused(refusal: Refusal, metrics: &Metrics, client: &str) -> GatewayErro
     }
 }
 
+/// One `rate_limits:` entry as written (`config` assembles).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    id: RuleId,
+    #[serde(rename = "match", default)]
+    matcher: crate::matcher::RawMatch,
+    #[serde(default)]
+    roles: Vec<Role>,
+    #[serde(default)]
+    clients: Vec<ClientId>,
+    per: Per,
+    rate: String,
+    burst: Option<u32>,
+    on_unavailable: Option<OnUnavailable>,
+}
+
+/// Compile `rate_limits:`: ids unique, clients known, matchers against the route table (findings
+/// become `warnings`).
+pub fn compile_limits(
+    raw: Vec<RawLimit>,
+    known_clients: &std::collections::HashSet<ClientId>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<LimitDefinition>, crate::settings::Invalid> {
+    let mut ids = std::collections::HashSet::new();
+    let mut limits = Vec::with_capacity(raw.len());
+    for (i, limit) in raw.into_iter().enumerate() {
+        let at = |key: &'static str| {
+            [
+                crate::settings::Seg::Key("rate_limits"),
+                crate::settings::Seg::Index(i),
+                crate::settings::Seg::Key(key),
+            ]
+        };
+        if !ids.insert(limit.id.clone()) {
+            return Err(crate::settings::Invalid::new(
+                &at("id"),
+                format!("duplicate limit id {:?}", limit.id.as_str()),
+            ));
+        }
+        let rate: crate::units::Rate = limit
+            .rate
+            .parse()
+            .map_err(|e| crate::settings::Invalid::new(&at("rate"), e))?;
+        for client in limit.clients.iter().chain(&limit.matcher.clients) {
+            if !known_clients.contains(client) {
+                return Err(crate::settings::Invalid::new(
+                    &at("clients"),
+                    format!("unknown client {:?}", client.as_str()),
+                ));
+            }
+        }
+        let settings = LimitSettings {
+            id: limit.id,
+            matcher: crate::matcher::compile_match(limit.matcher, &at("match")[..2])?,
+            roles: limit.roles,
+            clients: limit.clients,
+            per: limit.per,
+            rate,
+            burst: limit.burst.unwrap_or(1).max(1),
+            on_unavailable: limit.on_unavailable,
+        };
+        let (definition, found) = LimitDefinition::compile(&settings).map_err(|e| {
+            crate::settings::Invalid::new(
+                &at("match"),
+                format!("limit {:?}: {e}", settings.id.as_str()),
+            )
+        })?;
+        warnings.extend(
+            found
+                .into_iter()
+                .map(|w| format!("rate_limits[{i}] ({}): {w}", settings.id)),
+        );
+        limits.push(definition);
+    }
+    Ok(limits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

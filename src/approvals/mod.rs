@@ -35,6 +35,7 @@ mod layer;
 mod ledger;
 mod model;
 pub mod notify;
+pub mod settings;
 
 pub use self::layer::{RequireApproval, RequireApprovalLayer};
 pub use self::model::request_sha256;

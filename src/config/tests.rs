@@ -1,4 +1,7 @@
 use super::*;
+use crate::credentials::KeySource;
+use crate::matcher::QueryValue;
+use http::Method;
 
 const MINIMAL: &str = r#"listen: 127.0.0.1:8080           # client-facing listener
 admin_listen: 127.0.0.1:9464     # /metrics /healthz /readyz

@@ -7,6 +7,7 @@
 //! are followed and proxy environment variables are ignored.
 
 pub mod pool;
+pub mod settings;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

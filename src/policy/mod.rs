@@ -15,6 +15,7 @@
 //! the rules that can match it: evaluation cost does not grow with rules for other routes.
 
 pub mod explain;
+pub mod settings;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -18,6 +18,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;

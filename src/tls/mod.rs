@@ -15,6 +15,7 @@
 //! to the port gets a clean 400 `tls_required` and the connection is closed.
 
 pub mod demo;
+pub mod settings;
 pub mod x509;
 
 use std::path::{Path, PathBuf};
