@@ -31,6 +31,30 @@ impl Invalid {
     }
 }
 
+/// A value given inline or in a file (`url` or `url_file`: a secret kept out of the YAML), at
+/// `at`: exactly one of them, the file's content trimmed.
+pub fn inline_or_file(
+    inline: Option<String>,
+    file: Option<std::path::PathBuf>,
+    at: &[Seg],
+    names: (&'static str, &'static str),
+) -> Result<String, Invalid> {
+    match (inline, file) {
+        (Some(value), None) => Ok(value),
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .map(|text| text.trim().to_owned())
+            .map_err(|e| {
+                let mut path = at.to_vec();
+                path.push(Seg::Key(names.1));
+                Invalid::new(&path, format!("cannot read {}: {e}", file.display()))
+            }),
+        _ => Err(Invalid::new(
+            at,
+            format!("set exactly one of {} and {}", names.0, names.1),
+        )),
+    }
+}
+
 /// `section.key[3].other`.
 pub fn display_path(path: &[Seg]) -> String {
     let mut out = String::new();

@@ -86,23 +86,12 @@ pub fn compile(raw: Option<RawApprovals>) -> Result<ApprovalsSettings, Invalid> 
     let notify = match raw.notify {
         None => None,
         Some(n) => {
-            let url = match (n.webhook_url, n.webhook_url_file) {
-                (Some(url), None) => url,
-                (None, Some(file)) => std::fs::read_to_string(&file)
-                    .map(|t| t.trim().to_owned())
-                    .map_err(|e| {
-                        Invalid::new(
-                            &at(&["notify", "webhook_url_file"]),
-                            format!("cannot read {}: {e}", file.display()),
-                        )
-                    })?,
-                _ => {
-                    return Err(Invalid::new(
-                        &at(&["notify"]),
-                        "set exactly one of webhook_url and webhook_url_file".into(),
-                    ))
-                }
-            };
+            let url = crate::settings::inline_or_file(
+                n.webhook_url,
+                n.webhook_url_file,
+                &at(&["notify"]),
+                ("webhook_url", "webhook_url_file"),
+            )?;
             if !http_url(&url) || url.parse::<http::Uri>().is_err() {
                 return Err(Invalid::new(
                     &at(&["notify", "webhook_url"]),

@@ -53,23 +53,12 @@ pub fn compile(raw: Option<RawState>) -> Result<StateSettings, Invalid> {
             "state.backend is redis: give state.redis.url or state.redis.url_file".into(),
         )),
         (RawBackend::Redis, Some(redis)) => {
-            let url = match (redis.url, redis.url_file) {
-                (Some(url), None) => url,
-                (None, Some(file)) => std::fs::read_to_string(&file)
-                    .map(|text| text.trim().to_owned())
-                    .map_err(|e| {
-                        Invalid::new(
-                            &at(&["redis", "url_file"]),
-                            format!("cannot read {}: {e}", file.display()),
-                        )
-                    })?,
-                _ => {
-                    return Err(Invalid::new(
-                        &at(&["redis"]),
-                        "set exactly one of url and url_file".into(),
-                    ))
-                }
-            };
+            let url = crate::settings::inline_or_file(
+                redis.url,
+                redis.url_file,
+                &at(&["redis"]),
+                ("url", "url_file"),
+            )?;
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(Invalid::new(
                     &at(&["redis", "url"]),
