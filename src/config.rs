@@ -29,7 +29,9 @@ use crate::guards::{ForceDeleteSettings, OnError, ProtectedSettings};
 use crate::ids::{ClientId, Role, RuleId};
 use crate::keys::{KeySettings, RawKeys};
 use crate::matcher::{MatchSettings, QueryValue};
-use crate::policy::{ApprovalSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings};
+use crate::policy::{
+    ApprovalSettings, DeferSettings, Effect, Policy, PolicySettings, RuleMode, RuleSettings,
+};
 use crate::ratelimit::{LimitDefinition, LimitSettings, Per};
 use crate::state::{OnUnavailable, RedisSettings, StateSettings};
 use crate::store::{RawStore, StoreBackend, StoreSettings};
@@ -430,6 +432,15 @@ struct RawRule {
     #[serde(default)]
     mode: RuleMode,
     approval: Option<RawApproval>,
+    defer: Option<RawDefer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefer {
+    delay: ConfigDuration,
+    #[serde(default)]
+    cancel_roles: Vec<Role>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1357,6 +1368,10 @@ impl Validator<'_> {
                     .use_within
                     .map_or(ApprovalSettings::DEFAULT_USE_WITHIN, |d| d.0),
             });
+            let defer = rule.defer.map(|d| DeferSettings {
+                delay: d.delay.0,
+                cancel_roles: d.cancel_roles,
+            });
             rules.push(RuleSettings {
                 id: rule.id,
                 matcher,
@@ -1365,6 +1380,7 @@ impl Validator<'_> {
                 message: rule.message,
                 mode: rule.mode,
                 approval,
+                defer,
             });
         }
         Ok(PolicySettings {

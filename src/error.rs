@@ -216,6 +216,17 @@ pub enum GatewayError {
     /// The keys API: a client from the configuration file cannot be changed through the API.
     #[error("client {0} is configured in the YAML file: change it there (clients[])")]
     ClientReadOnly(String),
+    /// The deferred API: no such deferred call (or not one the caller may see).
+    #[error("no deferred call {0}")]
+    DeferredNotFound(String),
+    /// The deferred API: the call is no longer scheduled (it ran, is running, or was cancelled).
+    #[error("deferred call {id} is {state}, no longer scheduled")]
+    DeferredNotScheduled {
+        /// The deferred call.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
     /// The record store could not take a change (the detail is for the log only).
     #[error("the change could not be stored: the record store did not answer; nothing was changed. The gateway's log has the details under this request id")]
     StoreUnavailable(String),
@@ -297,6 +308,8 @@ impl GatewayError {
             GatewayError::ClientExists(_) | GatewayError::ClientReadOnly(_) => StatusCode::CONFLICT,
             GatewayError::ClientNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::DeferredNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::DeferredNotScheduled { .. } => StatusCode::CONFLICT,
         }
     }
 
@@ -344,6 +357,8 @@ impl GatewayError {
             GatewayError::ClientNotFound(_) => "client_not_found",
             GatewayError::ClientReadOnly(_) => "client_read_only",
             GatewayError::StoreUnavailable(_) => "store_unavailable",
+            GatewayError::DeferredNotFound(_) => "deferred_not_found",
+            GatewayError::DeferredNotScheduled { .. } => "deferred_not_scheduled",
         }
     }
 

@@ -281,6 +281,17 @@ impl Gateway {
                 }
             }
         });
+        // Deferred calls: claimed when due and replayed through the current stack.
+        let executor_stack = self.stack.clone();
+        let executor = crate::deferred::executor::Executor::new(
+            self.shared.deferred.clone(),
+            move |req| {
+                let service: GatewayService = GatewayService::clone(&executor_stack.load());
+                Box::pin(service.oneshot(req))
+            },
+            crate::stack::deferred_lease(&self.config),
+        )
+        .spawn();
         let readiness = self.readiness.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -350,6 +361,7 @@ impl Gateway {
         workers.stop().await;
         admin.abort();
         sweeper.abort();
+        executor.abort();
         for watcher in key_watcher
             .into_iter()
             .chain(config_watcher)

@@ -27,6 +27,7 @@ use crate::body::GatewayBody;
 use crate::classify::{Classifier, Classify};
 use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
+use crate::deferred::{DeferLayer, DeferredCalls};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{
@@ -119,6 +120,8 @@ pub struct Shared {
     pub keyring: Arc<Keyring>,
     /// Two-person approvals (in the record store).
     pub approvals: Approvals,
+    /// Deferred calls (the undo window, in the record store).
+    pub deferred: DeferredCalls,
 }
 
 impl Shared {
@@ -132,6 +135,12 @@ impl Shared {
         records: RecordStore,
         notify: Option<Notifier>,
     ) -> Self {
+        let deferred = DeferredCalls::new(
+            records.clone(),
+            audit.clone(),
+            metrics.clone(),
+            notify.clone(),
+        );
         let approvals = Approvals::new(
             records.clone(),
             audit.clone(),
@@ -148,6 +157,7 @@ impl Shared {
         );
         Shared {
             approvals,
+            deferred,
             keyring,
             records,
             upstream_key,
@@ -221,6 +231,8 @@ pub struct StackParts {
     pub protection: Arc<Protection>,
     /// The approvals layer.
     pub require_approval: RequireApprovalLayer,
+    /// The deferred layer (schedules what a `defer` rule holds; marks replays).
+    pub defer: DeferLayer,
     /// The gateway's own API (answers `gateway.*` operations at the bottom of the stack).
     pub api: GatewayApi,
 }
@@ -244,6 +256,14 @@ impl StackParts {
                 .chain((!protection.is_empty()).then_some(PROTECTED_RULE)),
             config.rate_limits.iter().map(|l| l.id.as_str()),
         );
+        for rule in config.policy.rules.iter().filter(|r| r.defer.is_some()) {
+            for state in crate::deferred::State::ALL {
+                shared
+                    .metrics
+                    .deferred
+                    .with_label_values(&[rule.id.as_str(), state.as_str()]);
+            }
+        }
         for rule in config.policy.rules.iter().filter(|r| r.approval.is_some()) {
             for state in crate::approvals::State::ALL {
                 shared
@@ -271,8 +291,10 @@ impl StackParts {
                 gateway_url(config),
                 config.approvals.max_body_bytes,
             ),
+            defer: DeferLayer::new(shared.deferred.clone()),
             api: GatewayApi::new(ApiSettings {
                 approvals: shared.approvals.clone(),
+                deferred: shared.deferred.clone(),
                 audit_roles: Arc::from(config.ui.audit_roles.clone()),
                 approver_roles: approver_roles(config),
                 audit_log: shared.audit.as_ref().map(|a| a.path().to_path_buf()),
@@ -333,6 +355,12 @@ fn approver_roles(config: &Config) -> Arc<[crate::ids::Role]> {
     roles.into()
 }
 
+/// How long a replica's claim on a deferred call holds before another may take it over: longer
+/// than any execution (the reference listing and the upstream call) can take.
+pub fn deferred_lease(config: &Config) -> std::time::Duration {
+    config.upstream.request_timeout * 2 + std::time::Duration::from_secs(60)
+}
+
 /// Build the request stack, outermost first (docs/architecture.md, "The request path").
 pub fn build_stack(parts: StackParts) -> GatewayService {
     let sensitive: Arc<[http::HeaderName]> = Arc::new([
@@ -365,6 +393,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(parts.require_approval)
         .layer(Limited::layer(parts.rate_limits, parts.metrics))
         .option_layer(GuardForcedDeletes::layer(parts.guard))
+        .layer(parts.defer)
         .layer(RecordIntent::layer())
         .service(Dispatch::new(
             parts.api,

@@ -1,0 +1,1 @@
+//! Unit tests of the deferred calls' state machine (memory store).
