@@ -532,3 +532,62 @@ fn check_refuses_defer_on_a_route_with_a_body_and_explain_shows_the_delay() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_cancels() {
+    let (emulator, upstream) = start_emulator().await;
+    let asset = emulator.create_asset("a.mp4");
+    let gateway = TestGateway::start_with(&upstream, &defer_yaml("15m"), |_| {}).await;
+    let id = schedule(&gateway.url(""), ALICE_KEY, &asset).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = gateway.url("");
+    let cli = move |args: Vec<String>, key: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(binary())
+                .arg("deferred")
+                .args(&args)
+                .args(["--gateway", &url])
+                .env("TL_GATEWAY_KEY", key)
+                .output()
+                .unwrap()
+        })
+    };
+    let listed = cli(
+        vec!["list".into(), "--state".into(), "scheduled".into()],
+        ALICE_KEY,
+    )
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && out.contains(&id), "{listed:?}");
+    let shown = cli(vec!["show".into(), id.clone()], ALICE_KEY)
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        out.contains("state:     scheduled") && out.contains(&asset),
+        "{out}"
+    );
+    // Bob may not cancel it: the gateway's refusal, and a failing exit.
+    let refused = cli(vec!["cancel".into(), id.clone()], BOB_KEY)
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("policy_denied"),
+        "{refused:?}"
+    );
+    let cancelled = cli(vec!["cancel".into(), id.clone()], ALICE_KEY)
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&cancelled.stdout);
+    assert!(
+        cancelled.status.success() && out.contains("state:     cancelled"),
+        "{cancelled:?}"
+    );
+    assert!(emulator.asset_exists(&asset));
+    gateway.shutdown().await;
+}
