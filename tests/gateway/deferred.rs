@@ -591,3 +591,44 @@ async fn the_cli_lists_shows_and_cancels() {
     assert!(emulator.asset_exists(&asset));
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_tab_counts_down_and_cancels_in_a_real_browser() {
+    let chromium = std::env::var_os("TL_GATEWAY_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.exists(),
+        "{} not found: install Debian's chromium",
+        chromium.display()
+    );
+    let (emulator, upstream) = start_emulator().await;
+    let asset = emulator.create_asset("a.mp4");
+    let gateway = TestGateway::start_with(&upstream, &defer_yaml("15m"), |_| {}).await;
+    let id = schedule(&gateway.url(""), ALICE_KEY, &asset).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut command = Command::new(python());
+    command
+        .arg(repo_root().join("tests/browser/deferred_ui.py"))
+        .args(["--gateway", &gateway.url("")])
+        .args(["--admin-key", ALICE_KEY])
+        .args(["--deferred", &id])
+        .arg("--chromium")
+        .arg(&chromium);
+    let text = run_checked(command, "browser test").await;
+    assert!(text.contains("deferred UI: all checks passed"), "{text}");
+    let (_, call) = api_call(
+        &gateway.url(""),
+        Method::GET,
+        &format!("deferred/{id}"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(call["state"], "cancelled");
+    assert_eq!(call["cancelled_by"], "alice");
+    assert!(emulator.asset_exists(&asset));
+    gateway.shutdown().await;
+}
