@@ -630,6 +630,12 @@ impl Validator<'_> {
                 (self.fail)(&path, message)
             })?,
         };
+        if store.backend == StoreBackend::Memory && policy.rules.iter().any(|r| r.defer.is_some()) {
+            warnings.push(
+                "policy rules defer calls but store.backend is memory: a scheduled call is lost (never executed) if the gateway restarts during its delay; use store.backend: sqlite or postgres"
+                    .into(),
+            );
+        }
         if store.backend == StoreBackend::Memory {
             warnings.push(
                 "store.backend is memory: approvals, and clients and keys issued through the API, live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"

@@ -632,3 +632,71 @@ async fn the_scheduled_tab_counts_down_and_cancels_in_a_real_browser() {
     assert!(emulator.asset_exists(&asset));
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_hears_of_scheduled_cancelled_and_executed_calls() {
+    let (emulator, upstream) = start_emulator().await;
+    let kept = emulator.create_asset("kept.mp4");
+    let gone = emulator.create_asset("gone.mp4");
+    let (hook, seen) = crate::approvals::webhook().await;
+    let extra = format!(
+        "{}approvals:\n  public_url: https://gateway.example.com\n  notify:\n    webhook_url: http://{hook}/hooks\n",
+        defer_yaml("1s")
+    );
+    let gateway = TestGateway::start_with(&upstream, &extra, |_| {}).await;
+    let base = gateway.url("");
+    let cancelled = schedule(&base, ALICE_KEY, &kept).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api_call(
+        &base,
+        Method::POST,
+        &format!("deferred/{cancelled}/cancel"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let executed = schedule(&base, ALICE_KEY, &gone).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_state(&base, &executed, "executed", Duration::from_secs(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook got {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events: Vec<(String, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("deferred.scheduled".to_owned(), cancelled.clone()),
+            ("deferred.cancelled".to_owned(), cancelled.clone()),
+            ("deferred.scheduled".to_owned(), executed.clone()),
+            ("deferred.executed".to_owned(), executed.clone()),
+        ]
+    );
+    let last = seen.lock().unwrap()[3].clone();
+    assert_eq!(last["outcome"]["status"], 200, "{last}");
+    assert_eq!(
+        last["link"],
+        format!("https://gateway.example.com/tl-gateway/ui/#/deferred/{executed}")
+    );
+    gateway.shutdown().await;
+}
