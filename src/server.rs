@@ -293,8 +293,11 @@ impl Gateway {
         )
         .spawn();
         let readiness = self.readiness.clone();
+        // A draining replica claims no more deferred calls (those it runs finish on their own tasks).
+        let stop_executor = executor.abort_handle();
         tokio::spawn(async move {
             shutdown.await;
+            stop_executor.abort();
             tracing::info!("shutdown requested: draining in-flight requests");
             readiness.set_draining();
             let _ = stop_tx.send(true);
