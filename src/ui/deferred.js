@@ -25,6 +25,8 @@
   let open = false;
   let lastPoll = 0;
   let busy = false;
+  // A link from a notification (#/deferred/ID) opens this tab once signed in.
+  let linked = /^#\/deferred\/[A-Za-z0-9_-]{1,64}$/.test(location.hash);
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -177,6 +179,10 @@
       }
       if (open) show(false);
       return;
+    }
+    if (linked) {
+      linked = false;
+      show(true);
     }
     tickClocks();
     if (Date.now() - lastPoll >= (open ? POLL_MS : 4 * POLL_MS)) load();
