@@ -95,6 +95,23 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// The `ui:` section (the approvals page).
     pub ui: UiConfig,
+    /// The `deferred:` section (the undo window).
+    pub deferred: DeferredConfig,
+}
+
+/// The `deferred:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredConfig {
+    /// New deferred calls one requester may schedule per minute (more: 429).
+    pub max_schedules_per_client: u32,
+}
+
+impl Default for DeferredConfig {
+    fn default() -> Self {
+        DeferredConfig {
+            max_schedules_per_client: crate::deferred::DEFAULT_MAX_SCHEDULES_PER_CLIENT,
+        }
+    }
 }
 
 /// The `ui:` section: who may read the recent destructive calls on the approvals page.
@@ -265,6 +282,14 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     ui: Option<RawUi>,
+    #[serde(default)]
+    deferred: Option<RawDeferredSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeferredSection {
+    max_schedules_per_client: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -737,6 +762,14 @@ impl Validator<'_> {
                     .audit_roles
                     .unwrap_or_else(|| UiConfig::default().audit_roles),
             }),
+            deferred: raw
+                .deferred
+                .map_or_else(DeferredConfig::default, |d| DeferredConfig {
+                    max_schedules_per_client: d
+                        .max_schedules_per_client
+                        .unwrap_or(crate::deferred::DEFAULT_MAX_SCHEDULES_PER_CLIENT)
+                        .max(1),
+                }),
         })
     }
 

@@ -140,7 +140,8 @@ impl Shared {
             audit.clone(),
             metrics.clone(),
             notify.clone(),
-        );
+        )
+        .with_budget(store.clone(), config.deferred.max_schedules_per_client);
         let approvals = Approvals::new(
             records.clone(),
             audit.clone(),

@@ -73,6 +73,9 @@ const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Who the audit records name for what the gateway does by itself (claims, executions).
 pub const GATEWAY_ACTOR: &str = "gateway";
 
+/// Default `deferred.max_schedules_per_client` (new deferred calls per requester per minute).
+pub const DEFAULT_MAX_SCHEDULES_PER_CLIENT: u32 = 30;
+
 /// The response header naming the deferred call of a 202.
 pub const DEFERRED_ID_HEADER: &str = "x-tl-gateway-deferred-id";
 
@@ -292,6 +295,8 @@ impl From<DeferredError> for GatewayError {
 #[derive(Debug, Clone)]
 pub struct DeferredCalls {
     store: RecordStore,
+    /// Where the per-requester scheduling budget counts (`deferred.max_schedules_per_client`).
+    budget: Option<(crate::state::StateStore, u32)>,
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     notify: Option<Notifier>,
@@ -324,9 +329,51 @@ impl DeferredCalls {
     ) -> Self {
         DeferredCalls {
             store,
+            budget: None,
             audit,
             metrics,
             notify,
+        }
+    }
+
+    /// Bound how often one requester may schedule: at most `per_minute` new deferred calls a
+    /// minute, counted in `state` (shared by the replicas on Redis). Rate limits are spent when a
+    /// call is executed; this keeps scheduling itself — store writes and an fsync'd audit record
+    /// each — from being flooded.
+    pub fn with_budget(mut self, state: crate::state::StateStore, per_minute: u32) -> Self {
+        self.budget = Some((state, per_minute.max(1)));
+        self
+    }
+
+    /// Take one scheduling from `requester`'s budget, or refuse with 429.
+    async fn spend(&self, requester: &str) -> Result<(), GatewayError> {
+        let Some((state, per_minute)) = &self.budget else {
+            return Ok(());
+        };
+        let emission_us = 60_000_000 / u64::from(*per_minute);
+        let bucket = crate::state::Bucket {
+            key: format!("defers:{requester}"),
+            emission_us,
+            tolerance_us: emission_us * u64::from(per_minute - 1),
+        };
+        match state.check(std::slice::from_ref(&bucket)).await {
+            Ok(verdicts) => match verdicts.first() {
+                Some(crate::state::Verdict::Refuse { wait }) => {
+                    Err(GatewayError::TooManyRequests {
+                        limit: crate::ids::RuleId::builtin("deferred.max_schedules_per_client"),
+                        retry_after: wait.as_secs().max(1),
+                        rate: crate::units::Rate {
+                            count: *per_minute,
+                            period: Duration::from_secs(60),
+                        },
+                        burst: *per_minute,
+                    })
+                }
+                _ => Ok(()),
+            },
+            Err(error) => Err(GatewayError::StoreUnavailable(format!(
+                "the scheduling budget could not be checked: {error}"
+            ))),
         }
     }
 
@@ -352,7 +399,7 @@ impl DeferredCalls {
         let requester = asked.principal.client.as_str();
         let key = request_key(requester, &sha);
         let unavailable = |e: StoreError| GatewayError::StoreUnavailable(e.to_string());
-        for _ in 0..8 {
+        for attempt in 0..8 {
             let found = self.store.get(&key).await.map_err(unavailable)?;
             if let Some(id) = &found {
                 if let Some((_, existing)) = self.load(id).await.map_err(unavailable)? {
@@ -363,6 +410,10 @@ impl DeferredCalls {
                         return Ok(existing);
                     }
                 }
+            }
+            if attempt == 0 {
+                // A new call costs (a re-send of a scheduled one does not).
+                self.spend(requester).await?;
             }
             let created = now_ms();
             let due = created + asked.required.delay.as_millis() as u64;

@@ -700,3 +700,34 @@ async fn the_webhook_hears_of_scheduled_cancelled_and_executed_calls() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_has_a_budget_per_requester_and_a_resend_costs_nothing() {
+    let (emulator, upstream) = start_emulator().await;
+    let assets: Vec<String> = (0..3)
+        .map(|i| emulator.create_asset(&format!("a{i}.mp4")))
+        .collect();
+    let extra = format!(
+        "{}deferred:\n  max_schedules_per_client: 2\n",
+        defer_yaml("15m")
+    );
+    let gateway = TestGateway::start_with(&upstream, &extra, |_| {}).await;
+    let base = gateway.url("");
+    let first = schedule(&base, ALICE_KEY, &assets[0]).await["id"].clone();
+    // The identical re-send finds the scheduled call without spending.
+    assert_eq!(schedule(&base, ALICE_KEY, &assets[0]).await["id"], first);
+    schedule(&base, ALICE_KEY, &assets[1]).await;
+    let response = forced_delete(&base, ALICE_KEY, &assets[2]).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = body_json(response).await;
+    assert_eq!(body["code"], "too_many_requests", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("deferred.max_schedules_per_client"),
+        "{body}"
+    );
+    gateway.shutdown().await;
+}
