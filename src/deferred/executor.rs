@@ -50,6 +50,7 @@ pub struct Executor<F> {
     shared: bool,
     lease: Duration,
     running: Mutex<HashSet<String>>,
+    ticks: std::sync::atomic::AtomicU64,
 }
 
 /// The answer of the request stack to one replayed call.
@@ -71,6 +72,7 @@ where
             shared,
             lease,
             running: Mutex::default(),
+            ticks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -135,6 +137,14 @@ where
         }
         self.calls.metrics.deferred_scheduled.set(scheduled);
         let _ = store.index_remove(DUE, &stale).await;
+        if self.ticks.fetch_add(1, Ordering::Relaxed) % 60 == 0 {
+            // Once a minute: the listing index forgets calls past their retention (and a month
+            // more, for any delay a rule may set).
+            let horizon = now.saturating_sub(
+                (super::RETENTION + crate::policy::MAX_DEFER_DELAY).as_millis() as u64,
+            );
+            let _ = store.index_trim(super::INDEX, horizon).await;
+        }
     }
 
     /// Whether an executing call's claim was left by a replica that is gone.
