@@ -137,7 +137,11 @@ where
         }
         self.calls.metrics.deferred_scheduled.set(scheduled);
         let _ = store.index_remove(DUE, &stale).await;
-        if self.ticks.fetch_add(1, Ordering::Relaxed) % 60 == 0 {
+        if self
+            .ticks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(60)
+        {
             // Once a minute: the listing index forgets calls past their retention (and a month
             // more, for any delay a rule may set).
             let horizon = now.saturating_sub(
