@@ -27,11 +27,13 @@
     tabs: {
       pending: $('tab-pending'),
       decided: $('tab-decided'),
+      scheduled: $('tab-scheduled'), // its content: deferred.js
       audit: $('tab-audit'),
     },
     panels: {
       pending: $('panel-pending'),
       decided: $('panel-decided'),
+      scheduled: $('panel-scheduled'),
       audit: $('panel-audit'),
     },
     pendingCount: $('pending-count'),
@@ -347,7 +349,7 @@
   // ---------- tabs ----------
 
   function visibleTabs() {
-    return ['pending', 'decided', 'audit'].filter((t) => !ui.tabs[t].hidden);
+    return ['pending', 'decided', 'audit', 'scheduled'].filter((t) => !ui.tabs[t].hidden);
   }
 
   function selectTab(name, focus) {

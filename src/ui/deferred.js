@@ -1,7 +1,7 @@
 // tl-gateway page: the Scheduled tab (deferred calls, the undo window). Plain DOM, no framework.
 //
-// Kept beside app.js (which owns sign-in and the approvals tabs) and sharing only the page: the
-// key in sessionStorage ('tlgw.key'), the tab list and the notice/alert areas. Every value from
+// Kept beside app.js (which owns sign-in and switches the tabs, this one included) and sharing
+// only the page: the key in sessionStorage ('tlgw.key') and the notice/alert areas. Every value from
 // the API is set as textContent; the countdown is computed here from execute_at every second, the
 // list is read again every 3 seconds while the tab is open.
 'use strict';
@@ -146,44 +146,30 @@
     await load();
   }
 
-  function show(on) {
-    open = on;
-    tab.setAttribute('aria-selected', on ? 'true' : 'false');
-    tab.tabIndex = on ? 0 : -1;
-    panel.hidden = !on;
-    if (on) {
-      for (const other of document.querySelectorAll('[role="tab"]')) {
-        if (other !== tab) {
-          other.setAttribute('aria-selected', 'false');
-          other.tabIndex = -1;
-        }
-      }
-      for (const other of document.querySelectorAll('[role="tabpanel"]')) {
-        if (other !== panel) other.hidden = true;
-      }
-      lastPoll = 0;
-      load();
-    }
+  // app.js switches the tabs (click, arrow keys) and shows this panel; this file fills it.
+  function isOpen() {
+    return tab.getAttribute('aria-selected') === 'true' && !panel.hidden;
   }
 
-  tab.addEventListener('click', () => show(true));
-  // Another tab chosen (app.js shows its panel): this one steps aside.
-  for (const other of document.querySelectorAll('[role="tab"]')) {
-    if (other !== tab) other.addEventListener('click', () => show(false));
-  }
+  tab.addEventListener('click', () => {
+    lastPoll = 0;
+    load();
+  });
   setInterval(() => {
     if (app.hidden) {
       if (calls.length) {
         calls = [];
         render();
       }
-      if (open) show(false);
       return;
     }
     if (linked) {
       linked = false;
-      show(true);
+      tab.click();
     }
+    const nowOpen = isOpen();
+    if (nowOpen && !open) lastPoll = 0;
+    open = nowOpen;
     tickClocks();
     if (Date.now() - lastPoll >= (open ? POLL_MS : 4 * POLL_MS)) load();
   }, 1000);

@@ -96,6 +96,15 @@ def main():
         assert state == "cancelled", f"after Cancel the API says {state!r}"
         log("Cancel removed it; the API says cancelled")
 
+        # The tabs work from the keyboard: from the last approvals tab the right arrow is Scheduled.
+        page.get_by_test_id("tab-audit").click()
+        expect(page.locator("#panel-scheduled")).to_be_hidden()
+        page.get_by_test_id("tab-audit").press("ArrowRight")
+        expect(page.get_by_test_id("tab-scheduled")).to_have_attribute("aria-selected", "true")
+        expect(page.locator("#panel-scheduled")).to_be_visible()
+        expect(page.get_by_test_id("tab-scheduled")).to_be_focused()
+        log("the arrow keys reach the Scheduled tab")
+
         # Back to the approvals tab: the scheduled panel steps aside.
         page.get_by_test_id("tab-pending").click()
         expect(page.locator("#panel-scheduled")).to_be_hidden()
