@@ -5,6 +5,7 @@
 
 mod api_client;
 mod approvals;
+mod deferred;
 mod demo;
 mod keys;
 
@@ -92,6 +93,12 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: approvals::ApprovalsCommand,
+    },
+    /// List, show or cancel deferred calls (the undo window) on a running gateway (your key from
+    /// TL_GATEWAY_KEY or --key-file).
+    Deferred {
+        #[command(subcommand)]
+        command: deferred::DeferredCommand,
     },
     /// List, show, create, disable or enable clients on a running gateway (your key from
     /// TL_GATEWAY_KEY or --key-file; managing others needs a role in keys.admin_roles).
@@ -243,6 +250,7 @@ async fn run(command: Command) -> Result<(), String> {
         } => demo::emulator(listen, api_key, seed).await,
         Command::Probe { url } => probe(&url).await,
         Command::Approvals { command } => approvals::run(command).await,
+        Command::Deferred { command } => deferred::run(command).await,
         Command::Clients { command } => keys::run_clients(command).await,
         Command::Keys { command } => keys::run_keys(command).await,
     }

@@ -95,6 +95,23 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// The `ui:` section (the approvals page).
     pub ui: UiConfig,
+    /// The `deferred:` section (the undo window).
+    pub deferred: DeferredConfig,
+}
+
+/// The `deferred:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredConfig {
+    /// New deferred calls one requester may schedule per minute (more: 429).
+    pub max_schedules_per_client: u32,
+}
+
+impl Default for DeferredConfig {
+    fn default() -> Self {
+        DeferredConfig {
+            max_schedules_per_client: crate::deferred::DEFAULT_MAX_SCHEDULES_PER_CLIENT,
+        }
+    }
 }
 
 /// The `ui:` section: who may read the recent destructive calls on the approvals page.
@@ -194,6 +211,14 @@ struct RawConfig {
     tls: Option<crate::tls::settings::RawTls>,
     #[serde(default)]
     ui: Option<RawUi>,
+    #[serde(default)]
+    deferred: Option<RawDeferredSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeferredSection {
+    max_schedules_per_client: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -419,6 +444,12 @@ impl Validator<'_> {
                     .into(),
             );
         }
+        if store.backend == StoreBackend::Memory && policy.rules.iter().any(|r| r.defer.is_some()) {
+            warnings.push(
+                "policy rules defer calls but store.backend is memory: a scheduled call is lost (never executed) if the gateway restarts during its delay; use store.backend: sqlite or postgres"
+                    .into(),
+            );
+        }
         if store.backend == StoreBackend::Memory {
             warnings.push(
                 "store.backend is memory: approvals, and clients and keys issued through the API, live in this process and are lost on restart (and not shared by replicas); use store.backend: sqlite for one replica or postgres for several"
@@ -517,6 +548,14 @@ impl Validator<'_> {
             protected,
             tls,
             ui,
+            deferred: raw
+                .deferred
+                .map_or_else(DeferredConfig::default, |d| DeferredConfig {
+                    max_schedules_per_client: d
+                        .max_schedules_per_client
+                        .unwrap_or(crate::deferred::DEFAULT_MAX_SCHEDULES_PER_CLIENT)
+                        .max(1),
+                }),
         })
     }
 

@@ -216,6 +216,17 @@ pub enum GatewayError {
     /// The keys API: a client from the configuration file cannot be changed through the API.
     #[error("client {0} is configured in the YAML file: change it there (clients[])")]
     ClientReadOnly(String),
+    /// The deferred API: no such deferred call (or not one the caller may see).
+    #[error("no deferred call {0}")]
+    DeferredNotFound(String),
+    /// The deferred API: the call is no longer scheduled (it ran, is running, or was cancelled).
+    #[error("deferred call {id} is {state}, no longer scheduled")]
+    DeferredNotScheduled {
+        /// The deferred call.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
     /// The record store could not take a change (the detail is for the log only).
     #[error("the change could not be stored: the record store did not answer; nothing was changed. The gateway's log has the details under this request id")]
     StoreUnavailable(String),
@@ -321,6 +332,8 @@ impl GatewayError {
                 StatusCode::UNAUTHORIZED
             }
             GatewayError::SignInUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::DeferredNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::DeferredNotScheduled { .. } => StatusCode::CONFLICT,
         }
     }
 
@@ -372,6 +385,8 @@ impl GatewayError {
             GatewayError::SessionEnded(_) => "session_expired",
             GatewayError::SignInFailed { .. } => "sign_in_failed",
             GatewayError::SignInUnavailable(_) => "sign_in_unavailable",
+            GatewayError::DeferredNotFound(_) => "deferred_not_found",
+            GatewayError::DeferredNotScheduled { .. } => "deferred_not_scheduled",
         }
     }
 

@@ -84,6 +84,25 @@ pub struct ApprovalUsed {
     pub approvers: Vec<String>,
 }
 
+/// On a deferred call replayed by the executor (inserted only by `deferred::executor`, never from
+/// the wire: extensions cannot be sent by a client). Authentication takes the requester from the
+/// current key snapshot instead of a key; approvals take the approval used when it was scheduled;
+/// the deferred layer marks it as forwarding in the store (through `forwarding`) right before the
+/// intent record.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The deferred call's id (`dfr_…`).
+    pub id: String,
+    /// Who asked for it.
+    pub requester: String,
+    /// This execution's claim on it (the store document must still carry it).
+    pub claim: String,
+    /// The approval it used when it was scheduled, if any.
+    pub approval: Option<ApprovalUsed>,
+    /// Set by the deferred layer once the store says it is being forwarded (the executor reads it).
+    pub forwarding: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// The client certificate a TLS connection presented and the handshake verified against
 /// `tls.client_ca_file` (inserted at the edge on every request of that connection).
 ///

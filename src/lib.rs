@@ -28,6 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod classify;
 pub mod credentials;
+pub mod deferred;
 pub mod error;
 pub mod forward;
 pub mod gate;

@@ -161,6 +161,11 @@ pub struct Metrics {
     pub approvals: IntCounterVec,
     /// `tl_gateway_approvals_pending`: approvals waiting for a decision (refreshed every few seconds).
     pub approvals_pending: IntGauge,
+    /// `tl_gateway_deferred_total{rule,state}`: deferred calls reaching each state.
+    pub deferred: IntCounterVec,
+    /// `tl_gateway_deferred_scheduled`: deferred calls waiting for their time (refreshed by the
+    /// executor every second).
+    pub deferred_scheduled: IntGauge,
     /// `tl_gateway_approvals_oldest_pending_seconds`: how long the oldest pending approval has waited.
     pub approvals_oldest_pending: IntGauge,
     /// `tl_gateway_approval_notifications_total{result}`: webhook notifications (`sent`,
@@ -419,6 +424,15 @@ impl Metrics {
             approvals_pending: r.gauge(
                 "tl_gateway_approvals_pending",
                 "Approvals waiting for a decision.",
+            ),
+            deferred: r.counter_vec(
+                "tl_gateway_deferred_total",
+                "Deferred calls reaching each state (scheduled, cancelled, executing, executed, refused, unresolved), by rule.",
+                &["rule", "state"],
+            ),
+            deferred_scheduled: r.gauge(
+                "tl_gateway_deferred_scheduled",
+                "Deferred calls scheduled and not yet due or claimed.",
             ),
             approvals_oldest_pending: r.gauge(
                 "tl_gateway_approvals_oldest_pending_seconds",

@@ -347,6 +347,10 @@ const UNJUDGED: &str =
 
 impl<B: Send + 'static> AdmitAsync<B> for Limited {
     fn concerns(&self, req: &Request<B>) -> bool {
+        if crate::policy::Decision::schedules(req) {
+            // Spent when the deferred call is executed (and judged again), not when scheduled.
+            return false;
+        }
         match judged(req, UNJUDGED) {
             Ok((op, principal)) => self.limits.concern(op, principal),
             // Fail closed in `admit`.

@@ -281,9 +281,23 @@ impl Gateway {
                 }
             }
         });
+        // Deferred calls: claimed when due and replayed through the current stack.
+        let executor_stack = self.stack.clone();
+        let executor = crate::deferred::executor::Executor::new(
+            self.shared.deferred.clone(),
+            move |req| {
+                let service: GatewayService = GatewayService::clone(&executor_stack.load());
+                Box::pin(service.oneshot(req))
+            },
+            crate::stack::deferred_lease(&self.config),
+        )
+        .spawn();
         let readiness = self.readiness.clone();
+        // A draining replica claims no more deferred calls (those it runs finish on their own tasks).
+        let stop_executor = executor.abort_handle();
         tokio::spawn(async move {
             shutdown.await;
+            stop_executor.abort();
             tracing::info!("shutdown requested: draining in-flight requests");
             readiness.set_draining();
             let _ = stop_tx.send(true);
@@ -350,6 +364,7 @@ impl Gateway {
         workers.stop().await;
         admin.abort();
         sweeper.abort();
+        executor.abort();
         for watcher in key_watcher
             .into_iter()
             .chain(config_watcher)

@@ -27,6 +27,7 @@ use crate::body::GatewayBody;
 use crate::classify::{Classifier, Classify};
 use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
+use crate::deferred::{DeferLayer, DeferredCalls};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{
@@ -121,6 +122,8 @@ pub struct Shared {
     pub keyring: Arc<Keyring>,
     /// Two-person approvals (in the record store).
     pub approvals: Approvals,
+    /// Deferred calls (the undo window, in the record store).
+    pub deferred: DeferredCalls,
 }
 
 impl Shared {
@@ -134,6 +137,13 @@ impl Shared {
         records: RecordStore,
         notify: Option<Notifier>,
     ) -> Self {
+        let deferred = DeferredCalls::new(
+            records.clone(),
+            audit.clone(),
+            metrics.clone(),
+            notify.clone(),
+        )
+        .with_budget(store.clone(), config.deferred.max_schedules_per_client);
         let approvals = Approvals::new(
             records.clone(),
             audit.clone(),
@@ -154,6 +164,7 @@ impl Shared {
         );
         Shared {
             approvals,
+            deferred,
             keyring,
             records,
             upstream_key,
@@ -227,6 +238,8 @@ pub struct StackParts {
     pub protection: Arc<Protection>,
     /// The approvals layer.
     pub require_approval: RequireApprovalLayer,
+    /// The deferred layer (schedules what a `defer` rule holds; marks replays).
+    pub defer: DeferLayer,
     /// The gateway's own API (answers `gateway.*` operations at the bottom of the stack).
     pub api: GatewayApi,
     /// The page and how people sign in on it.
@@ -252,6 +265,14 @@ impl StackParts {
                 .chain((!protection.is_empty()).then_some(PROTECTED_RULE)),
             config.rate_limits.iter().map(|l| l.id.as_str()),
         );
+        for rule in config.policy.rules.iter().filter(|r| r.defer.is_some()) {
+            for state in crate::deferred::State::ALL {
+                shared
+                    .metrics
+                    .deferred
+                    .with_label_values(&[rule.id.as_str(), state.as_str()]);
+            }
+        }
         for rule in config.policy.rules.iter().filter(|r| r.approval.is_some()) {
             for state in crate::approvals::State::ALL {
                 shared
@@ -291,8 +312,10 @@ impl StackParts {
                 config.approvals.max_body_bytes,
                 rate_limits.clone(),
             ),
+            defer: DeferLayer::new(shared.deferred.clone()),
             api: GatewayApi::new(ApiSettings {
                 approvals: shared.approvals.clone(),
+                deferred: shared.deferred.clone(),
                 audit_roles: Arc::from(config.ui.audit_roles.clone()),
                 approver_roles: approver_roles(config),
                 audit_log: shared.audit.as_ref().map(|a| a.path().to_path_buf()),
@@ -352,6 +375,12 @@ fn approver_roles(config: &Config) -> Arc<[crate::ids::Role]> {
     roles.into()
 }
 
+/// How long a replica's claim on a deferred call holds before another may take it over: longer
+/// than any execution (the reference listing and the upstream call) can take.
+pub fn deferred_lease(config: &Config) -> std::time::Duration {
+    config.upstream.request_timeout * 2 + std::time::Duration::from_secs(60)
+}
+
 /// Build the request stack, outermost first (docs/architecture.md, "The request path").
 pub fn build_stack(parts: StackParts) -> GatewayService {
     let sensitive: Arc<[http::HeaderName]> = Arc::new([
@@ -391,6 +420,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         .layer(parts.require_approval)
         .layer(Limited::layer(parts.rate_limits, parts.metrics))
         .option_layer(GuardForcedDeletes::layer(parts.guard))
+        .layer(parts.defer)
         .layer(RecordIntent::layer())
         .service(Dispatch::new(
             parts.api,

@@ -14,12 +14,16 @@
 //! | `gateway.approvals.retrieve` | `GET /tl-gateway/v1/approvals/{id}` | the approval |
 //! | `gateway.approvals.approve` · `.deny` | `POST /tl-gateway/v1/approvals/{id}/approve` · `/deny` | optional `{"comment": "..."}`; the approval after the decision |
 //! | `gateway.approvals.cancel` | `POST /tl-gateway/v1/approvals/{id}/cancel` | the requester withdraws it |
+//! | `gateway.deferred.list` | `GET /tl-gateway/v1/deferred?state=&limit=` | `{"deferred": [...]}`, newest first: the calls the caller may cancel (or, for `ui.audit_roles`, all) |
+//! | `gateway.deferred.retrieve` | `GET /tl-gateway/v1/deferred/{id}` | the deferred call |
+//! | `gateway.deferred.cancel` | `POST /tl-gateway/v1/deferred/{id}/cancel` | the requester or a `cancel_roles` holder cancels it (403 `policy_denied`, 409 `deferred_not_scheduled`) |
 //! | `gateway.audit.recent` | `GET /tl-gateway/v1/audit/recent?limit=N` | `{"records": [...]}`: the newest N (≤ 500) audit records of this replica, newest first, for roles in `ui.audit_roles` (others: 403 `policy_denied`) |
 //!
 //! Errors: 403 `approval_forbidden`, 404 `approval_not_found`, 409 `approval_not_pending`, 400
 //! `parameter_invalid`, 503 `approvals_unavailable`; and every error of the stack above it.
 
 pub mod clients;
+pub mod deferred;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,6 +62,8 @@ const MAX_AUDIT_RECORDS: usize = 500;
 pub struct ApiSettings {
     /// The approvals.
     pub approvals: Approvals,
+    /// The deferred calls.
+    pub deferred: crate::deferred::DeferredCalls,
     /// Roles that may read recent audit records (`ui.audit_roles`).
     pub audit_roles: Arc<[Role]>,
     /// Roles that approve for some policy rule: their holders list every approval (those they
@@ -293,6 +299,9 @@ async fn handle(
                     .await?
             };
             Ok(json(StatusCode::OK, &view(&approval, &caller)))
+        }
+        ids::DEFERRED_LIST | ids::DEFERRED_RETRIEVE | ids::DEFERRED_CANCEL => {
+            deferred::handle(&settings, &op, &caller, route).await
         }
         ids::AUDIT_RECENT => {
             if !can_read_audit(&settings, &caller) {

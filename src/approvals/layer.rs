@@ -104,8 +104,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
+        if let Some(replay) = req.extensions().get::<crate::ext::Replay>().cloned() {
+            // A deferred call executed now: it used its approval when it was scheduled. One that
+            // a rule asks approval for now, but that had none then, is refused.
+            let asks = req
+                .extensions()
+                .get::<Decision>()
+                .and_then(|d| d.approval.as_ref())
+                .map(|a| a.rule.clone());
+            return match (asks, replay.approval) {
+                (Some(rule), None) => Either::Right(Box::pin(std::future::ready(Err(
+                    GatewayError::PolicyDenied {
+                        rule,
+                        message: Some(
+                            "this rule now asks for an approval the deferred call was scheduled without"
+                                .into(),
+                        ),
+                    },
+                )))),
+                (_, used) => {
+                    if let Some(used) = used {
+                        req.extensions_mut().insert(used);
+                    }
+                    Either::Left(self.inner.call(req))
+                }
+            };
+        }
         // Fail closed: policy inserts a decision on every request it lets through.
         let required = match req.extensions().get::<Decision>() {
             None => {

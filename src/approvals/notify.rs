@@ -132,6 +132,19 @@ impl Notifier {
         }
     }
 
+    /// Queue another kind of notification (the deferred calls' `deferred.*` events): `body` is
+    /// sent as it is, with `link` and `api` added from `page` and `api` (paths on the gateway).
+    pub fn send_other(&self, mut body: serde_json::Value, page: &str, api: &str) {
+        if let Some(object) = body.as_object_mut() {
+            object.insert("link".into(), format!("{}{page}", self.base_url).into());
+            object.insert("api".into(), format!("{}{api}", self.base_url).into());
+        }
+        if self.tx.try_send(Bytes::from(body.to_string())).is_err() {
+            tracing::warn!("notification dropped: the webhook queue is full");
+            self.count("dropped");
+        }
+    }
+
     fn count(&self, result: &str) {
         self.metrics
             .approval_notifications

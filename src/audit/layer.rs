@@ -575,6 +575,9 @@ impl<B: Send + 'static> AdmitAsync<B> for RecordIntent {
         if let Some(decision) = req.extensions().get::<Decision>() {
             event.rule = decision.rule.as_ref().map(|r| r.as_str().to_owned());
         }
+        if let Some(replay) = req.extensions().get::<crate::ext::Replay>() {
+            event.deferred_id = Some(replay.id.clone());
+        }
         if let Some(used) = req.extensions().get::<ApprovalUsed>() {
             event.approval_id = Some(used.id.clone());
             event.approvers = Some(used.approvers.clone());

@@ -608,7 +608,8 @@ pub fn unresolved(lines: &[Line]) -> Vec<Unresolved> {
                 let resolves = event.resolves.clone().unwrap_or_else(|| key_of(event));
                 open.retain(|u| u.key() != resolves)
             }
-            Some(Phase::DeniedSummary | Phase::Approval | Phase::Admin) | None => {}
+            Some(Phase::DeniedSummary | Phase::Approval | Phase::Admin | Phase::Deferred)
+            | None => {}
         }
     }
     open

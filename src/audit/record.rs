@@ -34,6 +34,9 @@ pub enum Phase {
     /// A client or key changed through the keys API (created, updated, disabled, issued, revoked,
     /// rotated).
     Admin,
+    /// A deferred call changed state (scheduled, cancelled, executing, executed, refused,
+    /// unresolved).
+    Deferred,
 }
 
 impl Phase {
@@ -160,6 +163,12 @@ pub struct Event {
     /// On `admin`: the key's label, when a key was issued, revoked or rotated.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub label: Option<String>,
+    /// On `deferred` records, and on the intent of a deferred call's execution: the deferred call.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deferred_id: Option<String>,
+    /// On `deferred`: when the call is (or was) due.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub execute_at: Option<String>,
 }
 
 /// A record as written: the event, its sequence number and chain links.

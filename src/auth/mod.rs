@@ -442,6 +442,25 @@ impl ClientKeys {
             .is_some_and(|i| self.disabled[i])
     }
 
+    /// The client `id` as it is now (roles from the current snapshot), for a deferred call
+    /// replayed on its requester's behalf: unknown → 401 `unauthorized`, disabled → 401
+    /// `client_disabled`.
+    pub fn principal_named(&self, id: &str) -> Result<Principal, GatewayError> {
+        let position = self
+            .principals
+            .iter()
+            .position(|p| p.client.as_str() == id)
+            .ok_or(GatewayError::InvalidCredentials)?;
+        let principal = &self.principals[position];
+        if self.disabled[position] {
+            return Err(GatewayError::ClientDisabled {
+                client: principal.client.clone(),
+                label: "deferred".into(),
+            });
+        }
+        Ok(principal.clone())
+    }
+
     /// Who sent this request: by its key (`x-api-key` or Bearer) and/or its verified client
     /// certificate. Both present → they must name the same client.
     pub fn identify(
@@ -608,10 +627,15 @@ impl<B> Admit<B> for Authenticate {
             });
             return Ok(());
         }
-        let principal = self
-            .keys
-            .load()
-            .identify(req.headers(), req.extensions().get::<PeerCertificate>())?;
+        // A deferred call replayed by this process (an extension no client can send) acts as its
+        // requester, with the requester's roles as they are now.
+        let principal = match req.extensions().get::<crate::ext::Replay>() {
+            Some(replay) => self.keys.load().principal_named(&replay.requester)?,
+            None => self
+                .keys
+                .load()
+                .identify(req.headers(), req.extensions().get::<PeerCertificate>())?,
+        };
         tracing::Span::current().record("client", principal.client.as_str());
         req.extensions_mut().insert(principal);
         Ok(())

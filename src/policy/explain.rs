@@ -26,6 +26,9 @@ pub enum Verdict {
     Approval(Decision),
     /// Policy denies it (403).
     Deny(Decision),
+    /// Policy allows it, but a rule holds it for an undo window (202 Accepted now, forwarded after
+    /// the delay unless cancelled).
+    Defer(Decision),
     /// Classification refuses it before policy (400, 404 or 405).
     Reject(GatewayError),
 }
@@ -37,14 +40,16 @@ impl Verdict {
             Verdict::Allow(_) => "allow",
             Verdict::Approval(_) => "approval",
             Verdict::Deny(_) => "deny",
+            Verdict::Defer(_) => "defer",
             Verdict::Reject(_) => "reject",
         }
     }
 
-    /// Exit code of `explain`: 0 allow, 3 deny, 2 rejected, 4 requires approval.
+    /// Exit code of `explain`: 0 allow, 3 deny, 2 rejected, 4 requires approval, 5 deferred.
     pub fn exit_code(&self) -> u8 {
         match self {
             Verdict::Allow(_) => 0,
+            Verdict::Defer(_) => 5,
             Verdict::Approval(_) => 4,
             Verdict::Deny(_) => 3,
             Verdict::Reject(_) => 2,
@@ -201,7 +206,33 @@ pub fn explain(
                         needs.join(" and "),
                         humantime::format_duration(approval.use_within)
                     );
+                    if let Some(defer) = &decision.defer {
+                        let _ = writeln!(
+                            out,
+                            "then:      DEFER ({}) by rule {}: once approved, held for its undo window",
+                            humantime::format_duration(defer.delay),
+                            defer.rule
+                        );
+                    }
                     Verdict::Approval(decision)
+                }
+                None if decision.defer.is_some() => {
+                    let defer = decision.defer.as_ref().map(|d| {
+                        let roles = d
+                            .cancel_roles
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        (humantime::format_duration(d.delay), d.rule.clone(), roles)
+                    });
+                    if let Some((delay, rule, roles)) = defer {
+                        let _ = writeln!(
+                            out,
+                            "decision:  DEFER ({delay}) by rule {rule} ({why}): 202 Accepted now, forwarded after {delay} unless cancelled (by the requester or a role in [{roles}])"
+                        );
+                    }
+                    Verdict::Defer(decision)
                 }
                 None => {
                     let _ = writeln!(out, "decision:  ALLOW ({why})");
@@ -229,7 +260,9 @@ pub fn explain(
             Verdict::Deny(decision)
         }
     };
-    if let Verdict::Allow(d) | Verdict::Approval(d) | Verdict::Deny(d) = &verdict {
+    if let Verdict::Allow(d) | Verdict::Approval(d) | Verdict::Deny(d) | Verdict::Defer(d) =
+        &verdict
+    {
         for rule in &d.dry_run_denials {
             let _ = writeln!(out, "dry run:   {rule} would deny (recorded, not enforced)");
         }
@@ -328,7 +361,7 @@ pub struct Case {
     pub method: String,
     /// Request target (path and query).
     pub target: String,
-    /// `allow`, `approval`, `deny` or `reject`.
+    /// `allow`, `approval`, `defer`, `deny` or `reject`.
     pub expect: Expectation,
     /// On deny: the rule expected to refuse; on approval: the rule expected to ask for it.
     pub rule: Option<String>,
@@ -346,6 +379,8 @@ pub enum Expectation {
     Deny,
     /// 400/404/405 before policy.
     Reject,
+    /// 202 Accepted now, forwarded after the rule's delay unless cancelled.
+    Defer,
 }
 
 /// Run every case; returns (report, number of failures).
@@ -392,6 +427,9 @@ pub fn run_cases(
                     }
                     (Some(want), Verdict::Approval(d)) => {
                         d.approval.as_ref().is_some_and(|a| a.rule.as_str() == want)
+                    }
+                    (Some(want), Verdict::Defer(d)) => {
+                        d.defer.as_ref().is_some_and(|a| a.rule.as_str() == want)
                     }
                     (Some(_), _) => false,
                     (None, _) => true,
@@ -449,5 +487,6 @@ fn expectation_name(e: Expectation) -> &'static str {
         Expectation::Approval => "approval",
         Expectation::Deny => "deny",
         Expectation::Reject => "reject",
+        Expectation::Defer => "defer",
     }
 }

@@ -89,6 +89,31 @@ pub struct RuleSettings {
     pub mode: RuleMode,
     /// Whether a request it admits also needs someone else's approval.
     pub approval: Option<ApprovalSettings>,
+    /// Whether a request it admits is held for an undo window before it is forwarded.
+    pub defer: Option<DeferSettings>,
+}
+
+/// A rule's `defer:` — a request the rule admits is recorded and answered 202 Accepted, and
+/// forwarded only once `delay` has passed without anyone cancelling it (the `deferred` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferSettings {
+    /// How long the call waits (the undo window).
+    pub delay: Duration,
+    /// Roles whose holders may cancel it (besides the requester, who always may).
+    pub cancel_roles: Vec<Role>,
+}
+
+/// On an admitted [`Decision`]: the undo window the request is held for. When several matching
+/// rules defer, the longest delay applies, the first deferring rule in file order names it, and
+/// the holders of any of their `cancel_roles` may cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferRequired {
+    /// The first deferring rule in file order.
+    pub rule: RuleId,
+    /// The longest delay of the deferring rules.
+    pub delay: Duration,
+    /// Every deferring rule's `cancel_roles` (deduplicated, in order).
+    pub cancel_roles: Vec<Role>,
 }
 
 /// A rule's `approval:` — who must approve a request the rule admits before it is forwarded.
@@ -174,6 +199,8 @@ pub struct CompiledRule {
     pub mode: RuleMode,
     /// The approval it asks for, if any (enforced rules only).
     pub approval: Option<Arc<ApprovalSettings>>,
+    /// The undo window it holds admitted requests for, if any (enforced rules only).
+    pub defer: Option<Arc<DeferSettings>>,
 }
 
 impl CompiledRule {
@@ -205,6 +232,21 @@ pub struct Decision {
     pub message: Option<Arc<str>>,
     /// On allow: the approval the request still needs, if a matching rule asks for one.
     pub approval: Option<ApprovalRequired>,
+    /// On allow: the undo window the request is held for, if a matching rule defers it.
+    pub defer: Option<DeferRequired>,
+}
+
+impl Decision {
+    /// Whether `req` is one the deferred layer will schedule rather than forward now (its
+    /// decision defers it, and it is not the executor's replay): the rate limits let it pass, a
+    /// deferred call spends its budget when it is executed.
+    pub fn schedules<B>(req: &Request<B>) -> bool {
+        req.extensions().get::<crate::ext::Replay>().is_none()
+            && req
+                .extensions()
+                .get::<Decision>()
+                .is_some_and(|d| d.defer.is_some())
+    }
 }
 
 /// A compiled policy.
@@ -335,9 +377,11 @@ impl Policy {
             dry_run_denials: Vec::new(),
             message: None,
             approval: None,
+            defer: None,
         };
         let mut refused: Option<&CompiledRule> = None;
         let mut asks: Vec<&CompiledRule> = Vec::new();
+        let mut defers: Vec<&CompiledRule> = Vec::new();
         let mut any_match = false;
         self.for_each_candidate(op, |rule| {
             if !rule.matches(op, principal) {
@@ -349,6 +393,9 @@ impl Policy {
                     any_match = true;
                     if rule.approval.is_some() {
                         asks.push(rule);
+                    }
+                    if rule.defer.is_some() {
+                        defers.push(rule);
                     }
                 }
                 return;
@@ -387,6 +434,7 @@ impl Policy {
                     rules,
                 });
             }
+            decision.defer = defer_of(defers);
         } else if default == Effect::Deny {
             decision.rule = Some(RuleId::default_rule());
             decision.message = Some(Arc::from(
@@ -410,6 +458,81 @@ impl Policy {
             .for_each(|&p| visit(&self.rules[p]));
     }
 }
+
+/// The undo window the deferring rules `defers` hold a request for (none: not deferred).
+fn defer_of(mut defers: Vec<&CompiledRule>) -> Option<DeferRequired> {
+    defers.sort_by_key(|r| r.index);
+    let first = defers.first()?;
+    let mut required = DeferRequired {
+        rule: first.id.clone(),
+        delay: Duration::ZERO,
+        cancel_roles: Vec::new(),
+    };
+    for settings in defers.iter().filter_map(|r| r.defer.as_ref()) {
+        required.delay = required.delay.max(settings.delay);
+        for role in &settings.cancel_roles {
+            if !required.cancel_roles.contains(role) {
+                required.cancel_roles.push(role.clone());
+            }
+        }
+    }
+    Some(required)
+}
+
+/// Why `defer` cannot be on a rule with this matcher: a gateway operation, or a route that takes
+/// a request body (a deferred call is replayed from its canonical request alone).
+fn defer_problem(
+    table: &RouteTable,
+    matcher: &CompiledMatch,
+    defer: &DeferSettings,
+) -> Option<String> {
+    if defer.delay.is_zero() {
+        return Some("defer.delay must be longer than zero".into());
+    }
+    if defer.delay > MAX_DEFER_DELAY {
+        return Some("defer.delay must be at most 30d".into());
+    }
+    let gateway = |route: &RouteId| {
+        route
+            .as_str()
+            .starts_with(crate::routes::gateway::ID_PREFIX)
+    };
+    let with_body = |route: &crate::routes::Route| route.body != crate::routes::BodyKind::None;
+    match &matcher.routes {
+        Some(routes) => {
+            if routes.iter().any(gateway) {
+                return Some(
+                    "defer on a gateway API operation: the gateway's own calls are never deferred"
+                        .into(),
+                );
+            }
+            let bodied: Vec<&str> = routes
+                .iter()
+                .filter(|r| table.by_id(r.as_str()).is_some_and(with_body))
+                .map(|r| r.as_str())
+                .collect();
+            if !bodied.is_empty() {
+                return Some(format!(
+                    "defer on a route that takes a request body ({}): only routes without a body can be deferred (the call is replayed from its canonical request)",
+                    bodied.join(", ")
+                ));
+            }
+            None
+        }
+        None => {
+            let can_match_body = table
+                .routes()
+                .iter()
+                .any(|r| with_body(r) && matcher.method.as_ref().is_none_or(|m| *m == r.method));
+            can_match_body.then(|| {
+                "defer on a rule that can match routes taking a request body: only routes without a body can be deferred; narrow match to the routes meant (path or operation)".into()
+            })
+        }
+    }
+}
+
+/// The longest undo window a rule may set.
+pub const MAX_DEFER_DELAY: Duration = Duration::from_secs(30 * 86_400);
 
 /// Compile one rule against the route table; warnings go to `warnings`.
 fn compile_rule(
@@ -479,6 +602,17 @@ fn compile_rule(
             ));
         }
     }
+    if let Some(defer) = &rule.defer {
+        if let Some(message) = defer_problem(table, &matcher, defer) {
+            return Err(message);
+        }
+        if rule.mode == RuleMode::DryRun {
+            warnings.push(problem(
+                "defer on a dry_run rule is ignored: a dry-run rule never holds a request back"
+                    .into(),
+            ));
+        }
+    }
     Ok(CompiledRule {
         index,
         id: rule.id.clone(),
@@ -489,6 +623,11 @@ fn compile_rule(
         mode: rule.mode,
         approval: rule
             .approval
+            .clone()
+            .filter(|_| rule.mode == RuleMode::Enforce)
+            .map(Arc::new),
+        defer: rule
+            .defer
             .clone()
             .filter(|_| rule.mode == RuleMode::Enforce)
             .map(Arc::new),

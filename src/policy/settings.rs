@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::{ApprovalSettings, Effect, PolicySettings, RuleMode, RuleSettings};
+use super::{ApprovalSettings, DeferSettings, Effect, PolicySettings, RuleMode, RuleSettings};
 use crate::ids::{ClientId, Role, RuleId};
 use crate::matcher::RawMatch;
 use crate::settings::{Invalid, Seg};
@@ -31,6 +31,15 @@ struct RawRule {
     #[serde(default)]
     mode: RuleMode,
     approval: Option<RawApproval>,
+    defer: Option<RawDefer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefer {
+    delay: ConfigDuration,
+    #[serde(default)]
+    cancel_roles: Vec<Role>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +108,10 @@ pub fn compile(
                 .use_within
                 .map_or(ApprovalSettings::DEFAULT_USE_WITHIN, |d| d.0),
         });
+        let defer = rule.defer.map(|d| DeferSettings {
+            delay: d.delay.0,
+            cancel_roles: d.cancel_roles,
+        });
         rules.push(RuleSettings {
             id: rule.id,
             matcher,
@@ -107,6 +120,7 @@ pub fn compile(
             message: rule.message,
             mode: rule.mode,
             approval,
+            defer,
         });
     }
     Ok(PolicySettings {

@@ -578,3 +578,85 @@ fn every_rule_asking_for_approval_must_be_satisfied_and_the_shortest_times_apply
         .collect();
     assert_eq!(roles, ["admin", "viewer"]);
 }
+
+const DEFERRING: &str = r#"policy:
+  rules:
+    - id: force-delete-later
+      match: { method: DELETE, path: "/v1.3/assets/{asset_id}", query: { force: true } }
+      allow_roles: [admin, member]
+      defer: { delay: 15m, cancel_roles: [admin] }
+    - id: any-delete-later
+      match: { method: DELETE, path: "/v1.3/assets/{asset_id}" }
+      allow_roles: [admin, member]
+      defer: { delay: 2s, cancel_roles: [member] }
+"#;
+
+#[test]
+fn deferring_rules_give_the_longest_delay_every_cancel_role_and_the_first_rule() {
+    let c = config(DEFERRING);
+    let classifier = Classifier::new(c.classify.clone());
+    let op = |target: &str| {
+        classifier
+            .classify(
+                &Method::DELETE,
+                http::Version::HTTP_11,
+                &target.parse().unwrap(),
+                &http::HeaderMap::new(),
+                false,
+            )
+            .unwrap()
+    };
+    let both = c
+        .compiled_policy
+        .evaluate(&op("/v1.3/assets/a1?force=true"), &principal(&c, "bob"));
+    assert_eq!(both.effect, Effect::Allow);
+    let defer = both.defer.expect("deferred");
+    assert_eq!(defer.rule.as_str(), "force-delete-later");
+    assert_eq!(defer.delay, Duration::from_secs(900));
+    let roles: Vec<&str> = defer.cancel_roles.iter().map(|r| r.as_str()).collect();
+    assert_eq!(roles, ["admin", "member"]);
+    let one = c
+        .compiled_policy
+        .evaluate(&op("/v1.3/assets/a1"), &principal(&c, "bob"))
+        .defer
+        .expect("deferred");
+    assert_eq!(one.rule.as_str(), "any-delete-later");
+    assert_eq!(one.delay, Duration::from_secs(2));
+    // A refused request is not deferred.
+    let refused = c
+        .compiled_policy
+        .evaluate(&op("/v1.3/assets/a1"), &principal(&c, "carol"));
+    assert_eq!(refused.effect, Effect::Deny);
+    assert!(refused.defer.is_none());
+}
+
+#[test]
+fn defer_on_a_route_with_a_body_or_a_gateway_operation_or_without_a_delay_is_an_error() {
+    for (rule, why) in [
+        (
+            "match: { method: PUT, path: \"/v1.3/assets/{asset_id}/user-metadata\" }\n      defer: { delay: 15m }",
+            "request body",
+        ),
+        ("match: { method: POST }\n      defer: { delay: 15m }", "request body"),
+        (
+            "match: { operation: gateway.approvals.cancel }\n      defer: { delay: 15m }",
+            "gateway",
+        ),
+        (
+            "match: { method: DELETE }\n      defer: { delay: 0s }",
+            "longer than zero",
+        ),
+        (
+            "match: { method: DELETE }\n      defer: { delay: 31d }",
+            "at most 30d",
+        ),
+    ] {
+        let text = format!("policy:\n  rules:\n    - id: later\n      allow_roles: [admin]\n      {rule}\n");
+        let error = Config::parse(Path::new("t.yaml"), &format!("{BASE}{text}"))
+            .err()
+            .unwrap_or_else(|| panic!("{rule} accepted"));
+        assert!(error.to_string().contains(why), "{rule}: {error}");
+    }
+    // Some DELETE routes take a body (entity asset links): a rule on a bodiless route is fine.
+    config("policy:\n  rules:\n    - id: later\n      match: { operation: indexes.delete }\n      allow_roles: [admin]\n      defer: { delay: 15m }\n");
+}

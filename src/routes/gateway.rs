@@ -4,7 +4,7 @@
 //! Classified like every request, these pass through authentication, the per-client cap, policy,
 //! rate limits, metrics and the audit log; the innermost service answers them itself instead of
 //! forwarding them. A route is `destructive` here when it changes the gateway's own records (an
-//! approval decided or cancelled): such calls are audited like destructive TwelveLabs calls.
+//! approval decided or cancelled, a deferred call cancelled): such calls are audited like destructive TwelveLabs calls.
 
 use std::sync::OnceLock;
 
@@ -22,6 +22,7 @@ pub const ID_PREFIX: &str = "gateway.";
 const NO_Q: &[QueryParam] = &[];
 const APPROVALS_LIST: &[QueryParam] = &[q("state", Text), q("limit", Integer), q("cursor", Text)];
 const AUDIT_RECENT: &[QueryParam] = &[q("limit", Integer), q("phase", Text)];
+const DEFERRED_LIST: &[QueryParam] = &[q("state", Text), q("limit", Integer)];
 
 const fn route(
     method: Method,
@@ -149,6 +150,30 @@ static ROUTES: &[Route] = &[
     ),
     route(
         Method::GET,
+        "/tl-gateway/v1/deferred",
+        "gateway.deferred.list",
+        DEFERRED_LIST,
+        BodyKind::None,
+        false,
+    ),
+    route(
+        Method::GET,
+        "/tl-gateway/v1/deferred/{deferred_id}",
+        "gateway.deferred.retrieve",
+        NO_Q,
+        BodyKind::None,
+        false,
+    ),
+    route(
+        Method::POST,
+        "/tl-gateway/v1/deferred/{deferred_id}/cancel",
+        "gateway.deferred.cancel",
+        NO_Q,
+        BodyKind::Json,
+        true,
+    ),
+    route(
+        Method::GET,
         "/tl-gateway/v1/audit/recent",
         "gateway.audit.recent",
         AUDIT_RECENT,
@@ -188,6 +213,12 @@ pub mod ids {
     pub const KEYS_REVOKE: RouteId = RouteId("gateway.keys.revoke");
     /// `POST /tl-gateway/v1/me/keys`.
     pub const KEYS_ROTATE: RouteId = RouteId("gateway.keys.rotate");
+    /// `GET /tl-gateway/v1/deferred`.
+    pub const DEFERRED_LIST: RouteId = RouteId("gateway.deferred.list");
+    /// `GET /tl-gateway/v1/deferred/{deferred_id}`.
+    pub const DEFERRED_RETRIEVE: RouteId = RouteId("gateway.deferred.retrieve");
+    /// `POST /tl-gateway/v1/deferred/{deferred_id}/cancel`.
+    pub const DEFERRED_CANCEL: RouteId = RouteId("gateway.deferred.cancel");
 }
 
 impl RouteTable {
@@ -240,6 +271,7 @@ mod tests {
             let path = route
                 .template
                 .replace("{approval_id}", "apr_0123456789abcdef")
+                .replace("{deferred_id}", "dfr_0123456789abcdef")
                 .replace("{client_id}", "bob")
                 .replace("{label}", "laptop");
             let segments: Vec<&str> = path.split('/').skip(2).collect();

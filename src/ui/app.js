@@ -50,12 +50,14 @@
     tabs: {
       pending: $('tab-pending'),
       decided: $('tab-decided'),
+      scheduled: $('tab-scheduled'), // its content: deferred.js
       audit: $('tab-audit'),
       keys: $('tab-keys'),
     },
     panels: {
       pending: $('panel-pending'),
       decided: $('panel-decided'),
+      scheduled: $('panel-scheduled'),
       audit: $('panel-audit'),
       keys: $('panel-keys'),
     },
@@ -397,7 +399,7 @@
   // ---------- tabs ----------
 
   function visibleTabs() {
-    return ['pending', 'decided', 'audit', 'keys'].filter((t) => !ui.tabs[t].hidden);
+    return ['pending', 'decided', 'audit', 'keys', 'scheduled'].filter((t) => !ui.tabs[t].hidden);
   }
 
   function selectTab(name, focus) {

@@ -634,7 +634,7 @@ async fn an_approval_refused_below_it_is_given_back(backend: Backend) {
 }
 
 /// A webhook receiver keeping every JSON body it is sent.
-async fn webhook() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+pub async fn webhook() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();

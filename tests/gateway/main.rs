@@ -4,6 +4,7 @@ mod approvals;
 mod audit;
 mod cli;
 mod corpus;
+mod deferred;
 mod deploy;
 mod errors;
 mod faults;
