@@ -399,7 +399,7 @@
   // ---------- tabs ----------
 
   function visibleTabs() {
-    return ['pending', 'decided', 'audit', 'keys', 'scheduled'].filter((t) => !ui.tabs[t].hidden);
+    return ['pending', 'decided', 'audit', 'scheduled', 'keys'].filter((t) => !ui.tabs[t].hidden);
   }
 
   function selectTab(name, focus) {
