@@ -98,114 +98,11 @@
     sig: { pending: null, decided: null, detail: null, audit: null },
   };
 
-  // ---------- small helpers ----------
+  // ---------- small helpers: dom.js ----------
 
-  // Builds an element. props: 'class', 'text', or plain attributes; never style or handlers.
-  function h(tag, props, children) {
-    const e = document.createElement(tag);
-    if (props) {
-      for (const [k, v] of Object.entries(props)) {
-        if (v === null || v === undefined || v === false) continue;
-        if (k === 'class') e.className = v;
-        else if (k === 'text') e.textContent = String(v);
-        else if (k === 'style' || k.startsWith('on')) throw new Error('not allowed: ' + k);
-        else e.setAttribute(k, v === true ? '' : String(v));
-      }
-    }
-    for (const c of [].concat(children === undefined ? [] : children)) {
-      if (c === null || c === undefined || c === false) continue;
-      e.append(c instanceof Node ? c : String(c));
-    }
-    return e;
-  }
-
-  // Any API value as display text.
-  function txt(v) {
-    if (v === null || v === undefined || v === '') return '—';
-    if (typeof v === 'object') return JSON.stringify(v);
-    return String(v);
-  }
-
-  function pad(n) {
-    return String(n).padStart(2, '0');
-  }
-
-  function parseTime(iso) {
-    if (typeof iso !== 'string') return null;
-    const t = Date.parse(iso);
-    return Number.isNaN(t) ? null : t;
-  }
-
-  // Local date and time, e.g. "2026-12-03 17:05:34".
-  function absTime(iso) {
-    const t = parseTime(iso);
-    if (t === null) return txt(iso);
-    const d = new Date(t);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  }
-
-  function span(ms) {
-    const min = Math.floor(Math.abs(ms) / 60000);
-    if (min < 1) return 'less than a minute';
-    if (min < 60) return `${min} min`;
-    const hours = Math.floor(min / 60);
-    if (hours < 48) return min % 60 ? `${hours} h ${min % 60} min` : `${hours} h`;
-    const days = Math.floor(hours / 24);
-    return `${days} days`;
-  }
-
-  function ago(iso) {
-    const t = parseTime(iso);
-    if (t === null) return 'at an unknown time';
-    const d = Date.now() - t;
-    return d >= 0 ? `${span(d)} ago` : `in ${span(d)}`;
-  }
-
-  function createdText(a) {
-    return `created ${ago(a.created_at)}`;
-  }
-
-  function expiresText(a) {
-    const t = parseTime(a.expires_at);
-    if (t === null) return 'no deadline';
-    const d = t - Date.now();
-    if (a.state === 'approved') {
-      return d > 0 ? `re-send within ${span(d)}` : `re-send deadline passed ${span(d)} ago`;
-    }
-    return d > 0 ? `expires in ${span(d)}` : `expired ${span(d)} ago`;
-  }
-
-  function timeEl(iso, withRelative) {
-    const label = withRelative ? `${absTime(iso)} (${ago(iso)})` : absTime(iso);
-    return h('time', { datetime: typeof iso === 'string' ? iso : null, text: label });
-  }
-
-  const STATE_WORDS = {
-    pending: 'pending',
-    approved: 'approved',
-    denied: 'denied',
-    expired: 'expired',
-    used: 'used',
-    cancelled: 'cancelled',
-  };
-
-  function stateBadge(st) {
-    const word = STATE_WORDS[st] || txt(st);
-    const known = Object.prototype.hasOwnProperty.call(STATE_WORDS, st) ? st : 'unknown';
-    return h('span', { class: `badge state-${known}`, 'data-testid': 'state', text: word });
-  }
-
-  function decisionWord(d) {
-    if (d === 'approve') return 'approved';
-    if (d === 'deny') return 'denied';
-    if (d === 'cancel') return 'cancelled';
-    return txt(d);
-  }
-
-  function byNewest(list) {
-    return list.slice().sort((a, b) => (parseTime(b.created_at) || 0) - (parseTime(a.created_at) || 0));
-  }
+  const {
+    h, txt, pad, parseTime, absTime, span, ago, createdText, expiresText, timeEl, STATE_WORDS, stateBadge, decisionWord, byNewest,
+  } = window.tlgwDom;
 
   // ---------- API ----------
 
@@ -333,7 +230,7 @@
     ui.signin.hidden = true;
     ui.app.hidden = false;
     ui.tabs.audit.hidden = state.me.can_read_audit !== true;
-    hideNewKey();
+    window.tlgwKeys.hideNewKey();
     selectTab('pending', false);
     refresh();
     if (state.timer) clearInterval(state.timer);
@@ -378,7 +275,7 @@
     state.session = false;
     state.csrf = null;
     state.me = null;
-    hideNewKey();
+    window.tlgwKeys.hideNewKey();
     ui.noRights.hidden = true;
     resetView();
     ui.whoami.textContent = '';
@@ -805,229 +702,23 @@
     return h('div', { class: 'card-actions' }, btn);
   }
 
-  // ---------- audit ----------
+  // ---------- audit: audit.js ----------
 
-  async function loadAudit(gen) {
-    if (!state.me || state.me.can_read_audit !== true) return;
-    try {
-      const body = await api(`audit/recent?limit=${AUDIT_LIMIT}`);
-      if (gen !== state.gen) return;
-      ui.auditError.hidden = true;
-      renderAudit(body && Array.isArray(body.records) ? body.records : []);
-    } catch (e) {
-      if (gen !== state.gen) return;
-      if (e.status === 401) {
-        sessionRefused(e);
-        return;
-      }
-      ui.auditError.textContent = `Could not load the audit records: ${e.message}`;
-      ui.auditError.hidden = false;
-    }
-  }
+  const loadAudit = (gen) => window.tlgwAudit.load(gen);
 
-  function renderAudit(records) {
-    const sig = JSON.stringify(records);
-    if (sig === state.sig.audit) return;
-    state.sig.audit = sig;
-    if (records.length === 0) {
-      ui.auditBody.replaceChildren(h('tr', null, h('td', { colspan: '9', class: 'empty', text: 'No destructive calls recorded yet.' })));
-      return;
-    }
-    ui.auditBody.replaceChildren(...records.map((r) => {
-      const rec = r && typeof r === 'object' ? r : {};
-      const params = rec.params && typeof rec.params === 'object' ? Object.values(rec.params).map(txt).join(', ') : '';
-      const force = rec.force === true ? 'yes' : rec.force === false ? 'no' : '—';
-      return h('tr', null, [
-        h('td', null, timeEl(rec.time, false)),
-        h('td', { text: txt(rec.phase) }),
-        h('td', { text: txt(rec.client) }),
-        h('td', { text: txt(rec.operation) }),
-        h('td', { class: 'mono', text: txt(params) }),
-        h('td', { text: force }),
-        h('td', { text: txt(rec.decision) }),
-        h('td', { text: txt(rec.rule) }),
-        h('td', { text: txt(rec.status) }),
-      ]);
-    }));
-  }
+  // ---------- keys: keys.js ----------
 
-  // ---------- keys ----------
-
-  // A client id as a path segment: ids are plain (A-Z a-z 0-9 . _ - @ +), sent as they are
-  // (the gateway refuses percent-escapes in paths).
-  function clientPath(id) {
-    if (!/^[A-Za-z0-9._@+-]{1,128}$/.test(id)) throw new ApiError(0, null, `Not a client id: ${id}`, null);
-    return id;
-  }
-
-  function labelPath(label) {
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(label)) throw new ApiError(0, null, `Not a key label: ${label}`, null);
-    return label;
-  }
-
-  function keyCells(k) {
-    return [
-      h('td', { text: txt(k.label) }),
-      h('td', { text: txt(k.created_by) }),
-      h('td', { text: k.expires ? absTime(k.expires) : 'never' }),
-      h('td', { text: k.last_used ? absTime(k.last_used) : 'never' }),
-      h('td', {}, h('span', { class: `badge ${txt(k.state)}`, 'data-testid': 'key-state', text: txt(k.state) })),
-    ];
-  }
-
-  function smallButton(text, testid, onClick) {
-    const b = h('button', { type: 'button', class: 'small', 'data-testid': testid, text });
-    b.addEventListener('click', onClick);
-    return b;
-  }
-
-  async function loadKeys(gen) {
-    if (!state.me) return;
-    try {
-      if (state.me.can_manage_keys === true) {
-        const body = await api('clients');
-        if (gen !== state.gen) return;
-        renderClients(body && Array.isArray(body.clients) ? body.clients : []);
-      } else {
-        const me = await api('me');
-        if (gen !== state.gen) return;
-        if (typeof me.csrf_token === 'string') state.csrf = me.csrf_token;
-        renderMyKeys(Array.isArray(me.keys) ? me.keys : []);
-      }
-      clearAlert('keys');
-    } catch (e) {
-      if (gen !== state.gen) return;
-      if (e.status === 401) {
-        sessionRefused(e);
-        return;
-      }
-      if (state.alertSource !== 'action') showAlert(e, 'keys');
-    }
-  }
-
-  function renderClients(clients) {
-    ui.keysAdmin.hidden = false;
-    ui.keysMine.hidden = true;
-    const rows = [];
-    for (const c of clients) {
-      const id = txt(c.id);
-      const fromStore = c.source !== 'config';
-      const clientActions = h('div', { class: 'buttons' });
-      if (fromStore) {
-        clientActions.append(smallButton('Issue key', 'issue-key', () => issueKey(c.id)));
-        if (c.disabled !== true) {
-          clientActions.append(smallButton('Disable client', 'disable-client', () => disableClient(c.id)));
-        }
-      }
-      rows.push(h('tr', { 'data-client': id, class: 'client-row' }, [
-        h('th', { scope: 'row', colspan: '6' }, [
-          h('span', { text: id }),
-          h('span', { class: 'muted', text: ` — ${(c.roles || []).map(txt).join(', ') || 'no roles'}; ${fromStore ? 'store' : 'configuration file'}${c.disabled === true ? '; disabled' : ''}` }),
-        ]),
-        h('td', {}, clientActions),
-      ]));
-      for (const k of Array.isArray(c.keys) ? c.keys : []) {
-        const actions = h('div', { class: 'buttons' });
-        if (fromStore && k.state === 'active') {
-          actions.append(smallButton('Revoke', 'revoke-key', () => revokeKey(c.id, k.label)));
-        }
-        rows.push(h('tr', { 'data-client': id, 'data-label': txt(k.label), class: 'key-row' }, [
-          h('td', { text: '' }), ...keyCells(k), h('td', {}, actions),
-        ]));
-      }
-    }
-    ui.clientsBody.replaceChildren(...rows);
-  }
-
-  function renderMyKeys(keys) {
-    ui.keysAdmin.hidden = true;
-    ui.keysMine.hidden = false;
-    ui.myKeysEmpty.hidden = keys.length > 0;
-    ui.myKeysBody.replaceChildren(...keys.map((k) => {
-      const actions = h('div', { class: 'buttons' });
-      if (k.state === 'active') {
-        actions.append(smallButton('Rotate', 'rotate-key', () => rotateKey(k.label)));
-      }
-      return h('tr', { 'data-label': txt(k.label) }, [...keyCells(k), h('td', {}, actions)]);
-    }));
-  }
-
-  function showNewKey(client, answer) {
-    const base = new URL('../../', location.href).href.replace(/\/$/, '');
-    ui.newKeyClient.textContent = txt(client);
-    ui.newKeyLabel.textContent = txt(answer.label);
-    ui.newKeyValue.textContent = txt(answer.key);
-    ui.newKeySdk.textContent = `from twelvelabs import TwelveLabs\nclient = TwelveLabs(api_key="${txt(answer.key)}", base_url="${base}/v1.3")`;
-    ui.newKey.hidden = false;
-    ui.newKeyCopy.focus();
-  }
-
-  function hideNewKey() {
-    ui.newKeyValue.textContent = '';
-    ui.newKeySdk.textContent = '';
-    ui.newKey.hidden = true;
-  }
-
-  async function keyAction(work, done) {
-    if (state.busy) return;
-    setBusy(true);
-    clearAlert();
-    try {
-      const answer = await work();
-      if (done) done(answer);
-    } catch (e) {
-      showAlert(e, 'action');
-    } finally {
-      setBusy(false);
-    }
-    await loadKeys(state.gen);
-  }
-
-  function createClient() {
-    const id = ui.newClientId.value.trim();
-    const roles = ui.newClientRoles.value.split(',').map((r) => r.trim()).filter(Boolean);
-    keyAction(() => api('clients', { method: 'POST', body: { id, roles } }), () => {
-      ui.newClientId.value = '';
-      notify(`Client ${id} created.`);
-    });
-  }
-
-  function issueKey(client) {
-    keyAction(() => api(`clients/${clientPath(client)}/keys`, { method: 'POST', body: {} }),
-      (answer) => showNewKey(client, answer));
-  }
-
-  function revokeKey(client, label) {
-    if (!window.confirm(`Revoke key "${label}" of ${client}? Every program using it is refused at once.`)) return;
-    keyAction(() => api(`clients/${clientPath(client)}/keys/${labelPath(label)}`, { method: 'DELETE' }),
-      () => notify(`Key ${label} of ${client} revoked.`));
-  }
-
-  function disableClient(client) {
-    if (!window.confirm(`Disable client ${client}? All of its keys are refused until it is enabled again.`)) return;
-    keyAction(() => api(`clients/${clientPath(client)}`, { method: 'PATCH', body: { disabled: true } }),
-      () => notify(`Client ${client} disabled.`));
-  }
-
-  function rotateKey(label) {
-    if (!window.confirm(`Rotate key "${label}"? A new key is issued; the old one stops working after a day.`)) return;
-    keyAction(() => api('me/keys', { method: 'POST', body: { replaces: label } }),
-      (answer) => showNewKey(state.me.client, answer));
-  }
+  // What the tab scripts beside this one (keys.js, audit.js, deferred.js) share of the page: its API client,
+  // its DOM helpers, its state and its messages. Set before they run (all scripts are deferred, in
+  // order).
+  window.tlgwApi = api;
+  window.tlgwPage = Object.freeze({
+    api, h, txt, absTime, timeEl, ui, state, setBusy, clearAlert, showAlert, notify, sessionRefused, ApiError,
+    AUDIT_LIMIT,
+  });
+  const loadKeys = (gen) => window.tlgwKeys.load(gen);
 
   // ---------- wiring ----------
-
-  ui.createClientForm.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    createClient();
-  });
-  ui.newKeyDone.addEventListener('click', hideNewKey);
-  ui.newKeyCopy.addEventListener('click', () => {
-    const value = ui.newKeyValue.textContent;
-    if (navigator.clipboard && value) {
-      navigator.clipboard.writeText(value).then(() => notify('Key copied.'), () => notify('Copy failed: select the key and copy it.'));
-    }
-  });
 
   ui.signinForm.addEventListener('submit', (ev) => {
     ev.preventDefault();

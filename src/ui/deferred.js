@@ -1,13 +1,12 @@
 // tl-gateway page: the Scheduled tab (deferred calls, the undo window). Plain DOM, no framework.
 //
 // Kept beside app.js (which owns sign-in and switches the tabs, this one included) and sharing
-// only the page: the key in sessionStorage ('tlgw.key') and the notice/alert areas. Every value from
+// only the page: its API client (window.tlgwApi) and the notice/alert areas. Every value from
 // the API is set as textContent; the countdown is computed here from execute_at every second, the
 // list is read again every 3 seconds while the tab is open.
 'use strict';
 
 (function () {
-  const STORAGE_KEY = 'tlgw.key';
   const API_BASE = new URL('../v1/', location.href);
   const POLL_MS = 3000;
 
@@ -35,30 +34,10 @@
     return e;
   }
 
-  async function api(path, method) {
-    const resp = await fetch(new URL(path, API_BASE), {
-      method: method || 'GET',
-      headers: { 'x-api-key': sessionStorage.getItem(STORAGE_KEY) || '', accept: 'application/json' },
-      cache: 'no-store',
-      credentials: 'omit',
-      referrerPolicy: 'no-referrer',
-    });
-    let body = null;
-    try {
-      body = await resp.json();
-    } catch (_) {
-      body = null;
-    }
-    if (!resp.ok) {
-      const message = body && typeof body.message === 'string'
-        ? body.message
-        : `The gateway answered HTTP ${resp.status}.`;
-      const error = new Error(message);
-      error.status = resp.status;
-      error.code = body && typeof body.code === 'string' ? body.code : null;
-      throw error;
-    }
-    return body;
+  // The page's one API client (app.js): the personal key, or the signed-in session's cookie with
+  // its CSRF token on a change. Errors carry status and code.
+  function api(path, method) {
+    return window.tlgwApi(path, { method: method || 'GET' });
   }
 
   // "3 min 05 s", "1 h 02 min", "due now".
@@ -116,7 +95,7 @@
   }
 
   async function load() {
-    if (busy || app.hidden || !sessionStorage.getItem(STORAGE_KEY)) return;
+    if (busy || app.hidden) return;
     busy = true;
     lastPoll = Date.now();
     try {

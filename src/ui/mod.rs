@@ -57,6 +57,21 @@ const ASSETS: &[Asset] = &[
         text: include_str!("deferred.js"),
     },
     Asset {
+        name: "dom.js",
+        content_type: "text/javascript; charset=utf-8",
+        text: include_str!("dom.js"),
+    },
+    Asset {
+        name: "keys.js",
+        content_type: "text/javascript; charset=utf-8",
+        text: include_str!("keys.js"),
+    },
+    Asset {
+        name: "audit.js",
+        content_type: "text/javascript; charset=utf-8",
+        text: include_str!("audit.js"),
+    },
+    Asset {
         name: "app.css",
         content_type: "text/css; charset=utf-8",
         text: include_str!("app.css"),
@@ -309,7 +324,13 @@ mod tests {
             );
         }
         // The script never writes HTML from data.
-        for js in [include_str!("app.js"), include_str!("deferred.js")] {
+        for js in [
+            include_str!("dom.js"),
+            include_str!("app.js"),
+            include_str!("keys.js"),
+            include_str!("audit.js"),
+            include_str!("deferred.js"),
+        ] {
             assert!(!js.contains("innerHTML") && !js.contains("outerHTML"));
             assert!(!js.contains("document.write") && !js.contains("eval("));
         }
