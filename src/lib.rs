@@ -2,8 +2,8 @@
 //!
 //! The request path is a tower `Service` stack, one module per concern, composed in
 //! [`stack::build_stack`]: request id → trace → metrics → rescue → in-flight limit → page →
-//! classify → authenticate → audit → per-client cap → policy → protection → approvals → rate limit →
-//! guards → audit intent → dispatch: the gateway's own API, or credentials → forward. Data passes between layers as typed request extensions (`Operation`,
+//! classify → authenticate → audit → per-client cap → policy → protection → recall of a scheduled
+//! call → approvals → rate limit → guards → deferred → audit intent → dispatch: the gateway's own API, or credentials → forward. Data passes between layers as typed request extensions (`Operation`,
 //! `Principal`, `Decision`). The design of record, with the module map and the dependency rule, is
 //! `docs/architecture.md`.
 #![forbid(unsafe_code)]

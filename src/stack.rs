@@ -27,7 +27,7 @@ use crate::body::GatewayBody;
 use crate::classify::{Classifier, Classify};
 use crate::config::Config;
 use crate::credentials::{SwapCredentials, UpstreamKey, X_API_KEY};
-use crate::deferred::{DeferLayer, DeferredCalls};
+use crate::deferred::{DeferLayer, DeferredCalls, RecallScheduledLayer};
 use crate::error::RescueLayer;
 use crate::forward::{ForwardSetupError, Forwarder, UpstreamSettings};
 use crate::guards::{
@@ -240,6 +240,8 @@ pub struct StackParts {
     pub require_approval: RequireApprovalLayer,
     /// The deferred layer (schedules what a `defer` rule holds; marks replays).
     pub defer: DeferLayer,
+    /// Above the approvals: an identical re-send of a scheduled call gets its id again.
+    pub recall_scheduled: RecallScheduledLayer,
     /// The gateway's own API (answers `gateway.*` operations at the bottom of the stack).
     pub api: GatewayApi,
     /// The page and how people sign in on it.
@@ -313,6 +315,7 @@ impl StackParts {
                 rate_limits.clone(),
             ),
             defer: DeferLayer::new(shared.deferred.clone()),
+            recall_scheduled: RecallScheduledLayer::new(shared.deferred.clone()),
             api: GatewayApi::new(ApiSettings {
                 approvals: shared.approvals.clone(),
                 deferred: shared.deferred.clone(),
@@ -417,6 +420,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
             parts.protection,
             parts.metrics.clone(),
         ))
+        .layer(parts.recall_scheduled)
         .layer(parts.require_approval)
         .layer(Limited::layer(parts.rate_limits, parts.metrics))
         .option_layer(GuardForcedDeletes::layer(parts.guard))

@@ -120,6 +120,86 @@ where
     }
 }
 
+/// Above the approvals and the rate limits: an identical re-send of a call that is still scheduled
+/// gets the same id again (202), without asking for another approval (the one it used is spent)
+/// or spending limits again (they were met when it was scheduled). Requests no `defer` rule
+/// holds, and replays, pass unboxed, without a store call.
+#[derive(Clone, Debug)]
+pub struct RecallScheduledLayer {
+    calls: DeferredCalls,
+}
+
+impl RecallScheduledLayer {
+    /// The layer looking scheduled calls up in `calls`.
+    pub fn new(calls: DeferredCalls) -> Self {
+        RecallScheduledLayer { calls }
+    }
+}
+
+impl<S> Layer<S> for RecallScheduledLayer {
+    type Service = RecallScheduled<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RecallScheduled {
+            calls: self.calls.clone(),
+            inner,
+        }
+    }
+}
+
+/// Service produced by [`RecallScheduledLayer`].
+#[derive(Clone, Debug)]
+pub struct RecallScheduled<S> {
+    calls: DeferredCalls,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RecallScheduled<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future =
+        Either<S::Future, BoxFuture<'static, Result<Response<GatewayBody>, GatewayError>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let deferring = req
+            .extensions()
+            .get::<Decision>()
+            .is_some_and(|d| d.defer.is_some());
+        if !deferring || req.extensions().get::<Replay>().is_some() {
+            return Either::Left(self.inner.call(req));
+        }
+        let calls = self.calls.clone();
+        // The ready service goes with the request; this one keeps a fresh clone.
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        Either::Right(Box::pin(async move {
+            let (op, principal) = judged(&req, UNJUDGED)?;
+            let found = calls
+                .scheduled_for(principal, op)
+                .await
+                .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+            match found {
+                Some(deferred) => Ok(accepted(&deferred)),
+                None => inner.call(req).await,
+            }
+        }))
+    }
+}
+
 /// The 202 Accepted answer to a deferred request: the call in TwelveLabs' style.
 pub fn accepted(deferred: &Deferred) -> Response<GatewayBody> {
     let body = serde_json::json!({

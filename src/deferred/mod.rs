@@ -50,7 +50,7 @@ use crate::policy::DeferRequired;
 use crate::store::{RecordStore, StoreError};
 use crate::units::{hex, rfc3339};
 
-pub use layer::DeferLayer;
+pub use layer::{DeferLayer, RecallScheduledLayer};
 
 /// How long finished deferred calls are kept (for the API and the page).
 pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -392,6 +392,26 @@ impl DeferredCalls {
 
     /// Record a call to run after its delay, or find the requester's identical one still
     /// scheduled (a re-send gets the same id). Durable — store and audit — before it is answered.
+    /// The call `principal` scheduled for exactly `op`, if it is still scheduled: what an identical
+    /// re-send gets again ([`RecallScheduledLayer`](layer::RecallScheduledLayer)).
+    pub async fn scheduled_for(
+        &self,
+        principal: &Principal,
+        op: &crate::classify::Operation,
+    ) -> Result<Option<Deferred>, StoreError> {
+        let target = op.path_and_query();
+        let sha = hex(&Sha256::digest(
+            format!("{} {target}", op.method.as_str()).as_bytes(),
+        ));
+        let requester = principal.client.as_str();
+        let Some(id) = self.store.get(&request_key(requester, &sha)).await? else {
+            return Ok(None);
+        };
+        Ok(self.load(&id).await?.map(|(_, d)| d).filter(|d| {
+            d.state == State::Scheduled && d.requester == requester && d.request_sha256 == sha
+        }))
+    }
+
     pub async fn schedule(&self, asked: Request<'_>) -> Result<Deferred, GatewayError> {
         let method = asked.op.method.as_str().to_owned();
         let target = asked.op.path_and_query();

@@ -731,3 +731,47 @@ async fn scheduling_has_a_budget_per_requester_and_a_resend_costs_nothing() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_and_deferred_delete_resent_while_scheduled_keeps_its_id() {
+    let (emulator, upstream) = start_emulator().await;
+    let asset = emulator.create_asset("both.mp4");
+    let files = tempfile::tempdir().unwrap();
+    // Bob's forced delete needs an admin's approval, and then waits a minute.
+    let extra = format!(
+        r#"policy:
+  rules:
+    - id: force-delete-approved-later
+      match: {{ method: DELETE, path: "/v1.3/assets/{{asset_id}}", query: {{ force: true }} }}
+      allow_roles: [admin, member]
+      approval: {{ approver_roles: [admin] }}
+      defer: {{ delay: 1m, cancel_roles: [admin] }}
+{}"#,
+        sqlite_yaml(files.path())
+    );
+    let gateway = TestGateway::start_with(&upstream, &extra, |_| {}).await;
+    let base = gateway.url("");
+    let asked = forced_delete(&base, BOB_KEY, &asset).await;
+    assert_eq!(asked.status(), StatusCode::FORBIDDEN);
+    let approval = asked.headers()["x-tl-gateway-approval-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api_call(
+        &base,
+        Method::POST,
+        &format!("approvals/{approval}/approve"),
+        ALICE_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = schedule(&base, BOB_KEY, &asset).await;
+    // The identical re-send while it is scheduled: the same call, not a new approval to ask for.
+    for _ in 0..2 {
+        let again = schedule(&base, BOB_KEY, &asset).await;
+        assert_eq!(again["id"], first["id"], "{again}");
+    }
+    assert_eq!(deletes_seen(&emulator, &asset), 0);
+    gateway.shutdown().await;
+}
