@@ -93,6 +93,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// The `ui:` section (the approvals page).
     pub ui: UiConfig,
+    /// The `telemetry:` section: trace export and whose trace context is continued.
+    pub telemetry: TelemetryConfig,
 }
 
 /// The `ui:` section: who may read the recent destructive calls on the approvals page.
@@ -269,6 +271,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     ui: Option<RawUi>,
+    #[serde(default)]
+    telemetry: Option<telemetry::RawTelemetry>,
 }
 
 #[derive(Deserialize)]
@@ -723,6 +727,7 @@ impl Validator<'_> {
             approvals,
             protected,
             tls,
+            telemetry: self.telemetry(raw.telemetry)?,
             ui: raw.ui.map_or_else(UiConfig::default, |ui| UiConfig {
                 audit_roles: ui
                     .audit_roles
@@ -1583,6 +1588,9 @@ pub fn locate(source: &str, path: &[Seg]) -> Option<usize> {
     }
     found
 }
+
+mod telemetry;
+pub use self::telemetry::TelemetryConfig;
 
 #[cfg(test)]
 mod tests;
