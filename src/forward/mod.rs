@@ -322,6 +322,10 @@ fn inject_trace_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
     if cx.span().span_context().is_valid() {
         opentelemetry_sdk::propagation::TraceContextPropagator::new()
             .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+        // The propagator writes an empty `tracestate` when there is none: not sent.
+        if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+            headers.remove("tracestate");
+        }
     }
 }
 

@@ -24,5 +24,6 @@ mod state;
 mod store;
 mod support;
 mod tls;
+mod traces;
 mod ui;
 mod upstream_pool;
