@@ -164,7 +164,7 @@ fn upstream_traceparent(upstream: &Upstream, method: &Method, path: &str) -> Opt
         .requests()
         .iter()
         .rev()
-        .find(|r| &r.method == method && r.uri.path().starts_with(path))
+        .find(|r| r.method == *method && r.uri.path().starts_with(path))
         .and_then(|r| r.headers.get("traceparent"))
         .map(|v| v.to_str().unwrap().to_owned())
 }
@@ -375,21 +375,24 @@ telemetry:
     assert_eq!(span.attributes["status"], "403");
 
     // Exports went to <endpoint>/v1/traces with the headers file's header; no key anywhere.
-    let received = receiver.received.lock().unwrap();
-    assert!(received.exports.iter().all(
-        |(path, headers)| path == "/v1/traces" && headers["x-receiver-token"] == RECEIVER_TOKEN
-    ));
-    for span in &received.spans {
-        for (name, value) in &span.attributes {
-            for secret in [ALICE_KEY, BOB_KEY, UPSTREAM_KEY, RECEIVER_TOKEN] {
-                assert!(
-                    !value.contains(secret) && !name.contains(secret),
-                    "{name}={value} in {span:?}"
-                );
+    {
+        let received = receiver.received.lock().unwrap();
+        assert!(received
+            .exports
+            .iter()
+            .all(|(path, headers)| path == "/v1/traces"
+                && headers["x-receiver-token"] == RECEIVER_TOKEN));
+        for span in &received.spans {
+            for (name, value) in &span.attributes {
+                for secret in [ALICE_KEY, BOB_KEY, UPSTREAM_KEY, RECEIVER_TOKEN] {
+                    assert!(
+                        !value.contains(secret) && !name.contains(secret),
+                        "{name}={value} in {span:?}"
+                    );
+                }
             }
         }
     }
-    drop(received);
     let metrics = reqwest_free_get(gateway.admin, "/metrics").await;
     assert!(
         metrics.contains(r#"tl_gateway_trace_spans_dropped_total{reason="queue_full"} 0"#),
