@@ -397,6 +397,54 @@ mod tests {
         assert!(!error.contains("no colon"), "{error}");
     }
 
+    fn span(sampled: bool) -> SpanData {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+        };
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes([1; 16]),
+                SpanId::from_bytes([2; 8]),
+                if sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "request".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (queue, mut receiver) = mpsc::channel(2);
+        let dropped = dropped_counter();
+        let processor = QueueProcessor {
+            queue,
+            dropped: dropped.with_label_values(&["queue_full"]),
+        };
+        processor.on_end(span(false)); // not sampled: not queued, not a drop
+        for _ in 0..5 {
+            processor.on_end(span(true));
+        }
+        assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 3);
+        assert!(receiver.try_recv().is_ok() && receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err());
+    }
+
     #[test]
     fn http_spans_go_to_v1_traces_under_the_endpoint() {
         let mut settings = OtlpSettings {
