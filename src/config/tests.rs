@@ -360,7 +360,7 @@ fn telemetry_otlp_is_read_and_its_errors_name_the_key_and_line() {
     let error = error_of(&format!(
         "{MINIMAL}telemetry:\n  otlp:\n    endpoint: http://collector:4318\n    sample_ratio: 2\n"
     ));
-    assert_eq!(error.line, Some(34), "{error}");
+    assert_eq!(error.line, Some(33), "{error}");
     assert!(
         error.to_string().contains("telemetry.otlp.sample_ratio"),
         "{error}"
