@@ -258,7 +258,8 @@ async fn run(command: Command) -> Result<(), String> {
 
 async fn serve(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    telemetry::init(config.logging.format);
+    let traces = telemetry::init_with_traces(config.logging.format, config.telemetry.otlp.as_ref())
+        .map_err(|e| e.to_string())?;
     let key = UpstreamKey::load(&config.upstream.key_source).map_err(|e| e.to_string())?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -268,9 +269,15 @@ async fn serve(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .reload_from(path.to_owned());
     gateway
+        .metrics()
+        .register_external(traces.dropped_counter());
+    let served = gateway
         .run(shutdown_signal())
         .await
-        .map_err(|e| format!("server failed: {e}"))
+        .map_err(|e| format!("server failed: {e}"));
+    // The last spans (the drained requests') go out before the process ends.
+    traces.shutdown(std::time::Duration::from_secs(5)).await;
+    served
 }
 
 fn explain_command(config: &Path, client: &str, method: &str, target: &str) -> ExitCode {

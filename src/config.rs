@@ -97,6 +97,8 @@ pub struct Config {
     pub ui: UiConfig,
     /// The `deferred:` section (the undo window).
     pub deferred: DeferredConfig,
+    /// The `telemetry:` section: trace export and whose trace context is continued.
+    pub telemetry: TelemetryConfig,
 }
 
 /// The `deferred:` section.
@@ -213,6 +215,8 @@ struct RawConfig {
     ui: Option<RawUi>,
     #[serde(default)]
     deferred: Option<RawDeferredSection>,
+    #[serde(default)]
+    telemetry: Option<telemetry::RawTelemetry>,
 }
 
 #[derive(Deserialize)]
@@ -548,6 +552,7 @@ impl Validator<'_> {
             protected,
             tls,
             ui,
+            telemetry: self.telemetry(raw.telemetry)?,
             deferred: raw
                 .deferred
                 .map_or_else(DeferredConfig::default, |d| DeferredConfig {
@@ -742,6 +747,9 @@ pub fn locate(source: &str, path: &[Seg]) -> Option<usize> {
     }
     found
 }
+
+mod telemetry;
+pub use self::telemetry::TelemetryConfig;
 
 #[cfg(test)]
 mod tests;

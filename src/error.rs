@@ -659,6 +659,12 @@ fn rescue(
     if let Some(kind) = error.upstream_error_kind() {
         metrics.upstream_error(kind);
     }
+    if let GatewayError::PolicyDenied { rule, .. } = &error {
+        // For the exported request span (a field it alone declares; otherwise nothing recorded).
+        let span = tracing::Span::current();
+        span.record("decision", "deny");
+        span.record("rules", rule.as_str());
+    }
     let code = error.code();
     let mut response = error.into_response(request_id);
     response.extensions_mut().insert(ErrorCode(code));

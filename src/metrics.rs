@@ -533,6 +533,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Register a metric owned elsewhere (e.g. the trace exporter's drop counter, which exists
+    /// before the registry does). A second registration of the same name is ignored.
+    pub fn register_external<M: prometheus::core::Collector + 'static>(&self, metric: M) {
+        let _ = self.registry.register(Box::new(metric));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -116,7 +116,7 @@ impl Reloader {
     }
 
     fn apply(&self, state: &mut State, text: &str) -> Result<(), String> {
-        let config = Config::parse(&self.path, text).map_err(|e| e.to_string())?;
+        let mut config = Config::parse(&self.path, text).map_err(|e| e.to_string())?;
         let old = &state.config;
         let restart_only = [
             ("listen", old.listen != config.listen),
@@ -139,6 +139,10 @@ impl Reloader {
                 "approvals.notify",
                 old.approvals.notify != config.approvals.notify,
             ),
+            (
+                "telemetry.otlp",
+                old.telemetry.otlp != config.telemetry.otlp,
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -148,6 +152,8 @@ impl Reloader {
                 );
             }
         }
+        // The exporter runs as started: the stack keeps matching it.
+        config.telemetry.otlp = old.telemetry.otlp.clone();
         let settings = upstream_settings(&config);
         let forwarder = if *state.forwarder.settings() == settings {
             // Same upstream: keep the warm connection pool.

@@ -41,7 +41,7 @@ use crate::ratelimit::{Limited, RateLimits};
 use crate::request_id::RequestIdLayer;
 use crate::state::StateStore;
 use crate::store::RecordStore;
-use crate::telemetry::TraceRequestsLayer;
+use crate::telemetry::{TraceContextLayer, TraceContextSettings, TraceRequestsLayer};
 use crate::ui::oidc::session::ResolveSession;
 use crate::ui::oidc::SignIn;
 use crate::ui::{PageSettings, ServePageLayer};
@@ -246,6 +246,8 @@ pub struct StackParts {
     pub api: GatewayApi,
     /// The page and how people sign in on it.
     pub page: PageSettings,
+    /// Trace context: whose `traceparent` is continued, and whether traces are exported.
+    pub trace_context: TraceContextSettings,
 }
 
 impl StackParts {
@@ -356,7 +358,16 @@ impl StackParts {
                 shared.client_slots.clone(),
                 &config.clients,
             ),
+            trace_context: trace_context_settings(config),
         }
+    }
+}
+
+/// The trace-context layer's part of the configuration.
+pub fn trace_context_settings(config: &Config) -> TraceContextSettings {
+    TraceContextSettings {
+        trusted: config.telemetry.trust_traceparent_from.clone(),
+        export: config.telemetry.otlp.is_some(),
     }
 }
 
@@ -395,7 +406,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-        .layer(TraceRequestsLayer)
+        .layer(TraceRequestsLayer::new(parts.trace_context.export))
         .layer(MetricsLayer::new(parts.metrics.clone()))
         .layer(RescueLayer::new(parts.metrics.clone()))
         .layer(in_flight_limit(parts.in_flight))
@@ -416,6 +427,7 @@ pub fn build_stack(parts: StackParts) -> GatewayService {
         ))
         .layer(parts.client_in_flight)
         .layer(Enforce::layer(parts.policy, parts.metrics.clone()))
+        .layer(TraceContextLayer::new(parts.trace_context))
         .option_layer(ProtectResources::layer(
             parts.protection,
             parts.metrics.clone(),

@@ -589,7 +589,14 @@ impl<B: Send + 'static> AdmitAsync<B> for RecordIntent {
             });
         }
         ticket.intent_requested.store(true, Ordering::SeqCst);
-        match ticket.log.write_durable(event).await {
+        // The write and its fsync, as a child span when traces are exported.
+        let span = tracing::trace_span!("audit_intent");
+        let written = if span.is_disabled() {
+            ticket.log.write_durable(event).await
+        } else {
+            tracing::Instrument::instrument(ticket.log.write_durable(event), span).await
+        };
+        match written {
             Ok(_) => {
                 ticket.intent_written.store(true, Ordering::SeqCst);
                 ticket.forwarded.store(true, Ordering::SeqCst);

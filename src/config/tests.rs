@@ -373,3 +373,58 @@ fn ui_oidc_is_validated_at_load_and_names_the_key_at_fault() {
     assert!(error.contains("colour"), "{error}");
     assert!(parse(MINIMAL).unwrap().ui.oidc.is_none());
 }
+
+#[test]
+fn telemetry_otlp_is_read_and_its_errors_name_the_key_and_line() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.telemetry, TelemetryConfig::default());
+
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("otlp-headers");
+    std::fs::write(&headers, "authorization: Bearer s3cret\n").unwrap();
+    let text = format!(
+        "{MINIMAL}telemetry:\n  otlp:\n    endpoint: http://collector:4318\n    sample_ratio: 0.01\n    headers_file: {}\n  trust_traceparent_from: [alice]\n",
+        headers.display()
+    );
+    let config = parse(&text).unwrap();
+    let otlp = config.telemetry.otlp.as_ref().unwrap();
+    assert_eq!(otlp.traces_url(), "http://collector:4318/v1/traces");
+    assert_eq!(otlp.protocol, crate::telemetry::OtlpProtocol::Http);
+    assert_eq!(otlp.sample_ratio, 0.01);
+    assert_eq!(otlp.headers[0].0, "authorization");
+    assert_eq!(
+        config.telemetry.trust_traceparent_from,
+        vec!["alice".parse::<ClientId>().unwrap()]
+    );
+
+    let error = error_of(&format!(
+        "{MINIMAL}telemetry:\n  otlp:\n    endpoint: http://collector:4318\n    sample_ratio: 2\n"
+    ));
+    assert_eq!(error.line, Some(33), "{error}");
+    assert!(
+        error.to_string().contains("telemetry.otlp.sample_ratio"),
+        "{error}"
+    );
+    let error = error_of(&format!(
+        "{MINIMAL}telemetry:\n  otlp:\n    endpoint: collector:4318\n"
+    ));
+    assert!(
+        error.to_string().contains("telemetry.otlp.endpoint"),
+        "{error}"
+    );
+    let error = error_of(&format!(
+        "{MINIMAL}telemetry:\n  otlp:\n    endpoint: http://c:4318\n    protocol: thrift\n"
+    ));
+    assert!(error.to_string().contains("thrift"), "{error}");
+    std::fs::write(&headers, "authorization Bearer s3cret\n").unwrap();
+    let error = error_of(&format!(
+        "{MINIMAL}telemetry:\n  otlp:\n    endpoint: http://c:4318\n    headers_file: {}\n",
+        headers.display()
+    ));
+    assert!(
+        error.to_string().contains("telemetry.otlp.headers_file")
+            && error.to_string().contains("line 1"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+}

@@ -17,6 +17,7 @@ use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use tower::Service;
+use tracing::Instrument;
 
 use self::pool::{Pools, SendError};
 
@@ -160,12 +161,19 @@ impl Forwarder {
         let uri = PathAndQuery::try_from(path_and_query)
             .map(Uri::from)
             .map_err(|_| GatewayError::Internal("a lookup target does not form a URI"))?;
-        let request = Request::get(uri)
+        let mut request = Request::get(uri)
             .header(header::HOST, self.host.clone())
             .header(crate::credentials::X_API_KEY.clone(), key)
             .header(header::ACCEPT, "application/json")
             .body(body::empty())
             .map_err(|_| GatewayError::Internal("a lookup request could not be built"))?;
+        let span = tracing::trace_span!(
+            "upstream",
+            otel.kind = "client",
+            status = tracing::field::Empty
+        );
+        inject_trace_context(&span, request.headers_mut());
+        let recorded = span.clone();
         let timeout = self.settings.request_timeout;
         let exchange = async {
             let response = self.pools.send(request).await.map_err(|error| {
@@ -175,6 +183,7 @@ impl Forwarder {
                 })
             })?;
             let status = response.status();
+            recorded.record("status", status.as_u16());
             let bytes = http_body_util::Limited::new(response.into_body(), limit)
                 .collect()
                 .await
@@ -182,7 +191,7 @@ impl Forwarder {
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, exchange.instrument(span))
             .await
             .map_err(|_| GatewayError::UpstreamTimeout(timeout.as_millis()))?
     }
@@ -233,13 +242,22 @@ impl Service<Request<GatewayBody>> for Forwarder {
         parts.headers.insert(header::HOST, self.host.clone());
         // The gateway's own server already answered any 100-continue expectation.
         parts.headers.remove(header::EXPECT);
+        // The upstream exchange's span (disabled, at no cost, unless traces are exported), whose
+        // context the upstream receives as `traceparent`.
+        let span = tracing::trace_span!(
+            "upstream",
+            otel.kind = "client",
+            status = tracing::field::Empty
+        );
+        inject_trace_context(&span, &mut parts.headers);
         let upstream_request = Request::from_parts(parts, body);
         let timeout = self.settings.request_timeout;
         let idle = self.settings.body_idle_timeout;
         let queue_timeout = self.settings.queue_timeout;
         let pools = self.pools.clone();
         let slots = self.slots.clone();
-        Box::pin(async move {
+        let recorded = span.clone();
+        let exchange = async move {
             // Upstream back-pressure: wait (bounded) for a slot, held until the response headers.
             let _slot = match slots {
                 None => None,
@@ -268,11 +286,37 @@ impl Service<Request<GatewayBody>> for Forwarder {
             };
             let (mut parts, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
+            recorded.record("status", parts.status.as_u16());
             Ok(Response::from_parts(
                 parts,
                 body::boxed(TimedBody::upstream(body, idle)),
             ))
-        })
+        };
+        if span.is_disabled() {
+            Box::pin(exchange)
+        } else {
+            Box::pin(exchange.instrument(span))
+        }
+    }
+}
+
+/// Write `span`'s context as `traceparent` (and `tracestate`) into an outgoing request's headers,
+/// replacing any; nothing when the span is disabled (traces not exported).
+fn inject_trace_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if span.is_disabled() {
+        return;
+    }
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+        // The propagator writes an empty `tracestate` when there is none: not sent.
+        if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+            headers.remove("tracestate");
+        }
     }
 }
 

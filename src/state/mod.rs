@@ -143,6 +143,17 @@ pub enum StoreError {
     Failed(String),
 }
 
+/// A Redis call, as a child span of the request when traces are exported (disabled, at no
+/// cost, otherwise).
+async fn traced<T>(op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    let span = tracing::trace_span!("state_store", backend = "redis", op);
+    if span.is_disabled() {
+        call.await
+    } else {
+        tracing::Instrument::instrument(call, span).await
+    }
+}
+
 /// The store in use; cheap to clone.
 #[derive(Clone, Debug)]
 pub enum StateStore {
@@ -162,7 +173,7 @@ impl StateStore {
     pub async fn check(&self, buckets: &[Bucket]) -> Result<Vec<Verdict>, StoreError> {
         match self {
             StateStore::Memory(memory) => Ok(memory.check(buckets)),
-            StateStore::Redis(redis) => redis.check(buckets).await,
+            StateStore::Redis(redis) => traced("check", redis.check(buckets)).await,
         }
     }
 
@@ -171,7 +182,7 @@ impl StateStore {
     pub async fn peek(&self, buckets: &[Bucket]) -> Result<Vec<Verdict>, StoreError> {
         match self {
             StateStore::Memory(memory) => Ok(memory.peek(buckets)),
-            StateStore::Redis(redis) => redis.run(buckets, true).await,
+            StateStore::Redis(redis) => traced("peek", redis.run(buckets, true)).await,
         }
     }
 

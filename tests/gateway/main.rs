@@ -26,5 +26,6 @@ mod state;
 mod store;
 mod support;
 mod tls;
+mod traces;
 mod ui;
 mod upstream_pool;

@@ -1,38 +1,6 @@
-//! Log set-up: tracing-subscriber with `RUST_LOG` honoured (default `info`), text or JSON, to stderr;
-//! and the layer that gives every request its span and logs its response.
+//! The layer that gives every request its span and logs its response.
 
-use serde::Deserialize;
-use tracing_subscriber::EnvFilter;
-
-use crate::ext::{RequestId, RequestScope};
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable text.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Install the global subscriber once; later calls (tests, reload) are ignored.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _already_set = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-    };
-}
+use crate::ext::{ErrorCode, RequestId, RequestScope};
 
 /// Layer giving each request a span — `request` with `request_id`, `method` and `path`, and
 /// `operation` and `client` recorded by the classifier and authentication as they learn them — and
@@ -43,13 +11,29 @@ pub fn init(format: LogFormat) {
 /// which hyper keeps inline in every connection (a wrapped body made each kept-alive connection
 /// larger, and re-boxing it cost an allocation per request). Body-stream failures are logged
 /// where they happen (the forwarder, the audit outcome), not here.
+///
+/// When traces are exported (`telemetry.otlp`), the span is declared with the fields the exported
+/// span carries — `route`, `status`, `code`, `decision`, `rules` — and those are recorded; when
+/// they are not, the span and its cost are exactly what they were before traces existed.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TraceRequestsLayer;
+pub struct TraceRequestsLayer {
+    export: bool,
+}
+
+impl TraceRequestsLayer {
+    /// The layer; `export`: traces are exported, so record the exported span's fields.
+    pub fn new(export: bool) -> Self {
+        TraceRequestsLayer { export }
+    }
+}
 
 impl<S> tower::Layer<S> for TraceRequestsLayer {
     type Service = TraceRequests<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        TraceRequests { inner }
+        TraceRequests {
+            inner,
+            export: self.export,
+        }
     }
 }
 
@@ -57,6 +41,7 @@ impl<S> tower::Layer<S> for TraceRequestsLayer {
 #[derive(Clone, Debug)]
 pub struct TraceRequests<S> {
     inner: S,
+    export: bool,
 }
 
 impl<S, B, ResB> tower::Service<http::Request<B>> for TraceRequests<S>
@@ -81,20 +66,43 @@ where
             .and_then(RequestScope::request_id)
             .map(RequestId::as_str)
             .unwrap_or("");
-        let span = tracing::info_span!(
-            "request",
-            request_id = id,
-            method = %req.method(),
-            path = %Truncated(req.uri().path()),
-            operation = tracing::field::Empty,
-            client = tracing::field::Empty,
-        );
+        let span = if self.export {
+            tracing::info_span!(
+                "request",
+                otel.kind = "server",
+                request_id = id,
+                method = %req.method(),
+                path = %Truncated(req.uri().path()),
+                operation = tracing::field::Empty,
+                client = tracing::field::Empty,
+                route = tracing::field::Empty,
+                status = tracing::field::Empty,
+                code = tracing::field::Empty,
+                decision = tracing::field::Empty,
+                rules = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "request",
+                request_id = id,
+                method = %req.method(),
+                path = %Truncated(req.uri().path()),
+                operation = tracing::field::Empty,
+                client = tracing::field::Empty,
+            )
+        };
+        let scope = self
+            .export
+            .then(|| req.extensions().get::<RequestScope>().cloned())
+            .flatten();
         // The layers below record into the span from their `call`, so it is entered there too.
         let inner = span.in_scope(|| self.inner.call(req));
         Traced {
             inner,
             span,
             started: std::time::Instant::now(),
+            scope,
         }
     }
 }
@@ -129,6 +137,8 @@ pin_project_lite::pin_project! {
         inner: F,
         span: tracing::Span,
         started: std::time::Instant,
+        // Only when traces are exported: where the route id is read at the end.
+        scope: Option<RequestScope>,
     }
 }
 
@@ -146,6 +156,9 @@ where
         let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
+            if let Some(scope) = this.scope.as_ref() {
+                record_outcome(this.span, scope, response);
+            }
             tracing::info!(
                 latency = %format_args!("{} ms", this.started.elapsed().as_millis()),
                 status = response.status().as_u16(),
@@ -153,6 +166,21 @@ where
             );
         }
         std::task::Poll::Ready(result)
+    }
+}
+
+/// The exported span's outcome fields: route id, status, the gateway's error code.
+fn record_outcome<B>(span: &tracing::Span, scope: &RequestScope, response: &http::Response<B>) {
+    if let Some(route) = scope.route() {
+        span.record("route", route);
+    }
+    let status = response.status();
+    span.record("status", status.as_u16());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        span.record("code", *code);
+    }
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
     }
 }
 
