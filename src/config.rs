@@ -216,7 +216,7 @@ struct RawConfig {
     #[serde(default)]
     deferred: Option<RawDeferredSection>,
     #[serde(default)]
-    telemetry: Option<telemetry::RawTelemetry>,
+    telemetry: Option<crate::telemetry::settings::RawTelemetry>,
 }
 
 #[derive(Deserialize)]
@@ -552,7 +552,8 @@ impl Validator<'_> {
             protected,
             tls,
             ui,
-            telemetry: self.telemetry(raw.telemetry)?,
+            telemetry: crate::telemetry::settings::compile(raw.telemetry)
+                .map_err(|e| self.invalid(e))?,
             deferred: raw
                 .deferred
                 .map_or_else(DeferredConfig::default, |d| DeferredConfig {
@@ -748,8 +749,7 @@ pub fn locate(source: &str, path: &[Seg]) -> Option<usize> {
     found
 }
 
-mod telemetry;
-pub use self::telemetry::TelemetryConfig;
+pub use crate::telemetry::settings::TelemetryConfig;
 
 #[cfg(test)]
 mod tests;

@@ -410,6 +410,69 @@ pub fn refused(refusal: Refusal, metrics: &Metrics, client: &str) -> GatewayErro
     }
 }
 
+/// A per-requester budget of `per_minute` a minute, counted in the state store (shared by the
+/// replicas on Redis): `approvals.max_asks_per_client`, `deferred.max_schedules_per_client`. A
+/// spent budget refuses with 429 `too_many_requests` naming its `setting`.
+#[derive(Debug, Clone)]
+pub struct PerMinuteBudget {
+    state: StateStore,
+    per_minute: u32,
+    /// The setting named in the 429 (e.g. `approvals.max_asks_per_client`).
+    setting: &'static str,
+    /// The buckets' key prefix (e.g. `asks:`).
+    prefix: &'static str,
+}
+
+impl PerMinuteBudget {
+    /// `per_minute` (at least 1) per requester, in `state`, under keys `prefix{requester}`.
+    pub fn new(
+        state: StateStore,
+        per_minute: u32,
+        setting: &'static str,
+        prefix: &'static str,
+    ) -> Self {
+        PerMinuteBudget {
+            state,
+            per_minute: per_minute.max(1),
+            setting,
+            prefix,
+        }
+    }
+
+    /// Take one from `who`'s budget: 429 when it is spent; `unavailable` says what a store that
+    /// cannot answer means to the caller (budgets fail closed).
+    pub async fn spend(
+        &self,
+        who: &str,
+        unavailable: impl FnOnce(String) -> GatewayError,
+    ) -> Result<(), GatewayError> {
+        let emission_us = 60_000_000 / u64::from(self.per_minute);
+        let bucket = Bucket {
+            key: format!("{}{who}", self.prefix),
+            emission_us,
+            tolerance_us: emission_us * u64::from(self.per_minute - 1),
+        };
+        match self.state.check(std::slice::from_ref(&bucket)).await {
+            Ok(verdicts) => match verdicts.first() {
+                Some(Verdict::Refuse { wait }) => Err(GatewayError::TooManyRequests {
+                    limit: RuleId::builtin(self.setting),
+                    retry_after: wait.as_secs().max(1),
+                    rate: Rate {
+                        count: self.per_minute,
+                        period: Duration::from_secs(60),
+                    },
+                    burst: self.per_minute,
+                }),
+                _ => Ok(()),
+            },
+            Err(error) => Err(unavailable(format!(
+                "the {} budget could not be checked: {error}",
+                self.setting
+            ))),
+        }
+    }
+}
+
 /// One `rate_limits:` entry as written (`config` assembles).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

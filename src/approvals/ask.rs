@@ -1,13 +1,12 @@
 //! Asking for an approval, or using one: the pending cap, the ask budget, the limits the request
 //! will meet, the blast radius listed at use, and one approval per request across replicas.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::auth::Principal;
 use crate::classify::Operation;
 use crate::error::GatewayError;
 use crate::guards::References;
-use crate::ids::RuleId;
 use crate::policy::ApprovalRequired;
 use crate::ratelimit::RateLimits;
 use crate::store::StoreError;
@@ -57,33 +56,13 @@ pub(super) fn beyond(approved: &References, now: &References) -> Option<String> 
 impl Approvals {
     /// Take one ask from `requester`'s budget, or refuse with 429.
     pub(super) async fn spend_ask(&self, requester: &str) -> Result<(), GatewayError> {
-        let Some((state, per_minute)) = &self.counters else {
-            return Ok(());
-        };
-        let emission_us = 60_000_000 / u64::from(*per_minute);
-        let bucket = crate::state::Bucket {
-            key: format!("asks:{requester}"),
-            emission_us,
-            tolerance_us: emission_us * u64::from(per_minute - 1),
-        };
-        match state.check(std::slice::from_ref(&bucket)).await {
-            Ok(verdicts) => match verdicts.first() {
-                Some(crate::state::Verdict::Refuse { wait }) => {
-                    Err(GatewayError::TooManyRequests {
-                        limit: RuleId::builtin("approvals.max_asks_per_client"),
-                        retry_after: wait.as_secs().max(1),
-                        rate: crate::units::Rate {
-                            count: *per_minute,
-                            period: Duration::from_secs(60),
-                        },
-                        burst: *per_minute,
-                    })
-                }
-                _ => Ok(()),
-            },
-            Err(error) => Err(GatewayError::ApprovalsUnavailable(format!(
-                "the ask budget could not be checked: {error}"
-            ))),
+        match &self.counters {
+            None => Ok(()),
+            Some(budget) => {
+                budget
+                    .spend(requester, GatewayError::ApprovalsUnavailable)
+                    .await
+            }
         }
     }
 

@@ -120,7 +120,7 @@ impl From<ApprovalError> for GatewayError {
 pub struct Approvals {
     store: RecordStore,
     /// Where the per-requester ask budget counts (`approvals.max_asks_per_client`).
-    counters: Option<(crate::state::StateStore, u32)>,
+    counters: Option<crate::ratelimit::PerMinuteBudget>,
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     notify: Option<notify::Notifier>,
@@ -170,7 +170,12 @@ impl Approvals {
     /// Bound how often one requester may ask: at most `per_minute` new approvals a minute, counted
     /// in `state` (shared by the replicas on Redis).
     pub fn with_ask_budget(mut self, state: crate::state::StateStore, per_minute: u32) -> Self {
-        self.counters = Some((state, per_minute.max(1)));
+        self.counters = Some(crate::ratelimit::PerMinuteBudget::new(
+            state,
+            per_minute,
+            "approvals.max_asks_per_client",
+            "asks:",
+        ));
         self
     }
 }

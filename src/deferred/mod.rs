@@ -128,7 +128,7 @@ impl From<DeferredError> for GatewayError {
 pub struct DeferredCalls {
     store: RecordStore,
     /// Where the per-requester scheduling budget counts (`deferred.max_schedules_per_client`).
-    budget: Option<(crate::state::StateStore, u32)>,
+    budget: Option<crate::ratelimit::PerMinuteBudget>,
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     notify: Option<Notifier>,
@@ -173,39 +173,24 @@ impl DeferredCalls {
     /// call is executed; this keeps scheduling itself — store writes and an fsync'd audit record
     /// each — from being flooded.
     pub fn with_budget(mut self, state: crate::state::StateStore, per_minute: u32) -> Self {
-        self.budget = Some((state, per_minute.max(1)));
+        self.budget = Some(crate::ratelimit::PerMinuteBudget::new(
+            state,
+            per_minute,
+            "deferred.max_schedules_per_client",
+            "defers:",
+        ));
         self
     }
 
     /// Take one scheduling from `requester`'s budget, or refuse with 429.
     async fn spend(&self, requester: &str) -> Result<(), GatewayError> {
-        let Some((state, per_minute)) = &self.budget else {
-            return Ok(());
-        };
-        let emission_us = 60_000_000 / u64::from(*per_minute);
-        let bucket = crate::state::Bucket {
-            key: format!("defers:{requester}"),
-            emission_us,
-            tolerance_us: emission_us * u64::from(per_minute - 1),
-        };
-        match state.check(std::slice::from_ref(&bucket)).await {
-            Ok(verdicts) => match verdicts.first() {
-                Some(crate::state::Verdict::Refuse { wait }) => {
-                    Err(GatewayError::TooManyRequests {
-                        limit: crate::ids::RuleId::builtin("deferred.max_schedules_per_client"),
-                        retry_after: wait.as_secs().max(1),
-                        rate: crate::units::Rate {
-                            count: *per_minute,
-                            period: Duration::from_secs(60),
-                        },
-                        burst: *per_minute,
-                    })
-                }
-                _ => Ok(()),
-            },
-            Err(error) => Err(GatewayError::StoreUnavailable(format!(
-                "the scheduling budget could not be checked: {error}"
-            ))),
+        match &self.budget {
+            None => Ok(()),
+            Some(budget) => {
+                budget
+                    .spend(requester, GatewayError::StoreUnavailable)
+                    .await
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod context;
 pub mod otlp;
 mod requests;
+pub mod settings;
 
 use serde::Deserialize;
 use tracing_subscriber::layer::SubscriberExt;
