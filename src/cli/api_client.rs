@@ -142,6 +142,47 @@ fn refusal(status: StatusCode, value: &Value, bytes: &[u8]) -> String {
     format!("{} {code}: {message}{hint}", status.as_u16())
 }
 
+/// `GET {collection}[?state=S]`: the records under `field`, one `line` each, `none` when there are
+/// none (or the whole answer as JSON with `--json`). Approvals and deferred calls list this way.
+pub async fn list_records(
+    to: &Target,
+    collection: &str,
+    field: &str,
+    state: Option<String>,
+    none: &str,
+    line: impl Fn(&Value) -> String,
+) -> Result<(), String> {
+    let query = state
+        .map(|s| format!("?state={}", segment(&s)))
+        .unwrap_or_default();
+    let answer = call(to, Method::GET, &format!("{collection}{query}"), None).await?;
+    if to.json {
+        println!("{answer:#}");
+        return Ok(());
+    }
+    let records = answer[field].as_array().cloned().unwrap_or_default();
+    if records.is_empty() {
+        println!("{none}");
+    }
+    for record in &records {
+        println!("{}", line(record));
+    }
+    Ok(())
+}
+
+/// `METHOD {path}` on one record (with an optional JSON body), printed by `print`.
+pub async fn on_record(
+    to: &Target,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    print: fn(&Target, &Value),
+) -> Result<(), String> {
+    let answer = call(to, method, path, body).await?;
+    print(to, &answer);
+    Ok(())
+}
+
 /// A JSON value as text: strings bare, `null` as `-`.
 pub fn text(value: &Value) -> String {
     match value {

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use http::Method;
 use serde_json::Value;
 
-use super::api_client::{call, list, segment, text, Target};
+use super::api_client::{list, list_records, on_record, segment, text, Target};
 
 /// The approvals subcommands.
 #[derive(Debug, Subcommand)]
@@ -59,20 +59,8 @@ pub enum ApprovalsCommand {
 pub async fn run(command: ApprovalsCommand) -> Result<(), String> {
     match command {
         ApprovalsCommand::List { to, state } => {
-            let query = state
-                .map(|s| format!("?state={}", segment(&s)))
-                .unwrap_or_default();
-            let answer = call(&to, Method::GET, &format!("approvals{query}"), None).await?;
-            if to.json {
-                println!("{answer:#}");
-                return Ok(());
-            }
-            let list = answer["approvals"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no approvals");
-            }
-            for a in &list {
-                println!(
+            list_records(&to, "approvals", "approvals", state, "no approvals", |a| {
+                format!(
                     "{}  {:<9}  {:<10}  {} {}  (rule {}, asked {})",
                     text(&a["id"]),
                     text(&a["state"]),
@@ -81,20 +69,13 @@ pub async fn run(command: ApprovalsCommand) -> Result<(), String> {
                     text(&a["target"]),
                     text(&a["rule"]),
                     text(&a["created_at"]),
-                );
-            }
-            Ok(())
+                )
+            })
+            .await
         }
         ApprovalsCommand::Show { to, id } => {
-            let answer = call(
-                &to,
-                Method::GET,
-                &format!("approvals/{}", segment(&id)),
-                None,
-            )
-            .await?;
-            print_approval(&to, &answer);
-            Ok(())
+            let path = format!("approvals/{}", segment(&id));
+            on_record(&to, Method::GET, &path, None, print_approval).await
         }
         ApprovalsCommand::Approve { to, id, comment } => decide(&to, &id, "approve", comment).await,
         ApprovalsCommand::Deny { to, id, comment } => decide(&to, &id, "deny", comment).await,
@@ -108,16 +89,9 @@ async fn decide(
     action: &str,
     comment: Option<String>,
 ) -> Result<(), String> {
+    let path = format!("approvals/{}/{action}", segment(id));
     let body = serde_json::json!({ "comment": comment });
-    let answer = call(
-        to,
-        Method::POST,
-        &format!("approvals/{}/{action}", segment(id)),
-        Some(body),
-    )
-    .await?;
-    print_approval(to, &answer);
-    Ok(())
+    on_record(to, Method::POST, &path, Some(body), print_approval).await
 }
 
 fn print_approval(to: &Target, a: &Value) {

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use http::Method;
 use serde_json::Value;
 
-use super::api_client::{call, list, segment, text, Target};
+use super::api_client::{list, list_records, on_record, segment, text, Target};
 
 /// The deferred subcommands.
 #[derive(Debug, Subcommand)]
@@ -41,53 +41,34 @@ pub enum DeferredCommand {
 pub async fn run(command: DeferredCommand) -> Result<(), String> {
     match command {
         DeferredCommand::List { to, state } => {
-            let query = state
-                .map(|s| format!("?state={}", segment(&s)))
-                .unwrap_or_default();
-            let answer = call(&to, Method::GET, &format!("deferred{query}"), None).await?;
-            if to.json {
-                println!("{answer:#}");
-                return Ok(());
-            }
-            let calls = answer["deferred"].as_array().cloned().unwrap_or_default();
-            if calls.is_empty() {
-                println!("no deferred calls");
-            }
-            for d in &calls {
-                println!(
-                    "{}  {:<10}  {:<10}  {} {}  (rule {}, runs {})",
-                    text(&d["id"]),
-                    text(&d["state"]),
-                    text(&d["requester"]),
-                    text(&d["method"]),
-                    text(&d["target"]),
-                    text(&d["rule"]),
-                    text(&d["execute_at"]),
-                );
-            }
-            Ok(())
+            list_records(
+                &to,
+                "deferred",
+                "deferred",
+                state,
+                "no deferred calls",
+                |d| {
+                    format!(
+                        "{}  {:<10}  {:<10}  {} {}  (rule {}, runs {})",
+                        text(&d["id"]),
+                        text(&d["state"]),
+                        text(&d["requester"]),
+                        text(&d["method"]),
+                        text(&d["target"]),
+                        text(&d["rule"]),
+                        text(&d["execute_at"]),
+                    )
+                },
+            )
+            .await
         }
         DeferredCommand::Show { to, id } => {
-            let answer = call(
-                &to,
-                Method::GET,
-                &format!("deferred/{}", segment(&id)),
-                None,
-            )
-            .await?;
-            print_call(&to, &answer);
-            Ok(())
+            let path = format!("deferred/{}", segment(&id));
+            on_record(&to, Method::GET, &path, None, print_call).await
         }
         DeferredCommand::Cancel { to, id } => {
-            let answer = call(
-                &to,
-                Method::POST,
-                &format!("deferred/{}/cancel", segment(&id)),
-                None,
-            )
-            .await?;
-            print_call(&to, &answer);
-            Ok(())
+            let path = format!("deferred/{}/cancel", segment(&id));
+            on_record(&to, Method::POST, &path, None, print_call).await
         }
     }
 }
